@@ -1,0 +1,70 @@
+//! One error type for the whole engine; the SQL layer maps it to Postgres errors (with hints).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model \"{name}\" not found in {dir}")]
+    ModelNotFound { name: String, dir: PathBuf, hint: String },
+
+    #[error("invalid model name \"{0}\": {1}")]
+    InvalidModelName(String, String),
+
+    #[error("could not fetch \"{repo}\" from the Hugging Face Hub: {reason}")]
+    HubUnavailable { repo: String, reason: String },
+
+    #[error("cannot read model file {path}: {reason}")]
+    BadModelFile { path: PathBuf, reason: String },
+
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("chat template: {0}")]
+    Template(String),
+
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    #[error("prompt is too long: {tokens} tokens, the model's context holds {context}")]
+    PromptTooLong { tokens: usize, context: usize },
+
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A hint for the user on how to fix the problem, when there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::ModelNotFound { hint, .. } => Some(hint.clone()),
+            Error::HubUnavailable { .. } => Some(
+                "Without internet access, download the model's .gguf file elsewhere and copy it into \
+                 distill.model_dir (SHOW distill.model_dir;), then call it by its file name without .gguf."
+                    .into(),
+            ),
+            Error::PromptTooLong { .. } => Some("Shorten the prompt or lower max_tokens.".into()),
+            _ => None,
+        }
+    }
+}
+
+impl From<tokenizers::Error> for Error {
+    fn from(e: tokenizers::Error) -> Self {
+        Error::Tokenizer(e.to_string())
+    }
+}
+
+impl From<minijinja::Error> for Error {
+    fn from(e: minijinja::Error) -> Self {
+        // `{:#}` includes the template line that failed, which is what a user fixing a template needs.
+        Error::Template(format!("{e:#}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,118 @@
+//! Turning a prompt into a completion: options, sampling, stop conditions.
+
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::llama::KvCache;
+use crate::text_model::TextModel;
+
+/// Completion options; the JSON keys of `complete(..., options)`. Unknown keys are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateOptions {
+    /// Upper bound on generated tokens.
+    pub max_tokens: usize,
+    /// 0 means greedy (argmax), the default: classification should be deterministic.
+    pub temperature: f64,
+    /// Nucleus sampling; only used when temperature > 0.
+    pub top_p: Option<f64>,
+    /// Seed of the sampler; the same seed, prompt and options give the same output.
+    pub seed: u64,
+    /// Generation ends before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_tokens: 256, temperature: 0.0, top_p: None, seed: 42, stop: Vec::new() }
+    }
+}
+
+impl GenerateOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            return Err(Error::InvalidInput("max_tokens must be at least 1".into()));
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(Error::InvalidInput(format!("temperature must be between 0 and 2, got {}", self.temperature)));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::InvalidInput(format!("top_p must be in (0, 1], got {p}")));
+            }
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::InvalidInput("stop strings must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    fn sampling(&self) -> Sampling {
+        match (self.temperature, self.top_p) {
+            (t, _) if t <= 0.0 => Sampling::ArgMax,
+            (t, Some(p)) if p < 1.0 => Sampling::TopP { p, temperature: t },
+            (t, _) => Sampling::All { temperature: t },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its turn or a stop string was reached.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+}
+
+/// Generates after `prompt` (token ids of a fully rendered prompt).
+pub fn generate(model: &TextModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
+    opts.validate()?;
+    let context = model.llama.config.max_position_embeddings;
+    if prompt.len() >= context {
+        return Err(Error::PromptTooLong { tokens: prompt.len(), context });
+    }
+    let mut sampler = LogitsProcessor::from_sampling(opts.seed, opts.sampling());
+    let mut cache = KvCache::new(&model.llama.config);
+    let mut logits = model.llama.forward(prompt, &mut cache)?;
+    let mut tokens = Vec::new();
+    // Set when a stop string cut the text; otherwise the text is decoded once at the end.
+    let mut cut_text = None;
+    let max_new = opts.max_tokens.min(context - prompt.len());
+    let mut finish_reason = FinishReason::Length;
+    while tokens.len() < max_new {
+        let next = sampler.sample(&logits)?;
+        if model.tokenizer.is_stop(next) {
+            finish_reason = FinishReason::Stop;
+            break;
+        }
+        tokens.push(next);
+        if !opts.stop.is_empty() {
+            let mut text = model.tokenizer.decode(&tokens)?;
+            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+                cut_text = Some(text);
+                finish_reason = FinishReason::Stop;
+                break;
+            }
+        }
+        if tokens.len() == max_new {
+            break;
+        }
+        logits = model.llama.forward(&[next], &mut cache)?;
+    }
+    let text = match cut_text {
+        Some(t) => t,
+        None => model.tokenizer.decode(&tokens)?,
+    };
+    Ok(Generation { text, tokens, prompt_tokens: prompt.len(), finish_reason })
+}

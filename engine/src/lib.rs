@@ -1,0 +1,24 @@
+//! pg_distill's model engine: plain Rust, no Postgres. Load a Llama-family GGUF, tokenize with its own
+//! vocabulary, render its chat template and generate. The SQL layer is a thin wrapper over this crate.
+
+pub mod chat_template;
+pub mod error;
+pub mod generation;
+pub mod gguf;
+pub mod model_store;
+pub mod models;
+pub mod text_model;
+pub mod threads;
+pub mod tokenizer;
+
+pub use chat_template::Message;
+pub use error::{Error, Result};
+pub use generation::{FinishReason, GenerateOptions, Generation};
+pub use model_store::ModelStore;
+pub use models::llama::WeightFormat;
+pub use text_model::TextModel;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where tensors are computed in this build.
+pub const DEVICE: &str = if cfg!(feature = "cuda") { "cuda" } else { "cpu" };

@@ -1,0 +1,302 @@
+//! Llama-family decoder (Llama 2/3, SmolLM, Mistral-style GQA) loaded from GGUF.
+//!
+//! Field names follow the GGUF checkpoint's tensor names (`blk.N.attn_q`, `ffn_gate`, ...), so the
+//! loader reads like the file. Linear layers go through [`Linear`], the one place where LoRA adapters
+//! and a training path attach. The KV cache lives outside the weights ([`KvCache`]) so one loaded
+//! model can serve any number of sequences.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// RoPE rotates adjacent pairs (2i, 2i+1) when true: GGUF stores Llama's q/k rows permuted for it.
+    /// Hugging Face checkpoints rotate halves (i, i + d/2) instead.
+    pub rope_interleaved: bool,
+}
+
+impl Config {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::Unsupported(format!(
+                "architecture \"{arch}\" (this build runs GGUF models of the \"llama\" architecture: Llama, SmolLM, Mistral)"
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden_size = g.u64(&key("embedding_length"))? as usize;
+        let num_attention_heads = g.u64(&key("attention.head_count"))? as usize;
+        let num_key_value_heads = g.opt_u64(&key("attention.head_count_kv")).unwrap_or(num_attention_heads as u64) as usize;
+        let head_dim = hidden_size / num_attention_heads;
+        let rope_dim = g.opt_u64(&key("rope.dimension_count")).unwrap_or(head_dim as u64) as usize;
+        if rope_dim != head_dim || num_attention_heads % num_key_value_heads != 0 {
+            return Err(Error::Unsupported(format!(
+                "partial RoPE or uneven GQA (rope dim {rope_dim}, head dim {head_dim}, heads {num_attention_heads}/{num_key_value_heads})"
+            )));
+        }
+        if g.opt_u64(&key("expert_count")).unwrap_or(0) > 1 {
+            return Err(Error::Unsupported("mixture-of-experts models".into()));
+        }
+        let vocab_size = match g.opt_u64(&key("vocab_size")) {
+            Some(v) => v as usize,
+            None => g.str_array("tokenizer.ggml.tokens")?.len(),
+        };
+        Ok(Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size: g.u64(&key("feed_forward_length"))? as usize,
+            num_hidden_layers: g.u64(&key("block_count"))? as usize,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: g.f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: g.opt_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            max_position_embeddings: g.opt_u64(&key("context_length")).unwrap_or(2048) as usize,
+            tie_word_embeddings: !g.has_tensor("output.weight"),
+            rope_interleaved: true,
+        })
+    }
+}
+
+/// How the weights of linear layers are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As stored in the file (Q4_1, Q8_0, ...): least memory; matmuls quantize activations on the fly.
+    #[default]
+    Quantized,
+    /// Dequantized to f32: about 4x the memory, exact activations, and the path training uses.
+    F32,
+}
+
+/// A linear layer `y = x W^T (+ b)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn from_qtensor(q: QTensor, bias: Option<Tensor>, format: WeightFormat) -> Result<Self> {
+        let weight = match format {
+            WeightFormat::Quantized => QMatMul::from_qtensor(q)?,
+            WeightFormat::F32 => QMatMul::Tensor(q.dequantize(&q.device())?),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    attn_q: Linear,
+    attn_k: Linear,
+    attn_v: Linear,
+    attn_output: Linear,
+    ffn_norm: RmsNorm,
+    ffn_gate: Linear,
+    ffn_up: Linear,
+    ffn_down: Linear,
+}
+
+/// Keys and values of the positions seen so far, per layer: `(batch, kv_heads, positions, head_dim)`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(config: &Config) -> Self {
+        Self { layers: vec![None; config.num_hidden_layers], len: 0 }
+    }
+    /// Number of positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+}
+
+pub struct Llama {
+    pub config: Config,
+    token_embd: Tensor,
+    blocks: Vec<Block>,
+    output_norm: RmsNorm,
+    output: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl Llama {
+    pub fn from_gguf(g: &mut GgufFile, format: WeightFormat, device: &Device) -> Result<Self> {
+        let config = Config::from_gguf(g)?;
+        let eps = config.rms_norm_eps as f32;
+        let norm = |g: &mut GgufFile, name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm { weight: g.tensor(name, device)?.dequantize(device)?, eps })
+        };
+        let output_norm = norm(g, "output_norm.weight")?;
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> {
+                let q = g.tensor(&format!("blk.{i}.{name}.weight"), device)?;
+                Linear::from_qtensor(q, None, format)
+            };
+            blocks.push(Block {
+                attn_q: linear(g, "attn_q")?,
+                attn_k: linear(g, "attn_k")?,
+                attn_v: linear(g, "attn_v")?,
+                attn_output: linear(g, "attn_output")?,
+                ffn_gate: linear(g, "ffn_gate")?,
+                ffn_up: linear(g, "ffn_up")?,
+                ffn_down: linear(g, "ffn_down")?,
+                attn_norm: norm(g, &format!("blk.{i}.attn_norm.weight"))?,
+                ffn_norm: norm(g, &format!("blk.{i}.ffn_norm.weight"))?,
+            });
+        }
+        let token_embd_q = g.tensor("token_embd.weight", device)?;
+        let token_embd = token_embd_q.dequantize(device)?;
+        let output_q = if config.tie_word_embeddings { token_embd_q } else { g.tensor("output.weight", device)? };
+        // The output head reads every row for every token; its quantized form is the fast one to keep.
+        let output = Linear::from_qtensor(output_q, None, WeightFormat::Quantized)?;
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `ids` (one sequence) after the positions already in `cache`, appends them to it, and returns
+    /// the logits of the last position, shape `(vocab,)`.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let seq_len = ids.len();
+        if seq_len == 0 {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        let pos = cache.len;
+        if pos + seq_len > self.config.max_position_embeddings {
+            return Err(Error::PromptTooLong { tokens: pos + seq_len, context: self.config.max_position_embeddings });
+        }
+        let input = Tensor::new(ids, &self.device)?;
+        let mut x = self.token_embd.index_select(&input, 0)?.unsqueeze(0)?;
+        let mask = if seq_len > 1 { Some(causal_mask(seq_len, pos, &self.device)?) } else { None };
+        let cos = self.cos.narrow(0, pos, seq_len)?;
+        let sin = self.sin.narrow(0, pos, seq_len)?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = self.attention(block, &block.attn_norm.forward(&x)?, &cos, &sin, mask.as_ref(), layer_cache)?;
+            x = (x + h)?;
+            let h = self.mlp(block, &block.ffn_norm.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        cache.len += seq_len;
+        let last = x.narrow(1, seq_len - 1, 1)?;
+        let logits = self.output.forward(&self.output_norm.forward(&last)?)?;
+        Ok(logits.flatten_all()?)
+    }
+
+    fn attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, seq_len, _) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, seq_len, n, c.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(b.attn_q.forward(x)?, c.num_attention_heads)?;
+        let k = heads(b.attn_k.forward(x)?, c.num_key_value_heads)?;
+        let v = heads(b.attn_v.forward(x)?, c.num_key_value_heads)?;
+        let rope = if c.rope_interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+
+        let n_rep = c.num_attention_heads / c.num_key_value_heads;
+        let k = candle_transformers::utils::repeat_kv(k, n_rep)?;
+        let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?;
+        let y = y.transpose(1, 2)?.reshape((batch, seq_len, c.num_attention_heads * c.head_dim))?;
+        b.attn_output.forward(&y)
+    }
+
+    fn mlp(&self, b: &Block, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&b.ffn_gate.forward(x)?)?;
+        b.ffn_down.forward(&(gate * b.ffn_up.forward(x)?)?)
+    }
+}
+
+/// cos/sin of position * inverse frequency, `(max_positions, head_dim / 2)`.
+fn rope_tables(c: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv_freq: Vec<f32> =
+        (0..c.head_dim).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / c.head_dim as f32)).collect();
+    let inv_freq = Tensor::new(inv_freq.as_slice(), device)?.unsqueeze(0)?;
+    let positions =
+        Tensor::arange(0u32, c.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
+    let angles = positions.broadcast_mul(&inv_freq)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// Additive mask `(seq_len, past + seq_len)`: 0 where a query may attend, -inf where it may not.
+fn causal_mask(seq_len: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let total = past + seq_len;
+    let mask: Vec<f32> = (0..seq_len)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (seq_len, total), device)?)
+}

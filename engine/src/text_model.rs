@@ -1,0 +1,46 @@
+//! A loaded chat model: weights, tokenizer and chat template from one GGUF file.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
+use crate::error::Result;
+use crate::generation::{generate, GenerateOptions, Generation};
+use crate::gguf::GgufFile;
+use crate::models::llama::{Llama, WeightFormat};
+use crate::tokenizer::Tokenizer;
+
+pub struct TextModel {
+    pub llama: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+impl TextModel {
+    pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        let mut gguf = GgufFile::open(path)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let source = gguf.opt_str("tokenizer.chat_template").unwrap_or(CHATML_TEMPLATE).to_string();
+        let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
+        let llama = Llama::from_gguf(&mut gguf, format, device)?;
+        Ok(Self { llama, tokenizer, template })
+    }
+
+    /// Token ids of `messages` rendered with the chat template, ready for the assistant's turn.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        self.tokenizer.encode_prompt(&text)
+    }
+
+    /// The assistant's reply to `messages`.
+    pub fn chat(&self, messages: &[Message], opts: &GenerateOptions) -> Result<Generation> {
+        let prompt = self.chat_prompt(messages)?;
+        generate(self, &prompt, opts)
+    }
+
+    /// The reply to one user message, the way `distill.complete(model, prompt)` asks.
+    pub fn complete(&self, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
+        self.chat(&[Message::user(prompt)], opts)
+    }
+}

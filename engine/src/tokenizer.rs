@@ -1,0 +1,150 @@
+//! The tokenizer, built from the vocabulary and merges stored inside a GGUF file.
+//!
+//! We assemble a Hugging Face `tokenizers::Tokenizer` (BPE model, byte-level pre-tokenizer and decoder)
+//! rather than writing BPE by hand: it is the reference implementation the checkpoints were trained with.
+//! candle's `TokenizerFromGguf` ignores `tokenizer.ggml.pre` and so gives wrong ids for SmolLM (digits).
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Llama 3's split regex (its tokenizer.json `pre_tokenizer`); also used by SmolLM3 and others.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split regex: like Llama 3's but one digit per piece.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_id: u32,
+    /// Tokens that end generation: EOS plus end-of-turn tokens when the file names them.
+    pub stop_ids: Vec<u32>,
+    pub add_bos: bool,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let model = gguf.opt_str("tokenizer.ggml.model").unwrap_or("");
+        if model != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "tokenizer model \"{model}\" (only byte-level BPE, \"gpt2\", is supported in GGUF files)"
+            )));
+        }
+        let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
+        let merges = gguf.str_array("tokenizer.ggml.merges")?;
+        let types = gguf.int_array("tokenizer.ggml.token_type").unwrap_or_default();
+        let pre = gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default");
+
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::Tokenizer(format!("malformed merge \"{m}\"")))
+            })
+            .collect::<Result<_>>()?;
+
+        // Llama 3 style tokenizers look whole words up in the vocabulary before merging.
+        let ignore_merges = matches!(pre, "llama-bpe" | "llama3" | "smollm3");
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+
+        let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
+            Ok(Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)?.into())
+        };
+        let byte_level = |use_regex| PreTokenizerWrapper::from(ByteLevel::new(false, true, use_regex));
+        let pre_tokenizer = match pre {
+            // SmolLM/SmolLM2: each digit is its own token, then GPT-2's byte-level split, no prefix space.
+            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true)]),
+            "gpt2" | "default" | "gpt-2" => Sequence::new(vec![byte_level(true)]),
+            "llama-bpe" | "llama3" | "smollm3" => Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]),
+            "qwen2" => {
+                inner.with_normalizer(Some(NFC));
+                Sequence::new(vec![split(QWEN2_PATTERN)?, byte_level(false)])
+            }
+            other => {
+                return Err(Error::Unsupported(format!("pre-tokenizer \"{other}\" (tokenizer.ggml.pre)")));
+            }
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+        // Control tokens (<|im_start|>, ...) are matched in text as single special tokens, as HF and llama.cpp do.
+        let added: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(i, &t)| AddedToken::from(tokens[i].to_string(), t == TOKEN_TYPE_CONTROL).normalized(false))
+            .collect();
+        inner.add_special_tokens(&added);
+
+        let id = |key: &str| gguf.opt_u64(key).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+        let eos_id = id("tokenizer.ggml.eos_token_id")
+            .ok_or_else(|| Error::Tokenizer("tokenizer.ggml.eos_token_id is missing".into()))?;
+        let bos_id = id("tokenizer.ggml.bos_token_id");
+        let mut stop_ids = vec![eos_id];
+        if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
+            if eot != eos_id {
+                stop_ids.push(eot);
+            }
+        }
+        let text_of = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string()).unwrap_or_default();
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            stop_ids,
+            add_bos: gguf.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false) && bos_id.is_some(),
+            bos_token: text_of(bos_id),
+            eos_token: text_of(Some(eos_id)),
+        })
+    }
+
+    /// Token ids of `text`; special tokens written in the text are parsed as such. No BOS is added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode_fast(text, false)?.get_ids().to_vec())
+    }
+
+    /// Ids for a rendered chat prompt: BOS is prepended when the model wants it and the template did not.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text)?;
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.inner.decode(ids, true)?)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.stop_ids.contains(&id)
+    }
+}

@@ -1,0 +1,35 @@
+//! Shared helpers: where the test model and fixtures are.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use distill_engine::{ModelStore, TextModel, WeightFormat};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The model directory: $DISTILL_MODEL_DIR, or `models/` at the repository root where set-up puts it.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("DISTILL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("models"))
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = repo_root().join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap()
+}
+
+/// The default model, loaded once per test binary.
+pub fn smollm2() -> &'static TextModel {
+    static MODEL: OnceLock<TextModel> = OnceLock::new();
+    MODEL.get_or_init(|| smollm2_with(WeightFormat::Quantized))
+}
+
+pub fn smollm2_with(format: WeightFormat) -> TextModel {
+    let path = ModelStore::new(model_dir(), false)
+        .resolve("smollm2-135m")
+        .unwrap_or_else(|e| panic!("{e}: {:?} (run scripts/setup.sh first)", e.hint()));
+    TextModel::load_gguf(&path, format, &candle_core::Device::Cpu).unwrap()
+}

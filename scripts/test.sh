@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test: engine tests (cargo test), in-database tests (cargo pgrx test) and SQL regression
+# tests (pg_regress over tests/sql). Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bash scripts/setup.sh
+
+echo "== engine tests"
+DISTILL_MODEL_DIR="$root/models" cargo test -p distill-engine
+
+echo "== pgrx tests"
+pgrx_data=/tmp/pg_distill-pgrx-tests
+rm -rf "$pgrx_data" && install -d -o postgres -g postgres "$pgrx_data"
+cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data"
+
+echo "== SQL regression tests"
+# `cargo pgrx test` installed a build with test-only functions; install the real one.
+cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+bash tests/regress.sh

@@ -1,0 +1,44 @@
+//! Engine errors as Postgres errors, each with its SQLSTATE and, where the engine has one, a HINT.
+
+use distill_engine::Error;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub trait OrReport<T> {
+    /// The value, or an ERROR raised in the calling backend.
+    fn or_report(self) -> T;
+}
+
+impl<T> OrReport<T> for distill_engine::Result<T> {
+    fn or_report(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => report(e),
+        }
+    }
+}
+
+pub fn report(e: Error) -> ! {
+    use PgSqlErrorCode::*;
+    let code = match &e {
+        Error::ModelNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
+        Error::InvalidModelName(..) | Error::InvalidInput(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+        Error::PromptTooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        Error::HubUnavailable { .. } => ERRCODE_CONNECTION_FAILURE,
+        Error::BadModelFile { .. } => ERRCODE_DATA_CORRUPTED,
+        Error::Unsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+        Error::Tokenizer(_) | Error::Template(_) => ERRCODE_DATA_EXCEPTION,
+        Error::Io(_) => ERRCODE_IO_ERROR,
+        Error::Candle(_) => ERRCODE_INTERNAL_ERROR,
+    };
+    let mut report = pgrx::pg_sys::panic::ErrorReport::new(code, e.to_string(), "pg_distill");
+    if let Some(hint) = e.hint() {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// An ERROR for bad SQL-level input.
+pub fn invalid(message: impl Into<String>) -> ! {
+    report(Error::InvalidInput(message.into()))
+}

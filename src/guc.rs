@@ -1,0 +1,66 @@
+//! Settings (GUCs) under `distill.*`.
+
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// `$sharedir` is expanded at use, like `$libdir` in `dynamic_library_path`, so the default follows the
+/// installation and `SHOW distill.model_dir` still says where models are.
+static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
+static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static HUB_DOWNLOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"distill.model_dir",
+        c"Directory holding base model files (.gguf).",
+        c"$sharedir expands to the installation's share directory (pg_config --sharedir). Hugging Face downloads go to its hub/ subdirectory.",
+        &MODEL_DIR,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"distill.threads",
+        c"Threads one backend uses for model computation (0 = one per CPU core).",
+        c"Read when a session first runs a model.",
+        &THREADS,
+        0,
+        256,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"distill.hub_download",
+        c"Whether model names of the form org/repo[/file.gguf] may be downloaded from the Hugging Face Hub.",
+        c"Needs internet access from the database server; files are cached in distill.model_dir/hub.",
+        &HUB_DOWNLOAD,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+pub fn model_dir() -> PathBuf {
+    let raw = MODEL_DIR.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    PathBuf::from(raw.replace("$sharedir", &share_dir()))
+}
+
+pub fn threads() -> usize {
+    match THREADS.get() {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n as usize,
+    }
+}
+
+pub fn hub_download() -> bool {
+    HUB_DOWNLOAD.get()
+}
+
+fn share_dir() -> String {
+    let mut buf = [0 as std::ffi::c_char; pg_sys::MAXPGPATH as usize];
+    // SAFETY: my_exec_path is set at backend start; get_share_path writes at most MAXPGPATH bytes.
+    unsafe {
+        pg_sys::get_share_path(std::ptr::addr_of!(pg_sys::my_exec_path) as *const _, buf.as_mut_ptr());
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    }
+}

@@ -1,0 +1,83 @@
+//! pg_distill: fine-tune small language models on rows of your tables and run them in SQL.
+//!
+//! This crate is the SQL layer only: each SQL function is a thin wrapper over `distill-engine`.
+
+use pgrx::prelude::*;
+
+mod complete;
+mod errors;
+mod guc;
+mod model_cache;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn fixture(name: &str) -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+        serde_json::from_str(&std::fs::read_to_string(format!("{path}{name}")).unwrap()).unwrap()
+    }
+
+    #[pg_test]
+    fn greedy_completion_matches_llama_cpp() {
+        let f = fixture("smollm2_greedy_reference.json");
+        let got = Spi::get_one_with_args::<String>(
+            "SELECT distill.complete('smollm2-135m', $1)",
+            &[f["user_message"].as_str().unwrap().into()],
+        );
+        assert_eq!(got.unwrap().unwrap(), f["expected_greedy_output"].as_str().unwrap());
+    }
+
+    #[pg_test]
+    fn model_is_loaded_once_per_backend() {
+        crate::model_cache::clear();
+        let n = Spi::get_one::<i64>(
+            "SELECT count(distill.complete('smollm2-135m', 'Say yes.', '{\"max_tokens\": 1}')) FROM generate_series(1, 20)",
+        );
+        assert_eq!(n.unwrap(), Some(20));
+        assert_eq!(crate::model_cache::loads(), 1);
+    }
+
+    #[pg_test]
+    fn null_prompt_gives_null() {
+        let got = Spi::get_one::<String>("SELECT distill.complete('smollm2-135m', NULL)");
+        assert_eq!(got.unwrap(), None);
+    }
+
+    #[pg_test(error = "prompt is empty")]
+    fn empty_prompt_is_an_error() {
+        Spi::run("SELECT distill.complete('smollm2-135m', '   ')").unwrap();
+    }
+
+    #[pg_test(error = "model \"no-such-model\" not found in")]
+    fn unknown_model_is_an_error() {
+        Spi::run("SELECT distill.complete('no-such-model', 'hello')").unwrap();
+    }
+
+    #[pg_test]
+    fn version_names_the_engine() {
+        let v = Spi::get_one::<String>("SELECT distill.version()").unwrap().unwrap();
+        assert!(v.starts_with("pg_distill 0.1.0"), "{v}");
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_distill'"]
+    }
+}

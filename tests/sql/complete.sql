@@ -1,0 +1,39 @@
+-- distill.complete() on the default base model.
+CREATE EXTENSION pg_distill;
+\set VERBOSITY terse
+
+SELECT distill.version() LIKE 'pg_distill 0.1.0 (engine 0.1.0, %)' AS version_ok;
+
+-- Greedy output equals llama.cpp's on the same GGUF (tests/fixtures/smollm2_greedy_reference.json).
+SELECT distill.complete('smollm2-135m', E'Classify this support ticket into one of: Roaming fees, Slow data speed, Lost phone, Add new line, Closing account. Reply with the category only.\nTicket: I was charged extra while travelling in Spain last week.');
+
+-- Options.
+SELECT distill.complete('smollm2-135m', 'Count from one to ten.', '{"max_tokens": 4}');
+SELECT distill.complete('smollm2-135m', 'Count from one to ten.', '{"max_tokens": 40, "stop": ["four"]}');
+SELECT distill.complete('smollm2-135m', 'Name a colour.', '{"temperature": 0.8, "seed": 3, "max_tokens": 8}')
+     = distill.complete('smollm2-135m', 'Name a colour.', '{"temperature": 0.8, "seed": 3, "max_tokens": 8}') AS seeded_sampling_repeats;
+
+-- NULL in, NULL out (STRICT).
+SELECT distill.complete('smollm2-135m', NULL) IS NULL AS null_prompt;
+SELECT distill.complete(NULL, 'hello') IS NULL AS null_model;
+
+-- Bad input: clear errors.
+SELECT distill.complete('smollm2-135m', '');
+SELECT distill.complete('smollm2-135m', E' \n\t');
+SELECT distill.complete('', 'hello');
+SELECT distill.complete('no-such-model', 'hello');
+SELECT distill.complete('../../etc/passwd', 'hello');
+SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokenz": 3}');
+SELECT distill.complete('smollm2-135m', 'hello', '{"temperature": 5}');
+SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokens": "many"}');
+SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokens": 0}');
+SELECT distill.complete('smollm2-135m', 'hello', '[1, 2]');
+
+-- The model is loaded once per backend and reused across rows.
+\getenv datafiles PGDATAFILES
+\set tickets_csv :datafiles '/test.csv'
+CREATE TABLE tickets (id text PRIMARY KEY, request text, label text);
+COPY tickets FROM :'tickets_csv' WITH (FORMAT csv, HEADER true);
+SELECT count(*) AS answered
+FROM (SELECT distill.complete('smollm2-135m', request, '{"max_tokens": 2}') AS answer FROM tickets) t
+WHERE answer <> '';
