@@ -5,18 +5,23 @@ pub mod chat_template;
 pub mod error;
 pub mod generation;
 pub mod gguf;
+pub mod lora;
 pub mod model_store;
 pub mod models;
+pub mod ops;
 pub mod text_model;
 pub mod threads;
 pub mod tokenizer;
+pub mod train;
 
 pub use chat_template::Message;
 pub use error::{Error, Result};
 pub use generation::{FinishReason, GenerateOptions, Generation};
 pub use model_store::ModelStore;
 pub use models::llama::WeightFormat;
+pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use text_model::TextModel;
+pub use train::{Example, TrainConfig, TrainReport};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::lora::{LoraAdapter, LoraPair, Target};
+use crate::ops;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -106,6 +108,93 @@ impl Linear {
             None => y,
         })
     }
+
+    /// `W x + scale * B A x`: the adapter's low-rank update applied beside the frozen weight, unmerged,
+    /// so one base serves any number of adapters.
+    fn forward_lora(&self, x: &Tensor, lora: Option<(&LoraPair, f64)>) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match lora {
+            None => Ok(y),
+            Some((p, scale)) => Ok((y + (x.broadcast_matmul(&p.a.t()?)?.broadcast_matmul(&p.b.t()?)? * scale)?)?),
+        }
+    }
+
+    /// The f32 weight, for training (requires [`WeightFormat::F32`]).
+    fn dense(&self) -> Result<&Tensor> {
+        match &self.weight {
+            QMatMul::Tensor(t) => Ok(t),
+            _ => Err(Error::InvalidInput("training needs a model loaded with f32 weights".into())),
+        }
+    }
+
+    /// Training forward: frozen weight (input gradient only) plus the adapter's trainable update.
+    fn forward_train(&self, x: &Tensor, lora: Option<(&LoraPair, f64)>, dropout: &mut Dropout) -> Result<Tensor> {
+        let y = ops::frozen_linear(x, self.dense()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match lora {
+            None => Ok(y),
+            Some((p, scale)) => {
+                let x = dropout.apply(x)?;
+                Ok((y + (x.broadcast_matmul(&p.a.t()?)?.broadcast_matmul(&p.b.t()?)? * scale)?)?)
+            }
+        }
+    }
+}
+
+/// Seeded dropout on the LoRA branch's input (PEFT's `lora_dropout`).
+pub struct Dropout {
+    p: f64,
+    rng: rand::rngs::StdRng,
+}
+
+impl Dropout {
+    pub fn new(p: f64, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self { p, rng: rand::rngs::StdRng::seed_from_u64(seed) }
+    }
+
+    fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        use rand::Rng;
+        if self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.p) as f32;
+        let p = self.p;
+        let mask: Vec<f32> =
+            (0..x.elem_count()).map(|_| if self.rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+        Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+    }
+}
+
+/// Token sequences packed back to back for training: no padding, each sequence attends only to
+/// itself and its positions restart at 0.
+#[derive(Debug, Clone, Default)]
+pub struct PackedBatch {
+    pub ids: Vec<u32>,
+    /// (start, len) of each sequence in `ids`.
+    pub segments: Vec<(usize, usize)>,
+    /// Position of each token within its sequence.
+    pub positions: Vec<u32>,
+    /// Indices into `ids` whose next-token logits are scored.
+    pub loss_positions: Vec<u32>,
+    /// The token expected after each of `loss_positions`.
+    pub targets: Vec<u32>,
+}
+
+impl PackedBatch {
+    pub fn push(&mut self, ids: &[u32], first_target: usize) {
+        let start = self.ids.len();
+        self.ids.extend_from_slice(ids);
+        self.segments.push((start, ids.len()));
+        self.positions.extend(0..ids.len() as u32);
+        for t in first_target.max(1)..ids.len() {
+            self.loss_positions.push((start + t - 1) as u32);
+            self.targets.push(ids[t]);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +206,10 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::rms_norm(x, &self.weight, self.eps as f64)?)
     }
 }
 
@@ -196,9 +289,13 @@ impl Llama {
         }
         let token_embd_q = g.tensor("token_embd.weight", device)?;
         let token_embd = token_embd_q.dequantize(device)?;
-        let output_q = if config.tie_word_embeddings { token_embd_q } else { g.tensor("output.weight", device)? };
-        // The output head reads every row for every token; its quantized form is the fast one to keep.
-        let output = Linear::from_qtensor(output_q, None, WeightFormat::Quantized)?;
+        let output = match (format, config.tie_word_embeddings) {
+            // Training needs the head in f32; tied, it is the embedding table we already hold.
+            (WeightFormat::F32, true) => Linear { weight: QMatMul::Tensor(token_embd.clone()), bias: None },
+            // Generating reads the whole head for every token: its quantized form is the fast one.
+            (WeightFormat::Quantized, true) => Linear::from_qtensor(token_embd_q, None, format)?,
+            (_, false) => Linear::from_qtensor(g.tensor("output.weight", device)?, None, format)?,
+        };
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, device: device.clone() })
     }
@@ -210,6 +307,11 @@ impl Llama {
     /// Runs `ids` (one sequence) after the positions already in `cache`, appends them to it, and returns
     /// the logits of the last position, shape `(vocab,)`.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_with(ids, cache, None)
+    }
+
+    /// [`Llama::forward`] with a LoRA adapter applied.
+    pub fn forward_with(&self, ids: &[u32], cache: &mut KvCache, adapter: Option<&LoraAdapter>) -> Result<Tensor> {
         let seq_len = ids.len();
         if seq_len == 0 {
             return Err(Error::InvalidInput("no tokens to run".into()));
@@ -223,11 +325,14 @@ impl Llama {
         let mask = if seq_len > 1 { Some(causal_mask(seq_len, pos, &self.device)?) } else { None };
         let cos = self.cos.narrow(0, pos, seq_len)?;
         let sin = self.sin.narrow(0, pos, seq_len)?;
-        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let h = self.attention(block, &block.attn_norm.forward(&x)?, &cos, &sin, mask.as_ref(), layer_cache)?;
+        for (i, (block, layer_cache)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
+            let h = self.attention(block, &block.attn_norm.forward(&x)?, &cos, &sin, mask.as_ref(), layer_cache, &lora)?;
             x = (x + h)?;
-            let h = self.mlp(block, &block.ffn_norm.forward(&x)?)?;
-            x = (x + h)?;
+            let h = block.ffn_norm.forward(&x)?;
+            let gate = candle_nn::ops::silu(&block.ffn_gate.forward_lora(&h, lora(Target::Gate))?)?;
+            let up = block.ffn_up.forward_lora(&h, lora(Target::Up))?;
+            x = (x + block.ffn_down.forward_lora(&(gate * up)?, lora(Target::Down))?)?;
         }
         cache.len += seq_len;
         let last = x.narrow(1, seq_len - 1, 1)?;
@@ -235,7 +340,8 @@ impl Llama {
         Ok(logits.flatten_all()?)
     }
 
-    fn attention(
+    #[allow(clippy::too_many_arguments)]
+    fn attention<'a>(
         &self,
         b: &Block,
         x: &Tensor,
@@ -243,15 +349,16 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
+        lora: &dyn Fn(Target) -> Option<(&'a LoraPair, f64)>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, seq_len, _) = x.dims3()?;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((batch, seq_len, n, c.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(b.attn_q.forward(x)?, c.num_attention_heads)?;
-        let k = heads(b.attn_k.forward(x)?, c.num_key_value_heads)?;
-        let v = heads(b.attn_v.forward(x)?, c.num_key_value_heads)?;
+        let q = heads(b.attn_q.forward_lora(x, lora(Target::Q))?, c.num_attention_heads)?;
+        let k = heads(b.attn_k.forward_lora(x, lora(Target::K))?, c.num_key_value_heads)?;
+        let v = heads(b.attn_v.forward_lora(x, lora(Target::V))?, c.num_key_value_heads)?;
         let rope = if c.rope_interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
@@ -272,12 +379,61 @@ impl Llama {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v)?;
         let y = y.transpose(1, 2)?.reshape((batch, seq_len, c.num_attention_heads * c.head_dim))?;
-        b.attn_output.forward(&y)
+        b.attn_output.forward_lora(&y, lora(Target::O))
     }
 
-    fn mlp(&self, b: &Block, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&b.ffn_gate.forward(x)?)?;
-        b.ffn_down.forward(&(gate * b.ffn_up.forward(x)?)?)
+    /// Training forward over a packed batch: logits `(loss_positions, vocab)` with gradients flowing to
+    /// the adapter's variables only. Uses ops with a backward (see `ops.rs`); needs f32 weights.
+    pub fn forward_train(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
+        let c = &self.config;
+        let dev = &self.device;
+        let total = batch.ids.len();
+        let ids = Tensor::new(batch.ids.as_slice(), dev)?;
+        let positions = Tensor::new(batch.positions.as_slice(), dev)?;
+        let cos = self.cos.index_select(&positions, 0)?.unsqueeze(0)?;
+        let sin = self.sin.index_select(&positions, 0)?.unsqueeze(0)?;
+        let masks: Vec<Tensor> =
+            batch.segments.iter().map(|&(_, n)| causal_mask(n, 0, dev)).collect::<Result<_>>()?;
+        let scale = adapter.config.scale();
+        let n_rep = c.num_attention_heads / c.num_key_value_heads;
+        let mut x = self.token_embd.index_select(&ids, 0)?.unsqueeze(0)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let lora = |t: Target| adapter.get(i, t).map(|p| (p, scale));
+            let h = b.attn_norm.forward_train(&x)?;
+            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+                Ok(t.reshape((1, total, n, c.head_dim))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = heads(b.attn_q.forward_train(&h, lora(Target::Q), dropout)?, c.num_attention_heads)?;
+            let k = heads(b.attn_k.forward_train(&h, lora(Target::K), dropout)?, c.num_key_value_heads)?;
+            let v = heads(b.attn_v.forward_train(&h, lora(Target::V), dropout)?, c.num_key_value_heads)?;
+            let q = ops::rope(&q, &cos, &sin, c.rope_interleaved)?;
+            let k = ops::rope(&k, &cos, &sin, c.rope_interleaved)?;
+            // Attention per packed sequence: no compute spent across sequence boundaries.
+            let mut outs = Vec::with_capacity(batch.segments.len());
+            for (&(start, n), mask) in batch.segments.iter().zip(&masks) {
+                let qs = q.narrow(2, start, n)?;
+                let ks = candle_transformers::utils::repeat_kv(k.narrow(2, start, n)?.contiguous()?, n_rep)?;
+                let vs = candle_transformers::utils::repeat_kv(v.narrow(2, start, n)?.contiguous()?, n_rep)?;
+                let scores = (qs.contiguous()?.matmul(&ks.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?;
+                let probs = ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
+                outs.push(probs.matmul(&vs)?);
+            }
+            let y = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((1, total, c.num_attention_heads * c.head_dim))?;
+            x = (x + b.attn_output.forward_train(&y, lora(Target::O), dropout)?)?;
+            let h = b.ffn_norm.forward_train(&x)?;
+            let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?.silu()?;
+            let up = b.ffn_up.forward_train(&h, lora(Target::Up), dropout)?;
+            x = (x + b.ffn_down.forward_train(&(gate * up)?, lora(Target::Down), dropout)?)?;
+        }
+        // Logits only where the loss needs them: the vocabulary projection is the largest matmul.
+        let picked = Tensor::new(batch.loss_positions.as_slice(), dev)?;
+        let h = x.squeeze(0)?.index_select(&picked, 0)?;
+        let h = self.output_norm.forward_train(&h)?;
+        let logits = ops::frozen_linear(&h, self.output.dense()?)?;
+        Ok(match &self.output.bias {
+            Some(b) => logits.broadcast_add(b)?,
+            None => logits,
+        })
     }
 }
 

@@ -1,0 +1,252 @@
+//! Differentiable versions of the ops the training forward needs.
+//!
+//! candle's fused `rms_norm`, `softmax_last_dim` and `rope_i` have no backward (they silently stop
+//! gradients), and its matmul backward also computes the gradient of a frozen weight, which training
+//! then throws away. These custom ops compute the same forward on the CPU and a backward written by
+//! hand; `engine/tests/grad_check.rs` checks each against finite differences.
+//!
+//! Forwards are generic over f32 and f64 so the gradient checks can run in double precision.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, D,
+};
+use rayon::prelude::*;
+
+trait Float: WithDType + num_traits::Float + Send + Sync {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => bail!("custom op needs a contiguous input"),
+    }
+}
+
+macro_rules! dispatch_float {
+    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+        match $dtype {
+            DType::F32 => CpuStorage::F32($f::<f32>($($arg),*)?),
+            DType::F64 => CpuStorage::F64($f::<f64>($($arg),*)?),
+            d => bail!("custom op: unsupported dtype {d:?}"),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Frozen linear layer: y = x W^T, gradient for x only.
+
+/// `x W^T` where `W (out, in)` is frozen: the backward returns the input gradient and never computes
+/// the weight gradient that candle's matmul backward would.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenLinear { w: w.clone() })))
+}
+
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (out_dim, in_dim) = self.w.dims2()?;
+        let dims = l.shape().dims();
+        if dims.last() != Some(&in_dim) || !l.is_contiguous() {
+            bail!("frozen-linear: input {:?} (contiguous: {}) vs weight ({out_dim}, {in_dim})", dims, l.is_contiguous());
+        }
+        let m = l.shape().elem_count() / in_dim;
+        let x_layout = Layout::contiguous_with_offset((m, in_dim), l.start_offset());
+        let wt = self.w.t()?;
+        let (w_storage, wt_layout) = wt.storage_and_layout();
+        let Storage::Cpu(w_storage) = &*w_storage else { bail!("frozen-linear: weight is not on the CPU") };
+        let y = s.matmul(w_storage, (1, m, out_dim, in_dim), &x_layout, wt_layout)?;
+        let mut out = dims.to_vec();
+        *out.last_mut().unwrap() = out_dim;
+        Ok((y, Shape::from(out)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (out_dim, _) = self.w.dims2()?;
+        let m = grad.elem_count() / out_dim;
+        let g = grad.contiguous()?.reshape((m, out_dim))?.matmul(&self.w)?;
+        Ok(Some(g.reshape(arg.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// RMSNorm with a frozen scale: y = x / sqrt(mean(x^2) + eps) * w.
+
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(w, RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+fn rms_norm_fwd<T: Float>(x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout, eps: f64) -> Result<Vec<T>> {
+    let x = contiguous::<T>(x, xl)?;
+    let w = contiguous::<T>(w, wl)?;
+    let d = w.len();
+    let eps = T::from(eps).unwrap();
+    let n = T::from(d).unwrap();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+        let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / n;
+        let r = (ms + eps).sqrt().recip();
+        for i in 0..d {
+            y[i] = x[i] * r * w[i];
+        }
+    });
+    Ok(y)
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-trainable"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        if xl.dims().last() != Some(&wl.shape().elem_count()) {
+            bail!("rms-norm: input {:?} vs weight {:?}", xl.dims(), wl.dims());
+        }
+        let y = dispatch_float!(x.dtype(), rms_norm_fwd(x, xl, w, wl, self.eps));
+        Ok((y, xl.shape().clone()))
+    }
+
+    /// dx = r (g w) - x r^3 mean(x g w); the scale w is frozen, so no gradient for it.
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let gw = g.broadcast_mul(w)?;
+        let dot = (x * &gw)?.mean_keepdim(D::Minus1)?;
+        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        Ok((Some(dx), None))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Softmax over the last dimension.
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+struct Softmax;
+
+fn softmax_fwd<T: Float>(x: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+    let x = contiguous::<T>(x, l)?;
+    let d = *l.dims().last().unwrap();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+        let max = x.iter().fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
+        let mut sum = T::zero();
+        for i in 0..d {
+            // A row masked entirely to -inf stays all zero instead of NaN.
+            y[i] = if max == T::neg_infinity() { T::zero() } else { (x[i] - max).exp() };
+            sum = sum + y[i];
+        }
+        if sum > T::zero() {
+            y.iter_mut().for_each(|v| *v = *v / sum);
+        }
+    });
+    Ok(y)
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-trainable"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = dispatch_float!(s.dtype(), softmax_fwd(s, l));
+        Ok((y, l.shape().clone()))
+    }
+
+    /// dx = p (g - sum(g p)).
+    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((p * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Rotary position embedding with a position per token.
+
+/// Rotates `x (batch, heads, seq, head_dim)` by the angles whose cos/sin are `(batch, seq, head_dim/2)`.
+/// `interleaved` pairs (2i, 2i+1) (GGUF Llama); otherwise (i, i + head_dim/2) (Hugging Face).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { interleaved })
+}
+
+struct Rope {
+    interleaved: bool,
+}
+
+fn rope_fwd<T: Float>(
+    x: &CpuStorage,
+    xl: &Layout,
+    cos: &CpuStorage,
+    cl: &Layout,
+    sin: &CpuStorage,
+    sl: &Layout,
+    interleaved: bool,
+) -> Result<Vec<T>> {
+    let (b, h, t, d) = xl.shape().dims4()?;
+    if cl.dims() != [b, t, d / 2] || sl.dims() != [b, t, d / 2] {
+        bail!("rope: x {:?}, cos {:?}, sin {:?}", xl.dims(), cl.dims(), sl.dims());
+    }
+    let x = contiguous::<T>(x, xl)?;
+    let cos = contiguous::<T>(cos, cl)?;
+    let sin = contiguous::<T>(sin, sl)?;
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).enumerate().for_each(|(bh, (y, x))| {
+        let bi = bh / h;
+        for ti in 0..t {
+            let row = (bi * t + ti) * (d / 2);
+            let (xr, yr) = (&x[ti * d..(ti + 1) * d], &mut y[ti * d..(ti + 1) * d]);
+            for i in 0..d / 2 {
+                let (c, s) = (cos[row + i], sin[row + i]);
+                let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + d / 2) };
+                yr[a] = xr[a] * c - xr[b] * s;
+                yr[b] = xr[a] * s + xr[b] * c;
+            }
+        }
+    });
+    Ok(y)
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-trainable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        c: &CpuStorage,
+        cl: &Layout,
+        s: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = dispatch_float!(x.dtype(), rope_fwd(x, xl, c, cl, s, sl, self.interleaved));
+        Ok((y, xl.shape().clone()))
+    }
+
+    /// A rotation's transpose is the rotation by the opposite angle: dx = rope(g, cos, -sin).
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = g.contiguous()?.apply_op3_no_bwd(cos, &sin.neg()?, &Rope { interleaved: self.interleaved })?;
+        Ok((Some(dx), None, None))
+    }
+}

@@ -1,0 +1,306 @@
+//! LoRA fine-tuning: (prompt, completion) examples -> a trained [`LoraAdapter`].
+//!
+//! Examples are rendered exactly as `complete()` will later see them (prompt as the user turn through
+//! the chat template, completion as the assistant's reply ending in EOS) and the loss is taken on the
+//! completion tokens only. A batch packs its examples back to back without padding. AdamW with linear
+//! warm-up and decay, global-norm clipping, seeded shuffling and initialisation: the same inputs give
+//! the same adapter.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::chat_template::Message;
+use crate::error::{Error, Result};
+use crate::lora::{LoraAdapter, LoraConfig};
+use crate::models::llama::{Dropout, PackedBatch};
+use crate::text_model::TextModel;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub prompt: String,
+    pub completion: String,
+}
+
+impl Example {
+    pub fn new(prompt: &str, completion: &str) -> Self {
+        Self { prompt: prompt.into(), completion: completion.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub learning_rate: f64,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Longer examples are cut to this many tokens (prompt shortened, completion kept).
+    pub max_seq_len: usize,
+    /// Fraction of all steps spent warming the learning rate up from 0.
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// Gradients are scaled down to this global L2 norm when above it (0 = off).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub lora: LoraConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            learning_rate: 1e-3,
+            batch_size: 8,
+            max_seq_len: 512,
+            warmup_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            lora: LoraConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        if !(1..=10).contains(&self.epochs) {
+            return bad(format!("max_epochs must be between 1 and 10, got {}", self.epochs));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
+            return bad(format!("learning_rate must be in (0, 1], got {}", self.learning_rate));
+        }
+        if !(1..=512).contains(&self.batch_size) {
+            return bad(format!("batch_size must be between 1 and 512, got {}", self.batch_size));
+        }
+        if !(16..=32768).contains(&self.max_seq_len) {
+            return bad(format!("max_seq_len must be between 16 and 32768, got {}", self.max_seq_len));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) || !(0.0..=1.0).contains(&self.weight_decay) || self.max_grad_norm < 0.0 {
+            return bad("warmup_ratio must be in [0, 1), weight_decay in [0, 1], max_grad_norm >= 0".into());
+        }
+        self.lora.validate()
+    }
+}
+
+/// Reported after every optimizer step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    /// Tokens processed so far (prompt + completion, no padding exists).
+    pub tokens: usize,
+    pub loss: f64,
+    pub learning_rate: f64,
+}
+
+/// The caller's view of a run: progress reports and a cancel flag, checked between steps.
+pub trait TrainObserver {
+    fn progress(&mut self, _p: &Progress) {}
+    fn epoch_end(&mut self, _epoch: usize, _train_loss: f64, _eval_loss: Option<f64>) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+impl TrainObserver for NoObserver {}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrainReport {
+    /// Mean loss per epoch over the training steps (completion tokens).
+    pub train_loss: Vec<f64>,
+    /// Loss on the evaluation set after each epoch (empty without one).
+    pub eval_loss: Vec<f64>,
+    pub steps: usize,
+    pub trained_tokens: usize,
+    /// Completion tokens the loss was taken on.
+    pub loss_tokens: usize,
+    pub examples: usize,
+    /// Examples cut to max_seq_len.
+    pub truncated: usize,
+    pub cancelled: bool,
+}
+
+/// An example as token ids: the whole sequence and where its completion starts.
+#[derive(Debug, Clone)]
+struct Tokenized {
+    ids: Vec<u32>,
+    completion_start: usize,
+}
+
+/// How many tokens of a too-long prompt's end are kept: the template's closing of the user turn and
+/// opening of the assistant turn, which the model must see right before answering.
+const PROMPT_TAIL: usize = 8;
+
+fn tokenize(model: &TextModel, ex: &Example, max_len: usize) -> Result<(Tokenized, bool)> {
+    if ex.completion.is_empty() {
+        return Err(Error::InvalidInput("an example has an empty completion".into()));
+    }
+    let mut prompt = model.chat_prompt(&[Message::user(&ex.prompt)])?;
+    let mut completion = model.tokenizer.encode(&ex.completion)?;
+    completion.push(model.tokenizer.eos_id);
+    let mut truncated = false;
+    if prompt.len() + completion.len() > max_len {
+        truncated = true;
+        if completion.len() + PROMPT_TAIL + 1 > max_len {
+            completion.truncate(max_len.saturating_sub(PROMPT_TAIL + 1).max(1));
+        }
+        let keep = max_len - completion.len();
+        if prompt.len() > keep {
+            let tail = prompt.split_off(prompt.len() - PROMPT_TAIL.min(keep));
+            prompt.truncate(keep - tail.len());
+            prompt.extend(tail);
+        }
+    }
+    let completion_start = prompt.len();
+    prompt.extend(completion);
+    Ok((Tokenized { ids: prompt, completion_start }, truncated))
+}
+
+fn pack(examples: &[&Tokenized]) -> PackedBatch {
+    let mut b = PackedBatch::default();
+    for e in examples {
+        b.push(&e.ids, e.completion_start);
+    }
+    b
+}
+
+/// Mean cross-entropy of the completion tokens, and how many there were.
+fn batch_loss(model: &TextModel, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
+    let logits = model.llama.forward_train(batch, adapter, dropout)?;
+    let targets = Tensor::new(batch.targets.as_slice(), logits.device())?;
+    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+}
+
+/// Loss over `examples` with the adapter's current values, no gradients.
+pub fn evaluate_loss(model: &TextModel, adapter: &LoraAdapter, examples: &[Example], config: &TrainConfig) -> Result<f64> {
+    let adapter = adapter.detached();
+    let toks: Vec<Tokenized> =
+        examples.iter().map(|e| tokenize(model, e, config.max_seq_len).map(|t| t.0)).collect::<Result<_>>()?;
+    let mut dropout = Dropout::new(0.0, 0);
+    let (mut sum, mut count) = (0.0, 0usize);
+    for chunk in toks.chunks(config.batch_size) {
+        let refs: Vec<&Tokenized> = chunk.iter().collect();
+        let batch = pack(&refs);
+        let n = batch.targets.len();
+        sum += batch_loss(model, &batch, &adapter, &mut dropout)?.to_scalar::<f32>()? as f64 * n as f64;
+        count += n;
+    }
+    Ok(if count == 0 { f64::NAN } else { sum / count as f64 })
+}
+
+/// Fine-tunes a LoRA adapter on `train`; evaluates on `eval` after each epoch.
+/// The model must be loaded with f32 weights. Runs on the rayon pool it is called in.
+pub fn train(
+    model: &TextModel,
+    train: &[Example],
+    eval: &[Example],
+    config: &TrainConfig,
+    observer: &mut dyn TrainObserver,
+) -> Result<(LoraAdapter, TrainReport)> {
+    config.validate()?;
+    if train.is_empty() {
+        return Err(Error::InvalidInput("no training examples".into()));
+    }
+    let mut report = TrainReport { examples: train.len(), ..Default::default() };
+    let mut toks = Vec::with_capacity(train.len());
+    for e in train {
+        let (t, cut) = tokenize(model, e, config.max_seq_len)?;
+        report.truncated += cut as usize;
+        toks.push(t);
+    }
+    let (adapter, vars) = LoraAdapter::init(&config.lora, &model.llama.config, config.seed, model.llama.device())?;
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
+    )?;
+    let steps_per_epoch = toks.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let mut dropout = Dropout::new(config.lora.dropout, config.seed ^ 0x5eed);
+    let mut order: Vec<usize> = (0..toks.len()).collect();
+    'epochs: for epoch in 0..config.epochs {
+        order.shuffle(&mut rng);
+        let (mut epoch_loss, mut epoch_tokens) = (0.0, 0usize);
+        for chunk in order.chunks(config.batch_size) {
+            if observer.cancelled() {
+                report.cancelled = true;
+                break 'epochs;
+            }
+            let lr = learning_rate(config.learning_rate, report.steps, warmup, total_steps);
+            opt.set_learning_rate(lr);
+            let refs: Vec<&Tokenized> = chunk.iter().map(|&i| &toks[i]).collect();
+            let batch = pack(&refs);
+            let loss = batch_loss(model, &batch, &adapter, &mut dropout)?;
+            let mut grads = loss.backward()?;
+            clip_grad_norm(&mut grads, &vars, config.max_grad_norm)?;
+            opt.step(&grads)?;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "training diverged (loss {loss} at step {}); lower learning_rate",
+                    report.steps + 1
+                )));
+            }
+            let n = batch.targets.len();
+            epoch_loss += loss * n as f64;
+            epoch_tokens += n;
+            report.steps += 1;
+            report.trained_tokens += batch.ids.len();
+            report.loss_tokens += n;
+            observer.progress(&Progress {
+                step: report.steps,
+                total_steps,
+                epoch: epoch + 1,
+                tokens: report.trained_tokens,
+                loss,
+                learning_rate: lr,
+            });
+        }
+        let train_loss = epoch_loss / epoch_tokens.max(1) as f64;
+        report.train_loss.push(train_loss);
+        let eval_loss = if eval.is_empty() { None } else { Some(evaluate_loss(model, &adapter, eval, config)?) };
+        if let Some(l) = eval_loss {
+            report.eval_loss.push(l);
+        }
+        observer.epoch_end(epoch + 1, train_loss, eval_loss);
+    }
+    Ok((adapter.detached(), report))
+}
+
+/// Linear warm-up from 0 to `peak`, then linear decay to 0 at the last step (Hugging Face's "linear").
+fn learning_rate(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        peak * (step + 1) as f64 / warmup as f64
+    } else {
+        peak * (total - step) as f64 / (total - warmup).max(1) as f64
+    }
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm` (torch's clip_grad_norm_).
+fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
