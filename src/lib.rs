@@ -59,7 +59,7 @@ mod tests {
         Spi::run("SELECT distill.complete('smollm2-135m', '   ')").unwrap();
     }
 
-    #[pg_test(error = "model \"no-such-model\" not found in")]
+    #[pg_test(error = "model \"no-such-model\" not found in /usr/share/postgresql/15/pg_distill/models")]
     fn unknown_model_is_an_error() {
         Spi::run("SELECT distill.complete('no-such-model', 'hello')").unwrap();
     }

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("chat template: {0}")]
     Template(String),
 
-    #[error("invalid input: {0}")]
+    #[error("{0}")]
     InvalidInput(String),
 
     #[error("prompt is too long: {tokens} tokens, the model's context holds {context}")]

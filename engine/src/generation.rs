@@ -4,6 +4,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lora::LoraAdapter;
 use crate::models::llama::KvCache;
 use crate::text_model::TextModel;
 
@@ -76,6 +77,16 @@ pub struct Generation {
 
 /// Generates after `prompt` (token ids of a fully rendered prompt).
 pub fn generate(model: &TextModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
+    generate_with(model, prompt, opts, None)
+}
+
+/// [`generate`] with a LoRA adapter applied over the model's base weights.
+pub fn generate_with(
+    model: &TextModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    adapter: Option<&LoraAdapter>,
+) -> Result<Generation> {
     opts.validate()?;
     let context = model.llama.config.max_position_embeddings;
     if prompt.len() >= context {
@@ -83,7 +94,7 @@ pub fn generate(model: &TextModel, prompt: &[u32], opts: &GenerateOptions) -> Re
     }
     let mut sampler = LogitsProcessor::from_sampling(opts.seed, opts.sampling());
     let mut cache = KvCache::new(&model.llama.config);
-    let mut logits = model.llama.forward(prompt, &mut cache)?;
+    let mut logits = model.llama.forward_with(prompt, &mut cache, adapter)?;
     let mut tokens = Vec::new();
     // Set when a stop string cut the text; otherwise the text is decoded once at the end.
     let mut cut_text = None;
@@ -108,7 +119,7 @@ pub fn generate(model: &TextModel, prompt: &[u32], opts: &GenerateOptions) -> Re
         if tokens.len() == max_new {
             break;
         }
-        logits = model.llama.forward(&[next], &mut cache)?;
+        logits = model.llama.forward_with(&[next], &mut cache, adapter)?;
     }
     let text = match cut_text {
         Some(t) => t,

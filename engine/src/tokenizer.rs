@@ -79,7 +79,7 @@ impl Tokenizer {
             "gpt2" | "default" | "gpt-2" => Sequence::new(vec![byte_level(true)]),
             "llama-bpe" | "llama3" | "smollm3" => Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]),
             "qwen2" => {
-                inner.with_normalizer(Some(NFC));
+                inner.with_normalizer(Some(NFC))?;
                 Sequence::new(vec![split(QWEN2_PATTERN)?, byte_level(false)])
             }
             other => {
@@ -96,7 +96,7 @@ impl Tokenizer {
             .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
             .map(|(i, &t)| AddedToken::from(tokens[i].to_string(), t == TOKEN_TYPE_CONTROL).normalized(false))
             .collect();
-        inner.add_special_tokens(&added);
+        inner.add_special_tokens(added)?;
 
         let id = |key: &str| gguf.opt_u64(key).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
         let eos_id = id("tokenizer.ggml.eos_token_id")

@@ -1,0 +1,120 @@
+//! LoRA training on the real default model: the training forward agrees with inference, packing is
+//! exact, training lowers eval loss, and adapters survive save -> load bit for bit.
+mod common;
+
+use candle_core::Tensor;
+use distill_engine::models::llama::{Dropout, KvCache, PackedBatch};
+use distill_engine::train::{evaluate_loss, train, NoObserver};
+use distill_engine::{Example, LoraAdapter, LoraConfig, TextModel, TrainConfig, WeightFormat};
+
+fn f32_model() -> &'static TextModel {
+    static M: std::sync::OnceLock<TextModel> = std::sync::OnceLock::new();
+    M.get_or_init(|| common::smollm2_with(WeightFormat::F32))
+}
+
+fn tickets(file: &str) -> Vec<Example> {
+    let path = common::repo_root().join("data/support_tickets").join(file);
+    let mut r = csv::Reader::from_path(path).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            Example::new(&format!("Classify this support ticket.\nTicket: {}", &rec[1]), &rec[2])
+        })
+        .collect()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn trained_adapter(model: &TextModel, steps_of: usize) -> LoraAdapter {
+    let data = tickets("train.csv");
+    let cfg = TrainConfig { epochs: 1, batch_size: 4, ..Default::default() };
+    train(model, &data[..steps_of * 4], &[], &cfg, &mut NoObserver).unwrap().0
+}
+
+#[test]
+fn training_forward_matches_inference_and_packing_is_exact() {
+    let model = f32_model();
+    let adapter = trained_adapter(model, 2);
+    let a = model.tokenizer.encode("The quick brown fox jumps over the lazy dog").unwrap();
+    let b = model.tokenizer.encode("Roaming fees on my bill").unwrap();
+    let inference = |ids: &[u32]| model.llama.forward_with(ids, &mut KvCache::new(&model.llama.config), Some(&adapter)).unwrap();
+    let mut batch = PackedBatch::default();
+    batch.push(&a, a.len() - 1);
+    batch.push(&b, b.len() - 1);
+    // Loss positions: the last token of each sequence predicts the one after... take all but the last
+    // token's logits, i.e. the second-to-last position of each; compare with inference at that prefix.
+    let logits = model.llama.forward_train(&batch, &adapter, &mut Dropout::new(0.0, 0)).unwrap();
+    assert_eq!(logits.dims()[0], 2);
+    let want_a = inference(&a[..a.len() - 1]);
+    let want_b = inference(&b[..b.len() - 1]);
+    assert!(max_diff(&logits.get(0).unwrap(), &want_a) < 2e-3, "{}", max_diff(&logits.get(0).unwrap(), &want_a));
+    assert!(max_diff(&logits.get(1).unwrap(), &want_b) < 2e-3);
+}
+
+#[test]
+fn training_lowers_eval_loss() {
+    let model = f32_model();
+    let data = tickets("train.csv");
+    let (train_set, eval_set) = (&data[..32], &data[100..116]);
+    let cfg = TrainConfig { epochs: 2, batch_size: 8, ..Default::default() };
+    let (init, _) = LoraAdapter::init(&cfg.lora, &model.llama.config, cfg.seed, model.llama.device()).unwrap();
+    let before = evaluate_loss(model, &init, eval_set, &cfg).unwrap();
+    let (adapter, report) = train(model, train_set, eval_set, &cfg, &mut NoObserver).unwrap();
+    let after = evaluate_loss(model, &adapter, eval_set, &cfg).unwrap();
+    assert_eq!(report.steps, 8);
+    assert_eq!(report.eval_loss.len(), 2);
+    assert!((report.eval_loss[1] - after).abs() < 1e-4);
+    assert!(after < before * 0.5, "eval loss {before} -> {after}");
+}
+
+#[test]
+fn training_is_reproducible() {
+    let model = f32_model();
+    let a = trained_adapter(model, 1);
+    let b = trained_adapter(model, 1);
+    let (pa, pb) = (a.get(3, distill_engine::Target::Q).unwrap(), b.get(3, distill_engine::Target::Q).unwrap());
+    assert_eq!(max_diff(&pa.b, &pb.b), 0.0);
+    assert!(pa.b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "B moved off zero");
+}
+
+#[test]
+fn adapter_save_load_reproduces_logits_exactly() {
+    let model = f32_model();
+    let adapter = trained_adapter(model, 1);
+    let ids = model.tokenizer.encode("I lost my phone yesterday").unwrap();
+    let run = |a: &LoraAdapter| model.llama.forward_with(&ids, &mut KvCache::new(&model.llama.config), Some(a)).unwrap();
+    let want = run(&adapter);
+
+    let dir = std::env::temp_dir().join(format!("distill-peft-{}", std::process::id()));
+    adapter.save_peft(&dir, "HuggingFaceTB/SmolLM2-135M-Instruct", &model.llama.config).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 8);
+    let from_dir = LoraAdapter::load_peft(&dir, &model.llama.config).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(max_diff(&run(&from_dir), &want), 0.0);
+
+    let blob = adapter.to_bytes("HuggingFaceTB/SmolLM2-135M-Instruct", &model.llama.config).unwrap();
+    assert_eq!(LoraAdapter::base_model_of(&blob).as_deref(), Some("HuggingFaceTB/SmolLM2-135M-Instruct"));
+    assert_eq!(max_diff(&run(&LoraAdapter::from_bytes(&blob, &model.llama.config).unwrap()), &want), 0.0);
+
+    // A tampered blob is refused, not half-loaded.
+    let mut bad = blob.clone();
+    bad.truncate(blob.len() - 100);
+    assert!(LoraAdapter::from_bytes(&bad, &model.llama.config).is_err());
+}
+
+#[test]
+fn bad_training_input_is_refused() {
+    let model = f32_model();
+    let cfg = TrainConfig::default();
+    assert!(train(model, &[], &[], &cfg, &mut NoObserver).is_err());
+    assert!(train(model, &[Example::new("x", "")], &[], &cfg, &mut NoObserver).is_err());
+    let bad = TrainConfig { lora: LoraConfig { r: 0, ..Default::default() }, ..Default::default() };
+    assert!(train(model, &tickets("train.csv")[..2], &[], &bad, &mut NoObserver).is_err());
+    let bad = TrainConfig { epochs: 11, ..Default::default() };
+    assert!(train(model, &tickets("train.csv")[..2], &[], &bad, &mut NoObserver).is_err());
+}
