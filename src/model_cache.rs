@@ -45,7 +45,7 @@ fn get(name: &str) -> Result<Rc<TextModel>> {
     }
     let store = ModelStore::new(key.0.clone(), guc::hub_download());
     let path = store.resolve(name)?;
-    let model = Rc::new(TextModel::load_gguf(&path, WeightFormat::Quantized, &Device::Cpu)?);
+    let model = Rc::new(TextModel::load(&path, WeightFormat::Quantized, &Device::Cpu)?);
     LOADS.with(|n| n.set(n.get() + 1));
     MODELS.with(|c| c.borrow_mut().insert(key, model.clone()));
     Ok(model)

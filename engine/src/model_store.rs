@@ -36,8 +36,8 @@ impl ModelStore {
         Self { dir: dir.into(), allow_download }
     }
 
-    /// The GGUF file behind `name`: a built-in short name, a file `<name>.gguf` or `<name>` in the model
-    /// directory, or a Hugging Face hub id.
+    /// The model files behind `name`: a built-in short name, a file `<name>.gguf` or `<name>` in the model
+    /// directory, a Hugging Face checkpoint directory `<name>/` there, or a Hugging Face hub id.
     pub fn resolve(&self, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
         if let Some(b) = BUILTIN_MODELS.iter().find(|b| b.name == name) {
@@ -57,6 +57,11 @@ impl ModelStore {
                 if candidate.is_file() && candidate.extension().is_some_and(|e| e == "gguf") {
                     return Ok(candidate);
                 }
+            }
+            // A Hugging Face checkpoint copied in as a directory.
+            let hf_dir = self.dir.join(name);
+            if hf_dir.join("config.json").is_file() {
+                return Ok(hf_dir);
             }
             return Err(Error::ModelNotFound {
                 name: name.into(),

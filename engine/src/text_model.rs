@@ -18,6 +18,23 @@ pub struct TextModel {
 }
 
 impl TextModel {
+    /// A GGUF file, or a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
+    pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            Self::load_hf_dir(path, format, device)
+        } else {
+            Self::load_gguf(path, format, device)
+        }
+    }
+
+    pub fn load_hf_dir(dir: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        let (tokenizer, source) = Tokenizer::from_hf_dir(dir)?;
+        let source = source.unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+        let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
+        let llama = Llama::from_hf_dir(dir, format, device)?;
+        Ok(Self { llama, tokenizer, template })
+    }
+
     pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;

@@ -120,6 +120,55 @@ impl Tokenizer {
         })
     }
 
+    /// From a Hugging Face checkpoint directory (`tokenizer.json`, `tokenizer_config.json`, optionally
+    /// `generation_config.json`); also returns the chat template the config carries.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<(Self, Option<String>)> {
+        let inner = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        let read = |name: &str| -> serde_json::Value {
+            std::fs::read_to_string(dir.join(name)).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+        };
+        let cfg = read("tokenizer_config.json");
+        // Special tokens are written either as a string or as {"content": ...}.
+        let token = |v: &serde_json::Value| v.as_str().or_else(|| v["content"].as_str()).map(String::from);
+        let eos_token = token(&cfg["eos_token"])
+            .ok_or_else(|| Error::Tokenizer("tokenizer_config.json names no eos_token".into()))?;
+        let eos_id = inner
+            .token_to_id(&eos_token)
+            .ok_or_else(|| Error::Tokenizer(format!("eos_token {eos_token} is not in the vocabulary")))?;
+        let bos_token = token(&cfg["bos_token"]).unwrap_or_default();
+        let bos_id = inner.token_to_id(&bos_token);
+        let mut stop_ids = vec![eos_id];
+        let gen = read("generation_config.json");
+        let extra: Vec<u32> = match &gen["eos_token_id"] {
+            serde_json::Value::Number(n) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+            _ => vec![],
+        };
+        for id in extra {
+            if !stop_ids.contains(&id) {
+                stop_ids.push(id);
+            }
+        }
+        let template = match &cfg["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str().map(String::from)),
+            _ => None,
+        };
+        let tokenizer = Self {
+            inner,
+            bos_id,
+            eos_id,
+            stop_ids,
+            add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false) && bos_id.is_some(),
+            bos_token,
+            eos_token,
+        };
+        Ok((tokenizer, template))
+    }
+
     /// Token ids of `text`; special tokens written in the text are parsed as such. No BOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.inner.encode_fast(text, false)?.get_ids().to_vec())

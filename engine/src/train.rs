@@ -164,6 +164,12 @@ fn tokenize(model: &TextModel, ex: &Example, max_len: usize) -> Result<(Tokenize
     Ok((Tokenized { ids: prompt, completion_start }, truncated))
 }
 
+/// An example's token ids as training sees them, where its completion starts, and whether it was cut.
+pub fn tokenize_example(model: &TextModel, ex: &Example, max_len: usize) -> Result<(Vec<u32>, usize, bool)> {
+    let (t, cut) = tokenize(model, ex, max_len)?;
+    Ok((t.ids, t.completion_start, cut))
+}
+
 fn pack(examples: &[&Tokenized]) -> PackedBatch {
     let mut b = PackedBatch::default();
     for e in examples {

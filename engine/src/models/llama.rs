@@ -30,14 +30,17 @@ pub struct Config {
     /// RoPE rotates adjacent pairs (2i, 2i+1) when true: GGUF stores Llama's q/k rows permuted for it.
     /// Hugging Face checkpoints rotate halves (i, i + d/2) instead.
     pub rope_interleaved: bool,
+    /// q/k/v projections carry a bias (Qwen2).
+    #[serde(default)]
+    pub attention_bias: bool,
 }
 
 impl Config {
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch = g.str("general.architecture")?;
-        if arch != "llama" {
+        if arch != "llama" && arch != "qwen2" {
             return Err(Error::Unsupported(format!(
-                "architecture \"{arch}\" (this build runs GGUF models of the \"llama\" architecture: Llama, SmolLM, Mistral)"
+                "architecture \"{arch}\" (supported: llama (Llama, SmolLM, Mistral) and qwen2)"
             )));
         }
         let key = |k: &str| format!("{arch}.{k}");
@@ -70,8 +73,163 @@ impl Config {
             rope_theta: g.opt_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
             max_position_embeddings: g.opt_u64(&key("context_length")).unwrap_or(2048) as usize,
             tie_word_embeddings: !g.has_tensor("output.weight"),
-            rope_interleaved: true,
+            // llama.cpp permutes q/k rows of "llama" checkpoints for interleaved RoPE; qwen2 keeps HF's halves.
+            rope_interleaved: arch == "llama",
+            attention_bias: g.has_tensor("blk.0.attn_q.bias"),
         })
+    }
+
+    /// From a Hugging Face `config.json` (Llama, Mistral, Qwen2 and their derivatives).
+    pub fn from_hf_json(json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Hf {
+            model_type: String,
+            vocab_size: usize,
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            num_key_value_heads: Option<usize>,
+            head_dim: Option<usize>,
+            rms_norm_eps: f64,
+            rope_theta: Option<f64>,
+            max_position_embeddings: usize,
+            #[serde(default)]
+            tie_word_embeddings: bool,
+            attention_bias: Option<bool>,
+            rope_scaling: Option<serde_json::Value>,
+        }
+        let hf: Hf = serde_json::from_str(json).map_err(|e| Error::InvalidInput(format!("config.json: {e}")))?;
+        if !matches!(hf.model_type.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(Error::Unsupported(format!("model_type \"{}\" (supported: llama, mistral, qwen2)", hf.model_type)));
+        }
+        if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(Error::Unsupported("rope_scaling".into()));
+        }
+        let num_key_value_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
+        if hf.num_attention_heads % num_key_value_heads != 0 {
+            return Err(Error::Unsupported("uneven grouped-query attention".into()));
+        }
+        Ok(Self {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            num_key_value_heads,
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+            rms_norm_eps: hf.rms_norm_eps,
+            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+            max_position_embeddings: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings,
+            rope_interleaved: false,
+            attention_bias: hf.attention_bias.unwrap_or(hf.model_type == "qwen2"),
+        })
+    }
+}
+
+/// Where weights come from, by their GGUF names (`blk.N.attn_q.weight`, `token_embd.weight`, ...).
+pub enum Weight {
+    Quantized(QTensor),
+    Dense(Tensor),
+}
+
+impl Weight {
+    fn dense(self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Quantized(q) => q.dequantize(device)?,
+            Weight::Dense(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+pub trait WeightSource {
+    fn weight(&mut self, name: &str, device: &Device) -> Result<Weight>;
+    fn has(&self, name: &str) -> bool;
+}
+
+impl WeightSource for GgufFile {
+    fn weight(&mut self, name: &str, device: &Device) -> Result<Weight> {
+        Ok(Weight::Quantized(self.tensor(name, device)?))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+}
+
+/// Safetensors weights of a Hugging Face checkpoint, looked up by GGUF names.
+pub struct HfWeights {
+    pub tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl HfWeights {
+    /// `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let files: Vec<std::path::PathBuf> = if single.is_file() {
+            vec![single]
+        } else {
+            let index = std::fs::read_to_string(dir.join("model.safetensors.index.json"))?;
+            let index: serde_json::Value =
+                serde_json::from_str(&index).map_err(|e| Error::InvalidInput(format!("safetensors index: {e}")))?;
+            let mut shards: Vec<String> = index["weight_map"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        };
+        let mut tensors = std::collections::HashMap::new();
+        for f in files {
+            tensors.extend(candle_core::safetensors::load(&f, device).map_err(|e| Error::BadModelFile {
+                path: f.clone(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(Self { tensors })
+    }
+
+    fn hf_name(gguf: &str) -> String {
+        const LAYER: [(&str, &str); 13] = [
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+            ("attn_q.weight", "self_attn.q_proj.weight"),
+            ("attn_k.weight", "self_attn.k_proj.weight"),
+            ("attn_v.weight", "self_attn.v_proj.weight"),
+            ("attn_q.bias", "self_attn.q_proj.bias"),
+            ("attn_k.bias", "self_attn.k_proj.bias"),
+            ("attn_v.bias", "self_attn.v_proj.bias"),
+            ("attn_output.weight", "self_attn.o_proj.weight"),
+            ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            ("ffn_up.weight", "mlp.up_proj.weight"),
+            ("ffn_down.weight", "mlp.down_proj.weight"),
+            ("", ""),
+        ];
+        match gguf {
+            "token_embd.weight" => "model.embed_tokens.weight".into(),
+            "output_norm.weight" => "model.norm.weight".into(),
+            "output.weight" => "lm_head.weight".into(),
+            _ => {
+                let rest = gguf.strip_prefix("blk.").unwrap_or(gguf);
+                let (layer, name) = rest.split_once('.').unwrap_or(("", rest));
+                let hf = LAYER.iter().find(|(g, _)| *g == name).map(|(_, h)| *h).unwrap_or(name);
+                format!("model.layers.{layer}.{hf}")
+            }
+        }
+    }
+}
+
+impl WeightSource for HfWeights {
+    fn weight(&mut self, name: &str, _device: &Device) -> Result<Weight> {
+        let hf = Self::hf_name(name);
+        self.tensors
+            .remove(&hf)
+            .map(Weight::Dense)
+            .ok_or_else(|| Error::InvalidInput(format!("checkpoint has no tensor {hf}")))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(&Self::hf_name(name))
     }
 }
 
@@ -93,10 +251,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn from_qtensor(q: QTensor, bias: Option<Tensor>, format: WeightFormat) -> Result<Self> {
-        let weight = match format {
-            WeightFormat::Quantized => QMatMul::from_qtensor(q)?,
-            WeightFormat::F32 => QMatMul::Tensor(q.dequantize(&q.device())?),
+    fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
+        let weight = match (format, w) {
+            (WeightFormat::Quantized, Weight::Quantized(q)) => QMatMul::from_qtensor(q)?,
+            // Unquantized checkpoints are served in Q8_0 (a quarter of f32's memory, near-lossless).
+            (WeightFormat::Quantized, Weight::Dense(t)) if t.dim(1)? % 32 == 0 => {
+                QMatMul::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, candle_core::quantized::GgmlDType::Q8_0)?)?
+            }
+            (_, w) => QMatMul::Tensor(w.dense(device)?),
         };
         Ok(Self { weight, bias })
     }
@@ -264,37 +426,62 @@ pub struct Llama {
 impl Llama {
     pub fn from_gguf(g: &mut GgufFile, format: WeightFormat, device: &Device) -> Result<Self> {
         let config = Config::from_gguf(g)?;
+        Self::load(config, g, format, device)
+    }
+
+    /// A Hugging Face checkpoint directory: `config.json` + safetensors.
+    pub fn from_hf_dir(dir: &std::path::Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        let config = Config::from_hf_json(&std::fs::read_to_string(dir.join("config.json"))?)?;
+        Self::load(config, &mut HfWeights::open(dir, device)?, format, device)
+    }
+
+    pub fn load(config: Config, src: &mut dyn WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
         let eps = config.rms_norm_eps as f32;
-        let norm = |g: &mut GgufFile, name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm { weight: g.tensor(name, device)?.dequantize(device)?, eps })
+        let norm = |src: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm { weight: src.weight(name, device)?.dense(device)?, eps })
         };
-        let output_norm = norm(g, "output_norm.weight")?;
+        let output_norm = norm(src, "output_norm.weight")?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> {
-                let q = g.tensor(&format!("blk.{i}.{name}.weight"), device)?;
-                Linear::from_qtensor(q, None, format)
+            let linear = |src: &mut dyn WeightSource, name: &str| -> Result<Linear> {
+                let w = src.weight(&format!("blk.{i}.{name}.weight"), device)?;
+                let bias_name = format!("blk.{i}.{name}.bias");
+                let bias = if config.attention_bias && src.has(&bias_name) {
+                    Some(src.weight(&bias_name, device)?.dense(device)?)
+                } else {
+                    None
+                };
+                Linear::new(w, bias, format, device)
             };
             blocks.push(Block {
-                attn_q: linear(g, "attn_q")?,
-                attn_k: linear(g, "attn_k")?,
-                attn_v: linear(g, "attn_v")?,
-                attn_output: linear(g, "attn_output")?,
-                ffn_gate: linear(g, "ffn_gate")?,
-                ffn_up: linear(g, "ffn_up")?,
-                ffn_down: linear(g, "ffn_down")?,
-                attn_norm: norm(g, &format!("blk.{i}.attn_norm.weight"))?,
-                ffn_norm: norm(g, &format!("blk.{i}.ffn_norm.weight"))?,
+                attn_q: linear(src, "attn_q")?,
+                attn_k: linear(src, "attn_k")?,
+                attn_v: linear(src, "attn_v")?,
+                attn_output: linear(src, "attn_output")?,
+                ffn_gate: linear(src, "ffn_gate")?,
+                ffn_up: linear(src, "ffn_up")?,
+                ffn_down: linear(src, "ffn_down")?,
+                attn_norm: norm(src, &format!("blk.{i}.attn_norm.weight"))?,
+                ffn_norm: norm(src, &format!("blk.{i}.ffn_norm.weight"))?,
             });
         }
-        let token_embd_q = g.tensor("token_embd.weight", device)?;
-        let token_embd = token_embd_q.dequantize(device)?;
-        let output = match (format, config.tie_word_embeddings) {
-            // Training needs the head in f32; tied, it is the embedding table we already hold.
-            (WeightFormat::F32, true) => Linear { weight: QMatMul::Tensor(token_embd.clone()), bias: None },
+        let token_embd_w = src.weight("token_embd.weight", device)?;
+        let (token_embd, output) = match (token_embd_w, format, config.tie_word_embeddings) {
             // Generating reads the whole head for every token: its quantized form is the fast one.
-            (WeightFormat::Quantized, true) => Linear::from_qtensor(token_embd_q, None, format)?,
-            (_, false) => Linear::from_qtensor(g.tensor("output.weight", device)?, None, format)?,
+            (Weight::Quantized(q), WeightFormat::Quantized, true) => {
+                let dense = q.dequantize(device)?;
+                (dense, Linear::new(Weight::Quantized(q), None, format, device)?)
+            }
+            (w, _, true) => {
+                // Tied and dense (training, or a dense checkpoint): the head is the embedding table itself.
+                let dense = w.dense(device)?;
+                let head = match format {
+                    WeightFormat::F32 => Linear { weight: QMatMul::Tensor(dense.clone()), bias: None },
+                    WeightFormat::Quantized => Linear::new(Weight::Dense(dense.clone()), None, format, device)?,
+                };
+                (dense, head)
+            }
+            (w, _, false) => (w.dense(device)?, Linear::new(src.weight("output.weight", device)?, None, format, device)?),
         };
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, device: device.clone() })
