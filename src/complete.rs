@@ -35,8 +35,11 @@ fn run(model: &str, prompt: &str, opts: GenerateOptions) -> String {
 }
 
 fn parse_options(options: JsonB) -> GenerateOptions {
-    let opts: GenerateOptions = serde_json::from_value(options.0)
-        .unwrap_or_else(|e| invalid(format!("bad options: {e} (keys: max_tokens, temperature, top_p, seed, stop)")));
+    if !options.0.is_object() {
+        invalid("options must be a JSON object, e.g. '{\"max_tokens\": 20}'");
+    }
+    let opts: GenerateOptions =
+        serde_json::from_value(options.0).unwrap_or_else(|e| invalid(format!("invalid options: {e}")));
     opts.validate().or_report();
     opts
 }

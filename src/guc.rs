@@ -10,6 +10,7 @@ use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
 static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static HUB_DOWNLOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
+static WEIGHT_FORMAT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"file"));
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -27,6 +28,14 @@ pub fn init() {
         &THREADS,
         0,
         256,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"distill.weight_format",
+        c"How a session holds model weights: file (as stored, e.g. Q4_1), q8_0 (requantized at load), f32.",
+        c"q8_0 computes about 4x faster than Q4_1 on CPUs at ~1.5x its memory; f32 prefills fastest and decodes slowest, at 4x. Outputs can differ slightly between formats.",
+        &WEIGHT_FORMAT,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -49,6 +58,19 @@ pub fn threads() -> usize {
     match THREADS.get() {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n as usize,
+    }
+}
+
+pub fn weight_format() -> distill_engine::Result<distill_engine::WeightFormat> {
+    use distill_engine::WeightFormat;
+    let raw = WEIGHT_FORMAT.get().map(|c| c.to_string_lossy().to_lowercase()).unwrap_or_default();
+    match raw.as_str() {
+        "file" | "" => Ok(WeightFormat::Quantized),
+        "q8_0" => Ok(WeightFormat::Q8_0),
+        "f32" => Ok(WeightFormat::F32),
+        other => Err(distill_engine::Error::InvalidInput(format!(
+            "distill.weight_format must be file, q8_0 or f32, not \"{other}\""
+        ))),
     }
 }
 

@@ -15,7 +15,7 @@ use distill_engine::{ModelStore, Result, TextModel, WeightFormat};
 use crate::guc;
 
 thread_local! {
-    static MODELS: RefCell<HashMap<(PathBuf, String), Rc<TextModel>>> = RefCell::new(HashMap::new());
+    static MODELS: RefCell<HashMap<(PathBuf, String, WeightFormat), Rc<TextModel>>> = RefCell::new(HashMap::new());
     static POOL: OnceCell<rayon::ThreadPool> = const { OnceCell::new() };
     static LOADS: Cell<usize> = const { Cell::new(0) };
 }
@@ -39,13 +39,13 @@ pub fn with_model<R: Send>(name: &str, f: impl FnOnce(&TextModel) -> Result<R> +
 }
 
 fn get(name: &str) -> Result<Rc<TextModel>> {
-    let key = (guc::model_dir(), name.to_string());
+    let key = (guc::model_dir(), name.to_string(), guc::weight_format()?);
     if let Some(m) = MODELS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(m);
     }
     let store = ModelStore::new(key.0.clone(), guc::hub_download());
     let path = store.resolve(name)?;
-    let model = Rc::new(TextModel::load(&path, WeightFormat::Quantized, &Device::Cpu)?);
+    let model = Rc::new(TextModel::load(&path, key.2, &Device::Cpu)?);
     LOADS.with(|n| n.set(n.get() + 1));
     MODELS.with(|c| c.borrow_mut().insert(key, model.clone()));
     Ok(model)

@@ -3,6 +3,7 @@
 # preloaded. Needs the extension installed (cargo pgrx install). Usage: tests/regress.sh [test ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 PGBIN=/usr/lib/postgresql/15/bin
 REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
 work=/tmp/pg_distill-regress
@@ -13,7 +14,7 @@ rm -rf "$work" && install -d -o postgres -g postgres "$work"
 cp -r tests/sql tests/expected "$work/" && mkdir -p "$work/data-files" && cp data/support_tickets/*.csv "$work/data-files/"
 chown -R postgres:postgres "$work"
 bash scripts/cluster.sh start "$work/data" $port
-trap 'bash scripts/cluster.sh stop "$work/data"' EXIT
+trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=($(cd tests/sql && ls *.sql | sed 's/\.sql$//'))
 cd "$work"

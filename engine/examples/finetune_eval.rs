@@ -76,7 +76,7 @@ fn main() -> distill_engine::Result<()> {
         adapter.save_peft(std::path::Path::new(&dir), "HuggingFaceTB/SmolLM2-135M-Instruct", &model.llama.config)?;
     }
 
-    let serve = TextModel::load_gguf(&path, WeightFormat::Quantized, &candle_core::Device::Cpu)?;
+    let serve = TextModel::load(&path, WeightFormat::Q8_0, &candle_core::Device::Cpu)?;
     let opts = GenerateOptions { max_tokens: 16, ..Default::default() };
     let started = Instant::now();
     let mut correct = 0;

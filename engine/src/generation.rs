@@ -1,11 +1,11 @@
 //! Turning a prompt into a completion: options, sampling, stop conditions.
 
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lora::LoraAdapter;
 use crate::models::llama::KvCache;
+use crate::sampling::Sampler;
 use crate::text_model::TextModel;
 
 /// Completion options; the JSON keys of `complete(..., options)`. Unknown keys are an error.
@@ -48,14 +48,6 @@ impl GenerateOptions {
         }
         Ok(())
     }
-
-    fn sampling(&self) -> Sampling {
-        match (self.temperature, self.top_p) {
-            (t, _) if t <= 0.0 => Sampling::ArgMax,
-            (t, Some(p)) if p < 1.0 => Sampling::TopP { p, temperature: t },
-            (t, _) => Sampling::All { temperature: t },
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,7 +84,7 @@ pub fn generate_with(
     if prompt.len() >= context {
         return Err(Error::PromptTooLong { tokens: prompt.len(), context });
     }
-    let mut sampler = LogitsProcessor::from_sampling(opts.seed, opts.sampling());
+    let mut sampler = Sampler::new(opts.seed, opts.temperature, opts.top_p);
     let mut cache = KvCache::new(&model.llama.config);
     let mut logits = model.llama.forward_with(prompt, &mut cache, adapter)?;
     let mut tokens = Vec::new();

@@ -9,6 +9,7 @@ pub mod lora;
 pub mod model_store;
 pub mod models;
 pub mod ops;
+pub mod sampling;
 pub mod text_model;
 pub mod threads;
 pub mod tokenizer;

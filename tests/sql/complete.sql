@@ -9,7 +9,7 @@ SELECT distill.complete('smollm2-135m', E'Classify this support ticket into one 
 
 -- Options.
 SELECT distill.complete('smollm2-135m', 'Count from one to ten.', '{"max_tokens": 4}');
-SELECT distill.complete('smollm2-135m', 'Count from one to ten.', '{"max_tokens": 40, "stop": ["four"]}');
+SELECT distill.complete('smollm2-135m', 'Count from one to ten.', '{"max_tokens": 40, "stop": ["5."]}');
 SELECT distill.complete('smollm2-135m', 'Name a colour.', '{"temperature": 0.8, "seed": 3, "max_tokens": 8}')
      = distill.complete('smollm2-135m', 'Name a colour.', '{"temperature": 0.8, "seed": 3, "max_tokens": 8}') AS seeded_sampling_repeats;
 
@@ -28,8 +28,10 @@ SELECT distill.complete('smollm2-135m', 'hello', '{"temperature": 5}');
 SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokens": "many"}');
 SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokens": 0}');
 SELECT distill.complete('smollm2-135m', 'hello', '[1, 2]');
+SELECT distill.complete('smollm2-135m', 'hello', '{"stop": [""]}');
+SELECT distill.complete('smollm2-135m', 'hello', '{"top_p": 0}');
 
--- The model is loaded once per backend and reused across rows.
+-- A query over a table (the model is loaded once per backend: see the pgrx test).
 \getenv datafiles PGDATAFILES
 \set tickets_csv :datafiles '/test.csv'
 CREATE TABLE tickets (id text PRIMARY KEY, request text, label text);
@@ -37,3 +39,11 @@ COPY tickets FROM :'tickets_csv' WITH (FORMAT csv, HEADER true);
 SELECT count(*) AS answered
 FROM (SELECT distill.complete('smollm2-135m', request, '{"max_tokens": 2}') AS answer FROM tickets) t
 WHERE answer <> '';
+
+-- Weight formats: q8_0 is faster on CPUs; this prompt's greedy answer turns on its 11th token, where
+-- formats part (see engine/tests/generation_reference.rs).
+SET distill.weight_format = 'q8_0';
+SELECT left(distill.complete('smollm2-135m', E'Classify this support ticket into one of: Roaming fees, Slow data speed, Lost phone, Add new line, Closing account. Reply with the category only.\nTicket: I was charged extra while travelling in Spain last week.', '{"max_tokens": 10}'), 44) AS q8_0_start;
+SET distill.weight_format = 'int2';
+SELECT distill.complete('smollm2-135m', 'hello');
+RESET distill.weight_format;

@@ -135,6 +135,13 @@ pub enum Weight {
 }
 
 impl Weight {
+    fn cols(&self) -> Result<usize> {
+        Ok(match self {
+            Weight::Quantized(q) => *q.shape().dims().last().unwrap_or(&0),
+            Weight::Dense(t) => t.dim(candle_core::D::Minus1)?,
+        })
+    }
+
     fn dense(self, device: &Device) -> Result<Tensor> {
         Ok(match self {
             Weight::Quantized(q) => q.dequantize(device)?,
@@ -234,13 +241,15 @@ impl WeightSource for HfWeights {
 }
 
 /// How the weights of linear layers are held in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WeightFormat {
     /// As stored in the file (Q4_1, Q8_0, ...): least memory; matmuls quantize activations on the fly.
     #[default]
     Quantized,
     /// Dequantized to f32: about 4x the memory, exact activations, and the path training uses.
     F32,
+    /// Requantized to Q8_0 at load: candle's Q8_0 matmul has SIMD kernels its Q4_1 lacks.
+    Q8_0,
 }
 
 /// A linear layer `y = x W^T (+ b)`.
@@ -254,6 +263,12 @@ impl Linear {
     fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
         let weight = match (format, w) {
             (WeightFormat::Quantized, Weight::Quantized(q)) => QMatMul::from_qtensor(q)?,
+            (WeightFormat::Q8_0, Weight::Quantized(q)) if q.dtype() == candle_core::quantized::GgmlDType::Q8_0 => {
+                QMatMul::from_qtensor(q)?
+            }
+            (WeightFormat::Q8_0, w) if w.cols()? % 32 == 0 => {
+                QMatMul::from_qtensor(QTensor::quantize(&w.dense(device)?, candle_core::quantized::GgmlDType::Q8_0)?)?
+            }
             // Unquantized checkpoints are served in Q8_0 (a quarter of f32's memory, near-lossless).
             (WeightFormat::Quantized, Weight::Dense(t)) if t.dim(1)? % 32 == 0 => {
                 QMatMul::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, candle_core::quantized::GgmlDType::Q8_0)?)?
@@ -468,7 +483,7 @@ impl Llama {
         let token_embd_w = src.weight("token_embd.weight", device)?;
         let (token_embd, output) = match (token_embd_w, format, config.tie_word_embeddings) {
             // Generating reads the whole head for every token: its quantized form is the fast one.
-            (Weight::Quantized(q), WeightFormat::Quantized, true) => {
+            (Weight::Quantized(q), WeightFormat::Quantized | WeightFormat::Q8_0, true) => {
                 let dense = q.dequantize(device)?;
                 (dense, Linear::new(Weight::Quantized(q), None, format, device)?)
             }
@@ -477,7 +492,7 @@ impl Llama {
                 let dense = w.dense(device)?;
                 let head = match format {
                     WeightFormat::F32 => Linear { weight: QMatMul::Tensor(dense.clone()), bias: None },
-                    WeightFormat::Quantized => Linear::new(Weight::Dense(dense.clone()), None, format, device)?,
+                    _ => Linear::new(Weight::Dense(dense.clone()), None, format, device)?,
                 };
                 (dense, head)
             }
@@ -489,6 +504,52 @@ impl Llama {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// A private copy with the adapter merged into its weights (`W + scale B A`, in f32) and no adapter
+    /// cost per token. Layers the adapter does not touch keep sharing the original's weights.
+    /// Used to measure merged against unmerged serving (bench_generate); serving keeps adapters unmerged.
+    pub fn merged(&self, adapter: &LoraAdapter) -> Result<Self> {
+        let scale = adapter.config.scale();
+        let merge = |l: &Linear, pair: Option<&LoraPair>| -> Result<Linear> {
+            let Some(p) = pair else { return Ok(l.clone()) };
+            let w = match &l.weight {
+                QMatMul::QTensor(q) => q.dequantize(&self.device)?,
+                QMatMul::Tensor(t) => t.clone(),
+                QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+            };
+            let w = (w + (p.b.matmul(&p.a)? * scale)?)?;
+            Ok(Linear { weight: QMatMul::Tensor(w), bias: l.bias.clone() })
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let g = |t| adapter.get(i, t);
+                Ok(Block {
+                    attn_q: merge(&b.attn_q, g(Target::Q))?,
+                    attn_k: merge(&b.attn_k, g(Target::K))?,
+                    attn_v: merge(&b.attn_v, g(Target::V))?,
+                    attn_output: merge(&b.attn_output, g(Target::O))?,
+                    ffn_gate: merge(&b.ffn_gate, g(Target::Gate))?,
+                    ffn_up: merge(&b.ffn_up, g(Target::Up))?,
+                    ffn_down: merge(&b.ffn_down, g(Target::Down))?,
+                    attn_norm: b.attn_norm.clone(),
+                    ffn_norm: b.ffn_norm.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: self.config.clone(),
+            token_embd: self.token_embd.clone(),
+            blocks,
+            output_norm: self.output_norm.clone(),
+            output: self.output.clone(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            device: self.device.clone(),
+        })
     }
 
     /// Runs `ids` (one sequence) after the positions already in `cache`, appends them to it, and returns
@@ -556,8 +617,8 @@ impl Llama {
         *cache = Some((k.clone(), v.clone()));
 
         let n_rep = c.num_attention_heads / c.num_key_value_heads;
-        let k = candle_transformers::utils::repeat_kv(k, n_rep)?;
-        let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
+        let k = repeat_kv(k, n_rep)?;
+        let v = repeat_kv(v, n_rep)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -599,8 +660,8 @@ impl Llama {
             let mut outs = Vec::with_capacity(batch.segments.len());
             for (&(start, n), mask) in batch.segments.iter().zip(&masks) {
                 let qs = q.narrow(2, start, n)?;
-                let ks = candle_transformers::utils::repeat_kv(k.narrow(2, start, n)?.contiguous()?, n_rep)?;
-                let vs = candle_transformers::utils::repeat_kv(v.narrow(2, start, n)?.contiguous()?, n_rep)?;
+                let ks = repeat_kv(k.narrow(2, start, n)?.contiguous()?, n_rep)?;
+                let vs = repeat_kv(v.narrow(2, start, n)?.contiguous()?, n_rep)?;
                 let scores = (qs.contiguous()?.matmul(&ks.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?;
                 let probs = ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
                 outs.push(probs.matmul(&vs)?);
@@ -622,6 +683,16 @@ impl Llama {
             None => logits,
         })
     }
+}
+
+/// Grouped-query attention: each key/value head serves `n_rep` query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv_heads, seq, d) = x.dims4()?;
+    // cat then reshape: a plain copy, faster than a strided broadcast.
+    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, kv_heads * n_rep, seq, d))?)
 }
 
 /// cos/sin of position * inverse frequency, `(max_positions, head_dim / 2)`.
