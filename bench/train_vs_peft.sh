@@ -3,18 +3,18 @@
 # LoRA r=8 alpha=16 on banking77_10intent train (982 examples), one epoch, batch 8, AdamW lr 1e-3,
 # linear warm-up/decay, clip 1.0, 2 threads each; (a) q,v targets and (b) all seven. Both read the
 # same GGUF dequantized to f32 and train on the same token ids (the engine writes them for the peer).
-#   bash bench/train_vs_peft.sh            (THREADS, DATA, EPOCHS override)
+#   bash bench/train_vs_peft.sh            (THREADS, DATA, EPOCHS, ROWS (first N training rows) override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-THREADS=${THREADS:-2} EPOCHS=${EPOCHS:-1} DATA=${DATA:-data/banking77_10intent}
+THREADS=${THREADS:-2} EPOCHS=${EPOCHS:-1} DATA=${DATA:-data/banking77_10intent} ROWS=${ROWS:-982}
 bash scripts/setup.sh >/dev/null
 bash bench/venv.sh
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 out=$(mktemp -d)
 cargo build -q -p distill-engine --example bench_train
 engine=target/debug/examples/bench_train
-common=(--epochs "$EPOCHS" --threads "$THREADS")
-$engine --data "$DATA" --dump-tokens "$out/tokens.json"
+common=(--epochs "$EPOCHS" --threads "$THREADS" --train-rows "$ROWS")
+$engine --data "$DATA" --train-rows "$ROWS" --dump-tokens "$out/tokens.json"
 for t in q,v all; do
   echo "== targets $t: pg_distill engine" >&2
   $engine --data "$DATA" --targets "$t" "${common[@]}" > "$out/engine-$t.json"
@@ -26,7 +26,7 @@ done
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
-print("LoRA training, banking77_10intent, 1 epoch, r=8 alpha=16, batch 8, 2 threads")
+print("LoRA training, r=8 alpha=16, batch 8, AdamW lr 1e-3, 2 threads; same token ids for both")
 print(f"{'targets':<8} {'tok/s ratio':>11} {'RSS ratio':>9} | {'engine tok/s':>12} {'peft tok/s':>10} | {'engine RSS':>10} {'peft RSS':>9} | {'engine eval':>11} {'peft eval':>9} | {'engine s':>8} {'peft s':>7}")
 for t in ["q,v", "all"]:
     e = json.load(open(f"{out}/engine-{t}.json")); p = json.load(open(f"{out}/peft-{t}.json"))

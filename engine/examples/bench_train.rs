@@ -3,7 +3,7 @@
 //!
 //! cargo run -p distill-engine --example bench_train -- --data ../shared/data/banking77_10intent \
 //!     [--targets q,v|all] [--epochs 1] [--batch 8] [--lr 1e-3] [--r 8] [--alpha 16] [--threads 2]
-//!     [--eval-rows 200] [--dump-tokens FILE]   (FILE: the tokenized examples, for the peer; then exit)
+//!     [--train-rows N] [--eval-rows 200] [--dump-tokens FILE]   (FILE: the tokenized examples, for the peer; then exit)
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -36,6 +36,7 @@ fn main() -> distill_engine::Result<()> {
         labels.iter().copied().collect::<Vec<_>>().join(", ")
     );
     let ex = |(t, l): &(String, String)| Example::new(&format!("{instruction}\nRequest: {t}"), l);
+    let train_rows: Vec<_> = train_rows.into_iter().take(num("--train-rows", f64::MAX) as usize).collect();
     let train_set: Vec<Example> = train_rows.iter().map(ex).collect();
     let eval_set: Vec<Example> = test_rows.iter().take(num("--eval-rows", 200.0) as usize).map(ex).collect();
     let targets = match arg("--targets").as_deref() {
