@@ -31,7 +31,7 @@ fn run(model: &str, prompt: &str, opts: GenerateOptions) -> String {
     if prompt.trim().is_empty() {
         invalid("prompt is empty");
     }
-    with_model(model, |m| m.complete(prompt, &opts)).or_report().text
+    with_model(model, |m, adapter| m.complete_with(prompt, &opts, adapter)).or_report().text
 }
 
 fn parse_options(options: JsonB) -> GenerateOptions {

@@ -38,6 +38,16 @@ pub fn report(e: Error) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// An ERROR with this SQLSTATE, message and optional HINT.
+pub fn report_sql(code: PgSqlErrorCode, message: &str, hint: Option<&str>) -> ! {
+    let mut report = pgrx::pg_sys::panic::ErrorReport::new(code, message.to_string(), "pg_distill");
+    if let Some(hint) = hint {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 /// An ERROR for bad SQL-level input.
 pub fn invalid(message: impl Into<String>) -> ! {
     report(Error::InvalidInput(message.into()))

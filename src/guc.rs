@@ -10,9 +10,51 @@ use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
 static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static HUB_DOWNLOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+static TRAINING_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_TRAINING_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 static WEIGHT_FORMAT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"file"));
 
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"distill.database",
+        c"Database whose fine-tuning jobs the background workers run.",
+        c"finetune('CREATE', ...) works in this database only (like pg_cron's cron.database_name).",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"distill.workers",
+        c"Background workers that run fine-tuning jobs, each one job at a time.",
+        c"Needs pg_distill in shared_preload_libraries.",
+        &WORKERS,
+        0,
+        16,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"distill.training_threads",
+        c"Threads one fine-tuning job computes with (0 = one per CPU core).",
+        c"Read when a worker starts.",
+        &TRAINING_THREADS,
+        0,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"distill.max_training_memory",
+        c"A fine-tuning job whose estimated peak memory exceeds this is refused before it starts.",
+        c"The estimate covers base weights, activations of the largest batch, attention and logits.",
+        &MAX_TRAINING_MEMORY_MB,
+        64,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
     GucRegistry::define_string_guc(
         c"distill.model_dir",
         c"Directory holding base model files (.gguf).",
@@ -72,6 +114,25 @@ pub fn weight_format() -> distill_engine::Result<distill_engine::WeightFormat> {
             "distill.weight_format must be file, q8_0 or f32, not \"{other}\""
         ))),
     }
+}
+
+pub fn database() -> String {
+    DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn workers() -> usize {
+    WORKERS.get().max(0) as usize
+}
+
+pub fn training_threads() -> usize {
+    match TRAINING_THREADS.get() {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n as usize,
+    }
+}
+
+pub fn max_training_memory_bytes() -> u64 {
+    MAX_TRAINING_MEMORY_MB.get().max(0) as u64 * 1024 * 1024
 }
 
 pub fn hub_download() -> bool {

@@ -6,16 +6,25 @@ use pgrx::prelude::*;
 
 mod complete;
 mod errors;
+mod finetune;
 mod guc;
 mod model_cache;
+mod registry;
+mod training_job;
+mod user_query;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
+pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", bootstrap);
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,8 +1,10 @@
 //! Models loaded in this backend, kept for the backend's lifetime so a query over many rows loads
-//! each model once.
+//! each model once. A fine-tuned model is its base model (loaded once, shared by every tuned model of
+//! that base) plus its LoRA adapter (small, cached by registry version: a dropped or replaced model is
+//! noticed on the next call, because every call looks the name up in the registry).
 //!
 //! No lock is needed: a backend runs SQL on one thread, and the engine's worker threads only ever see
-//! a borrowed `&TextModel` inside `pool.install`, never this cache.
+//! borrowed `&TextModel`/`&LoraAdapter` inside `pool.install`, never this cache.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -10,19 +12,34 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use candle_core::Device;
-use distill_engine::{ModelStore, Result, TextModel, WeightFormat};
+use distill_engine::{LoraAdapter, ModelStore, Result, TextModel, WeightFormat};
 
-use crate::guc;
+use crate::{guc, registry};
 
 thread_local! {
     static MODELS: RefCell<HashMap<(PathBuf, String, WeightFormat), Rc<TextModel>>> = RefCell::new(HashMap::new());
+    static ADAPTERS: RefCell<HashMap<String, (i64, Rc<LoraAdapter>)>> = RefCell::new(HashMap::new());
     static POOL: OnceCell<rayon::ThreadPool> = const { OnceCell::new() };
     static LOADS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Runs `f` with the model called `name`, on this backend's signal-safe thread pool.
-pub fn with_model<R: Send>(name: &str, f: impl FnOnce(&TextModel) -> Result<R> + Send) -> Result<R> {
-    let model = get(name)?;
+/// Runs `f` with the model called `name` (a base model, or a fine-tuned one as base + adapter), on
+/// this backend's signal-safe thread pool.
+pub fn with_model<R: Send>(
+    name: &str,
+    f: impl FnOnce(&TextModel, Option<&LoraAdapter>) -> Result<R> + Send,
+) -> Result<R> {
+    let (model, adapter) = match registry::find_model(name) {
+        Some(tuned) => {
+            let base = get(&tuned.base_model)?;
+            let adapter = adapter(name, &tuned, &base)?;
+            (base, Some(adapter))
+        }
+        None => {
+            forget_adapter(name);
+            (get(name)?, None)
+        }
+    };
     POOL.with(|cell| {
         let pool = match cell.get() {
             Some(p) => p,
@@ -34,7 +51,8 @@ pub fn with_model<R: Send>(name: &str, f: impl FnOnce(&TextModel) -> Result<R> +
             }
         };
         let model: &TextModel = &model;
-        pool.install(|| f(model))
+        let adapter: Option<&LoraAdapter> = adapter.as_deref();
+        pool.install(|| f(model, adapter))
     })
 }
 
@@ -51,6 +69,27 @@ fn get(name: &str) -> Result<Rc<TextModel>> {
     Ok(model)
 }
 
+fn adapter(name: &str, tuned: &registry::TunedModel, base: &TextModel) -> Result<Rc<LoraAdapter>> {
+    if let Some((v, a)) = ADAPTERS.with(|c| c.borrow().get(name).cloned()) {
+        if v == tuned.version {
+            return Ok(a);
+        }
+    }
+    let blob = registry::adapter_blob(name, tuned.version).ok_or_else(|| {
+        distill_engine::Error::InvalidInput(format!("model \"{name}\" was dropped or replaced while loading; retry"))
+    })?;
+    let adapter = Rc::new(LoraAdapter::from_bytes(&blob, &base.llama.config).map_err(|e| {
+        distill_engine::Error::InvalidInput(format!("the stored adapter of model \"{name}\" is unusable: {e}"))
+    })?);
+    ADAPTERS.with(|c| c.borrow_mut().insert(name.to_string(), (tuned.version, adapter.clone())));
+    Ok(adapter)
+}
+
+/// Drops this backend's cached adapter of `name` (after drop_model, or when the name is no longer a tuned model).
+pub fn forget_adapter(name: &str) {
+    ADAPTERS.with(|c| c.borrow_mut().remove(name));
+}
+
 /// How many times this backend has loaded a model from disk.
 #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
 pub fn loads() -> usize {
@@ -60,5 +99,6 @@ pub fn loads() -> usize {
 #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
 pub fn clear() {
     MODELS.with(|c| c.borrow_mut().clear());
+    ADAPTERS.with(|c| c.borrow_mut().clear());
     LOADS.with(|n| n.set(0));
 }

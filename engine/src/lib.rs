@@ -22,7 +22,7 @@ pub use model_store::ModelStore;
 pub use models::llama::WeightFormat;
 pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use text_model::TextModel;
-pub use train::{Example, TrainConfig, TrainReport};
+pub use train::{Example, MemoryEstimate, Progress, TrainConfig, TrainObserver, TrainReport};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

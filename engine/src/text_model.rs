@@ -6,7 +6,8 @@ use candle_core::Device;
 
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::error::Result;
-use crate::generation::{generate, GenerateOptions, Generation};
+use crate::generation::{generate_with, GenerateOptions, Generation};
+use crate::lora::LoraAdapter;
 use crate::gguf::GgufFile;
 use crate::models::llama::{Llama, WeightFormat};
 use crate::tokenizer::Tokenizer;
@@ -52,12 +53,22 @@ impl TextModel {
 
     /// The assistant's reply to `messages`.
     pub fn chat(&self, messages: &[Message], opts: &GenerateOptions) -> Result<Generation> {
+        self.chat_with(messages, opts, None)
+    }
+
+    /// [`chat`](Self::chat) with a LoRA adapter applied over these base weights (unmerged).
+    pub fn chat_with(&self, messages: &[Message], opts: &GenerateOptions, adapter: Option<&LoraAdapter>) -> Result<Generation> {
         let prompt = self.chat_prompt(messages)?;
-        generate(self, &prompt, opts)
+        generate_with(self, &prompt, opts, adapter)
     }
 
     /// The reply to one user message, the way `distill.complete(model, prompt)` asks.
     pub fn complete(&self, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
         self.chat(&[Message::user(prompt)], opts)
+    }
+
+    /// [`complete`](Self::complete) through a fine-tuned adapter of this base model.
+    pub fn complete_with(&self, prompt: &str, opts: &GenerateOptions, adapter: Option<&LoraAdapter>) -> Result<Generation> {
+        self.chat_with(&[Message::user(prompt)], opts, adapter)
     }
 }

@@ -28,6 +28,13 @@ pub fn init_global_pool(threads: usize) {
         .build_global();
 }
 
+/// A named OS thread that blocks all signals, for long engine work (training) driven from a backend
+/// that must keep serving its own latch and signals meanwhile.
+pub fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let _blocked = SignalsBlocked::new();
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
 fn block_all_signals() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

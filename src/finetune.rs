@@ -1,0 +1,280 @@
+//! `distill.finetune(verb, ...)`: the Cortex FINETUNE verbs. CREATE checks everything it can in the
+//! caller's session and queues a job for the background worker ([`crate::worker`]); DESCRIBE, SHOW and
+//! CANCEL read or flag the job registry.
+
+use distill_engine::{LoraConfig, ModelStore, Target, TrainConfig};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use pgrx::PgSqlErrorCode::*;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::errors::{invalid, report_sql, OrReport};
+use crate::{guc, registry, user_query, worker};
+
+/// SHOW.
+#[pg_extern(volatile, parallel_unsafe, name = "finetune")]
+fn finetune_show(verb: Option<&str>) -> JsonB {
+    match verb_of(verb).as_str() {
+        "SHOW" => JsonB(Value::Array(registry::job_rows().iter().map(summary).collect())),
+        v => wrong_arity(v),
+    }
+}
+
+/// DESCRIBE and CANCEL.
+#[pg_extern(volatile, parallel_unsafe, name = "finetune")]
+fn finetune_job(verb: Option<&str>, job_id: Option<&str>) -> JsonB {
+    let verb = verb_of(verb);
+    if !matches!(verb.as_str(), "DESCRIBE" | "CANCEL") {
+        wrong_arity(&verb);
+    }
+    let id = job_id.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| invalid(format!("{verb} needs a job id")));
+    let Some(row) = registry::job_row(id) else { no_such_job(id) };
+    if verb == "CANCEL" {
+        if !registry::cancel_job(id) {
+            report_sql(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                &format!("finetune job {id} has already finished ({})", row["status"].as_str().unwrap_or("?")),
+                None,
+            );
+        }
+        let Some(row) = registry::job_row(id) else { no_such_job(id) };
+        return JsonB(describe(&row));
+    }
+    JsonB(describe(&row))
+}
+
+/// CREATE: returns the new job's id at once; training runs in the background worker.
+#[pg_extern(volatile, parallel_unsafe, name = "finetune")]
+fn finetune_create(
+    verb: Option<&str>,
+    name: Option<&str>,
+    base_model: Option<&str>,
+    training_sql: Option<&str>,
+    validation_sql: default!(Option<&str>, "NULL"),
+    options: default!(Option<JsonB>, "NULL"),
+) -> String {
+    let verb = verb_of(verb);
+    if verb != "CREATE" {
+        wrong_arity(&verb);
+    }
+    let required = |v: Option<&str>, what: &str| -> String {
+        match v.map(str::trim) {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => invalid(format!("CREATE needs a {what}")),
+        }
+    };
+    let name = required(name, "model name");
+    let base_model = required(base_model, "base model");
+    let training_sql = required(training_sql, "training query");
+    let validation_sql = validation_sql.map(str::trim).filter(|s| !s.is_empty()).map(String::from);
+    let options = options.map(|o| o.0).unwrap_or_else(|| json!({}));
+
+    check_model_name(&name);
+    let _ = train_config(&options).or_report();
+    worker::check_can_run_jobs();
+    let store = ModelStore::new(guc::model_dir(), false);
+    if registry::find_model(&base_model).is_some() {
+        report_sql(
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            &format!("\"{base_model}\" is a fine-tuned model; fine-tune its base model instead"),
+            None,
+        );
+    }
+    store.resolve(&base_model).or_report();
+    if store.resolve(&name).is_ok() || distill_engine::model_store::BUILTIN_MODELS.iter().any(|b| b.name == name) {
+        taken(&name, "a base model");
+    }
+    if registry::model_taken(&name) {
+        taken(&name, "an existing model");
+    }
+    user_query::check("training_sql", &training_sql);
+    if let Some(v) = &validation_sql {
+        user_query::check("validation_sql", v);
+    }
+    let search_path = Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let job = registry::NewJob {
+        model: &name,
+        base_model: &base_model,
+        owner: registry::caller().0,
+        training_sql: &training_sql,
+        validation_sql: validation_sql.as_deref(),
+        options,
+        search_path,
+    };
+    registry::insert_job(&job).unwrap_or_else(|| taken(&name, "a pending fine-tuning job"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinetuneOptions {
+    max_epochs: Option<usize>,
+    learning_rate: Option<f64>,
+    lora_r: Option<usize>,
+    lora_alpha: Option<f64>,
+    lora_dropout: Option<f64>,
+    target_modules: Option<Vec<String>>,
+    max_seq_len: Option<usize>,
+    batch_size: Option<usize>,
+    seed: Option<u64>,
+    /// Share of the training rows held out for validation when no validation query is given.
+    validation_fraction: Option<f64>,
+}
+
+/// Default share of training rows held out as the validation set when CREATE has no validation_sql.
+pub const DEFAULT_VALIDATION_FRACTION: f64 = 0.1;
+
+/// The engine's training configuration from CREATE's options (validated), and the holdout fraction.
+pub fn train_config(options: &Value) -> distill_engine::Result<(TrainConfig, f64)> {
+    use distill_engine::Error::InvalidInput;
+    if !options.is_object() {
+        return Err(InvalidInput("options must be a JSON object, e.g. '{\"max_epochs\": 2}'".into()));
+    }
+    let o: FinetuneOptions =
+        serde_json::from_value(options.clone()).map_err(|e| InvalidInput(format!("invalid options: {e}")))?;
+    let d = TrainConfig::default();
+    let targets = match &o.target_modules {
+        None => LoraConfig::default().targets,
+        Some(t) if t.is_empty() => return Err(InvalidInput("target_modules must not be empty".into())),
+        Some(t) => {
+            let mut v = t.iter().map(|s| Target::parse(s)).collect::<distill_engine::Result<Vec<_>>>()?;
+            v.sort();
+            v.dedup();
+            v
+        }
+    };
+    let lora = LoraConfig {
+        r: o.lora_r.unwrap_or(d.lora.r),
+        alpha: o.lora_alpha.unwrap_or(d.lora.alpha),
+        dropout: o.lora_dropout.unwrap_or(d.lora.dropout),
+        targets,
+    };
+    let config = TrainConfig {
+        epochs: o.max_epochs.unwrap_or(d.epochs),
+        learning_rate: o.learning_rate.unwrap_or(d.learning_rate),
+        batch_size: o.batch_size.unwrap_or(d.batch_size),
+        max_seq_len: o.max_seq_len.unwrap_or(d.max_seq_len),
+        seed: o.seed.unwrap_or(d.seed),
+        lora,
+        ..d
+    };
+    config.validate()?;
+    let fraction = o.validation_fraction.unwrap_or(DEFAULT_VALIDATION_FRACTION);
+    if !(0.0..=0.5).contains(&fraction) {
+        return Err(InvalidInput(format!("validation_fraction must be between 0 and 0.5, got {fraction}")));
+    }
+    Ok((config, fraction))
+}
+
+/// Cortex's DESCRIBE fields, then ours (per-epoch losses, ETA, data counts, recent step losses).
+pub fn describe(row: &Value) -> Value {
+    let f = |k: &str| row.get(k).cloned().unwrap_or(Value::Null);
+    let result = if row["training_loss"].is_null() && row["validation_loss"].is_null() {
+        Value::Null
+    } else {
+        json!({"training_loss": f("training_loss"), "validation_loss": f("validation_loss")})
+    };
+    json!({
+        "id": f("id"),
+        "status": f("status"),
+        "progress": f("progress"),
+        "base_model": f("base_model"),
+        "model": f("model"),
+        "created_on": f("created_on"),
+        "started_on": f("started_on"),
+        "finished_on": f("finished_on"),
+        "training_data": f("training_sql"),
+        "validation_data": f("validation_sql"),
+        "trained_tokens": f("trained_tokens"),
+        "training_result": result,
+        "error": f("error"),
+        "options": f("options"),
+        "owner": f("owner"),
+        "step": f("step"),
+        "total_steps": f("total_steps"),
+        "eta_seconds": f("eta_seconds"),
+        "epochs": f("epochs"),
+        "recent_losses": f("recent_losses"),
+        "data": f("data"),
+        "attempts": f("attempts"),
+        "cancel_requested": f("cancel_requested"),
+    })
+}
+
+fn summary(row: &Value) -> Value {
+    let f = |k: &str| row.get(k).cloned().unwrap_or(Value::Null);
+    json!({"id": f("id"), "status": f("status"), "base_model": f("base_model"), "model": f("model"), "created_on": f("created_on")})
+}
+
+fn verb_of(verb: Option<&str>) -> String {
+    let verb = verb.map(|v| v.trim().to_uppercase()).unwrap_or_default();
+    if !matches!(verb.as_str(), "CREATE" | "DESCRIBE" | "SHOW" | "CANCEL") {
+        report_sql(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            &format!("unknown finetune verb \"{verb}\""),
+            Some("Use CREATE, DESCRIBE, SHOW or CANCEL."),
+        );
+    }
+    verb
+}
+
+fn wrong_arity(verb: &str) -> ! {
+    let usage = match verb {
+        "CREATE" => "finetune('CREATE', name, base_model, training_sql [, validation_sql [, options]])",
+        "DESCRIBE" => "finetune('DESCRIBE', job_id)",
+        "CANCEL" => "finetune('CANCEL', job_id)",
+        _ => "finetune('SHOW')",
+    };
+    report_sql(ERRCODE_INVALID_PARAMETER_VALUE, &format!("wrong arguments for {verb}"), Some(&format!("Call {usage}.")))
+}
+
+fn no_such_job(id: &str) -> ! {
+    report_sql(
+        ERRCODE_UNDEFINED_OBJECT,
+        &format!("finetune job \"{id}\" does not exist"),
+        Some("SELECT distill.finetune('SHOW') lists your jobs."),
+    )
+}
+
+fn taken(name: &str, by: &str) -> ! {
+    report_sql(
+        ERRCODE_DUPLICATE_OBJECT,
+        &format!("model name \"{name}\" is already taken by {by}"),
+        Some("Choose another name, or drop the model first with distill.drop_model(name)."),
+    )
+}
+
+/// Names of tuned models: what SQL users type unquoted, and safe as a file or directory name.
+fn check_model_name(name: &str) {
+    let ok = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        report_sql(
+            ERRCODE_INVALID_NAME,
+            &format!("invalid model name \"{name}\""),
+            Some("Use up to 63 letters, digits, _, - or ., starting with a letter."),
+        );
+    }
+}
+
+/// `distill.drop_model(name)`: deletes a fine-tuned model (its owner or a superuser).
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_model(name: &str) {
+    match registry::drop_model(name) {
+        registry::Dropped::Done => crate::model_cache::forget_adapter(name),
+        registry::Dropped::NotFound => report_sql(
+            ERRCODE_UNDEFINED_OBJECT,
+            &format!("fine-tuned model \"{name}\" does not exist"),
+            Some("SELECT name FROM distill.models lists them."),
+        ),
+        registry::Dropped::NotOwner => report_sql(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!("must be the owner of model \"{name}\" to drop it"),
+            None,
+        ),
+    }
+}

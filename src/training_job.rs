@@ -1,0 +1,477 @@
+//! One fine-tuning job, start to finish, inside a background worker:
+//!
+//! 1. read the training (and validation) rows through SPI **as the job's owner**, in a read-only
+//!    transaction that ends before training starts;
+//! 2. estimate peak memory and refuse the job above `distill.max_training_memory`;
+//! 3. train on an engine thread (signals blocked, no Postgres calls) while this, the worker's main
+//!    thread, reports progress to the job row every couple of seconds and relays CANCEL and SIGTERM
+//!    to the engine, which checks them between steps;
+//! 4. store the adapter and the final status in one transaction.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use distill_engine::train::{self, Progress, TrainObserver};
+use distill_engine::{Example, LoraAdapter, ModelStore, TextModel, TrainConfig, TrainReport, WeightFormat};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+use crate::worker::{shutdown_requested, transaction, Job};
+use crate::{finetune, guc, user_query};
+
+/// How often the job row gets the latest progress (and the worker learns of a CANCEL).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// Step losses kept in the job row for DESCRIBE.
+const RECENT_LOSSES: usize = 50;
+
+/// A worker's long-lived state: f32 base models (loaded once, reused by later jobs) and the pool.
+pub struct Runner {
+    models: HashMap<(PathBuf, String), Arc<TextModel>>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Runner {
+    pub fn new() -> Self {
+        Self { models: HashMap::new(), pool: None }
+    }
+
+    pub fn run(&mut self, job: Job) {
+        set_activity(pg_sys::BackendState::STATE_RUNNING, &format!("fine-tuning {} ({})", job.id, job.model));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_job(&job)));
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(message)) => Some(message),
+            Err(panic) => Some(format!("internal error: {}", panic_text(&*panic))),
+        };
+        if let Some(message) = error {
+            let done = transaction(|| {
+                Spi::run_with_args(
+                    "UPDATE distill.job_registry SET status = 'ERROR', error = $2, finished_on = now(),
+                            updated_on = now(), worker_pid = NULL WHERE id = $1",
+                    &[job.id.as_str().into(), message.as_str().into()],
+                )
+            });
+            if let Err(e) = done {
+                log!("pg_distill worker: could not record the failure of job {}: {e}", job.id);
+            }
+        }
+        set_activity(pg_sys::BackendState::STATE_IDLE, "");
+    }
+
+    fn run_job(&mut self, job: &Job) -> Result<(), String> {
+        let (config, holdout_fraction) = finetune::train_config(&job.options).map_err(|e| e.to_string())?;
+        let (train_rows, validation_rows) = transaction(|| read_rows(job))??;
+        if train_rows.examples.is_empty() {
+            return Err(format!(
+                "training_sql returned no usable rows ({} skipped for a NULL or blank prompt or completion)",
+                train_rows.skipped
+            ));
+        }
+        let (train_set, eval_set, validation_source) = match &validation_rows {
+            Some(v) if v.examples.is_empty() => {
+                return Err(format!(
+                    "validation_sql returned no usable rows ({} skipped for a NULL or blank prompt or completion)",
+                    v.skipped
+                ))
+            }
+            Some(v) => (train_rows.examples.clone(), v.examples.clone(), "validation_sql".to_string()),
+            None => {
+                let (t, e) = train::split_holdout(train_rows.examples.clone(), holdout_fraction, config.seed);
+                let source = if e.is_empty() {
+                    "none (fewer than 2 training rows)".to_string()
+                } else {
+                    format!("{} training rows held out ({}%, seed {})", e.len(), holdout_fraction * 100.0, config.seed)
+                };
+                (t, e, source)
+            }
+        };
+        let model = self.model(&job.base_model)?;
+        let estimate = train::estimate_memory(&model, &train_set, &config).map_err(|e| e.to_string())?;
+        let limit = guc::max_training_memory_bytes();
+        if estimate.bytes > limit {
+            return Err(format!(
+                "this job would need about {} MB of memory to train, above distill.max_training_memory ({} MB) \
+                 (hint: lower batch_size or max_seq_len in the options, or raise distill.max_training_memory)",
+                estimate.bytes >> 20,
+                limit >> 20
+            ));
+        }
+        let total_steps = train_set.len().div_ceil(config.batch_size) * config.epochs;
+        let mut data = json!({
+            "training_rows": train_set.len(),
+            "validation_rows": eval_set.len(),
+            "skipped_rows": train_rows.skipped + validation_rows.as_ref().map_or(0, |v| v.skipped),
+            "validation_source": validation_source,
+            "memory_estimate_mb": estimate.bytes >> 20,
+            "largest_batch_tokens": estimate.largest_batch_tokens,
+            "threads": guc::training_threads(),
+        });
+        let cancelled = transaction(|| {
+            Spi::get_one_with_args::<bool>(
+                "UPDATE distill.job_registry SET data = $2, total_steps = $3, updated_on = now() WHERE id = $1
+                 RETURNING cancel_requested",
+                &[job.id.as_str().into(), JsonB(data.clone()).into(), (total_steps as i32).into()],
+            )
+        })?;
+        if let Ok(Some(true)) = cancelled {
+            return finish_cancelled(job);
+        }
+
+        let started = Instant::now();
+        let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), total_steps)?;
+        let (adapter, report) = match outcome {
+            Trained::Done(a, r) => (a, r),
+            Trained::Cancelled if shutdown_requested() => return requeue(job),
+            Trained::Cancelled => return finish_cancelled(job),
+        };
+        data["truncated_examples"] = json!(report.truncated);
+        data["train_seconds"] = json!(started.elapsed().as_secs_f64());
+        store(job, &model, &adapter, &report, &data)
+    }
+
+    /// Trains on an engine thread; meanwhile reports progress and relays CANCEL and shutdown.
+    fn train_reporting(
+        &mut self,
+        job: &Job,
+        model: Arc<TextModel>,
+        train_set: Vec<Example>,
+        eval_set: Vec<Example>,
+        config: TrainConfig,
+        total_steps: usize,
+    ) -> Result<Trained, String> {
+        let pool = self.pool()?;
+        let (tx, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut observer = ChannelObserver { tx, cancel: cancel.clone() };
+        let handle = distill_engine::threads::spawn("distill-train", move || {
+            pool.install(|| train::train(&model, &train_set, &eval_set, &config, &mut observer))
+        })
+        .map_err(|e| format!("could not start the training thread: {e}"))?;
+
+        let mut state = ProgressState { total_steps, started: Some(Instant::now()), ..Default::default() };
+        let mut last_report = Instant::now();
+        loop {
+            BackgroundWorker::wait_latch(Some(Duration::from_millis(200)));
+            while let Ok(event) = rx.try_recv() {
+                state.apply(event);
+            }
+            if shutdown_requested() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            if handle.is_finished() {
+                break;
+            }
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                match transaction(|| state.report(&job.id)) {
+                    Ok(Ok(Some(true))) => cancel.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
+                    Err(e) => log!("pg_distill worker: progress of job {}: {e}", job.id),
+                }
+            }
+        }
+        while let Ok(event) = rx.try_recv() {
+            state.apply(event);
+        }
+        match handle.join() {
+            Ok(Ok((_, report))) if report.cancelled => Ok(Trained::Cancelled),
+            Ok(Ok((adapter, report))) => Ok(Trained::Done(adapter, report)),
+            Ok(Err(e)) => Err(match e.hint() {
+                Some(h) => format!("{e} (hint: {h})"),
+                None => e.to_string(),
+            }),
+            Err(panic) => Err(format!("internal error in the training engine: {}", panic_text(&*panic))),
+        }
+    }
+
+    /// The base model with f32 weights (training needs them), loaded once per worker.
+    fn model(&mut self, name: &str) -> Result<Arc<TextModel>, String> {
+        let key = (guc::model_dir(), name.to_string());
+        if let Some(m) = self.models.get(&key) {
+            return Ok(m.clone());
+        }
+        let describe = |e: distill_engine::Error| match e.hint() {
+            Some(h) => format!("{e} (hint: {h})"),
+            None => e.to_string(),
+        };
+        let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name).map_err(describe)?;
+        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &Device::Cpu).map_err(describe)?);
+        self.models.insert(key, model.clone());
+        Ok(model)
+    }
+
+    fn pool(&mut self) -> Result<Arc<rayon::ThreadPool>, String> {
+        if self.pool.is_none() {
+            let pool = distill_engine::threads::pool(guc::training_threads()).map_err(|e| e.to_string())?;
+            self.pool = Some(Arc::new(pool));
+        }
+        Ok(self.pool.clone().expect("just set"))
+    }
+}
+
+enum Trained {
+    Done(LoraAdapter, TrainReport),
+    Cancelled,
+}
+
+/// Reads the job's rows in the current transaction as the job's owner, with the owner's search_path
+/// from CREATE time, read-only.
+fn read_rows(job: &Job) -> Result<(user_query::Rows, Option<user_query::Rows>), String> {
+    let role_exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_roles WHERE oid = $1)",
+        &[job.owner.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !role_exists {
+        return Err("the role that created this job no longer exists".into());
+    }
+    Ok(as_role(job.owner, &job.search_path, || {
+        let train = user_query::read("training_sql", &job.training_sql);
+        let validation = job.validation_sql.as_deref().map(|sql| user_query::read("validation_sql", sql));
+        (train, validation)
+    }))
+}
+
+/// Runs `f` as `role`, like a security-restricted operation (as autovacuum and REFRESH MATERIALIZED
+/// VIEW do): the role's own privileges only, no SET ROLE back, in a read-only transaction.
+fn as_role<R>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> R) -> R {
+    let path = CString::new(search_path).unwrap_or_default();
+    let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        );
+        pg_sys::XactReadOnly = true;
+    }
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            path.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+    let r = f();
+    unsafe {
+        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::SetUserIdAndSecContext(uid, ctx);
+    }
+    r
+}
+
+/// Adapter and final status in one transaction. A model name taken meanwhile (another job, an
+/// import) fails the job rather than replacing that model.
+fn store(job: &Job, model: &TextModel, adapter: &LoraAdapter, report: &TrainReport, data: &Value) -> Result<(), String> {
+    let peft_base = distill_engine::model_store::BUILTIN_MODELS
+        .iter()
+        .find(|b| b.name == job.base_model)
+        .map_or(job.base_model.as_str(), |b| b.hf_repo);
+    let blob = adapter.to_bytes(peft_base, &model.llama.config).map_err(|e| e.to_string())?;
+    let training_loss = report.train_loss.last().copied();
+    let validation_loss = report.eval_loss.last().copied();
+    let epochs = epochs_json(report);
+    let metrics = json!({
+        "training_loss": training_loss,
+        "validation_loss": validation_loss,
+        "epochs": epochs,
+        "trained_tokens": report.trained_tokens,
+        "steps": report.steps,
+        "examples": report.examples,
+        "truncated_examples": report.truncated,
+    });
+    let status = transaction(|| {
+        Spi::get_one_with_args::<String>(
+            "WITH m AS (
+                INSERT INTO distill.model_registry (name, base_model, owner, job_id, adapter, options, metrics)
+                SELECT j.model, j.base_model, j.owner, j.id, $2, j.options, $3 FROM distill.job_registry j WHERE j.id = $1
+                ON CONFLICT (name) DO NOTHING RETURNING name)
+             UPDATE distill.job_registry j SET
+                status = CASE WHEN EXISTS (SELECT FROM m) THEN 'SUCCESS' ELSE 'ERROR' END,
+                error = CASE WHEN EXISTS (SELECT FROM m) THEN NULL
+                             ELSE format('model name %s was taken while this job ran', quote_literal(j.model)) END,
+                progress = 1, step = $4, trained_tokens = $5, training_loss = $6, validation_loss = $7,
+                epochs = $8, data = $9, eta_seconds = 0, finished_on = now(), updated_on = now(), worker_pid = NULL
+             WHERE j.id = $1 RETURNING j.status",
+            &[
+                job.id.as_str().into(),
+                blob.into(),
+                JsonB(metrics.clone()).into(),
+                (report.steps as i32).into(),
+                (report.trained_tokens as i64).into(),
+                training_loss.into(),
+                validation_loss.into(),
+                JsonB(epochs.clone()).into(),
+                JsonB(data.clone()).into(),
+            ],
+        )
+    })?;
+    match status {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn finish_cancelled(job: &Job) -> Result<(), String> {
+    transaction(|| {
+        Spi::run_with_args(
+            "UPDATE distill.job_registry SET status = 'CANCELLED', finished_on = now(), updated_on = now(),
+                    worker_pid = NULL, eta_seconds = NULL WHERE id = $1",
+            &[job.id.as_str().into()],
+        )
+    })?
+    .map_err(|e| e.to_string())
+}
+
+/// Shutdown during training: the job goes back to the queue and starts over when a worker is back.
+fn requeue(job: &Job) -> Result<(), String> {
+    transaction(|| {
+        Spi::run_with_args(
+            "UPDATE distill.job_registry SET status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'PENDING' END,
+                    finished_on = CASE WHEN cancel_requested THEN now() END, worker_pid = NULL,
+                    progress = 0, step = 0, eta_seconds = NULL, updated_on = now() WHERE id = $1",
+            &[job.id.as_str().into()],
+        )
+    })?
+    .map_err(|e| e.to_string())
+}
+
+fn epochs_json(report: &TrainReport) -> Value {
+    Value::Array(
+        report
+            .train_loss
+            .iter()
+            .enumerate()
+            .map(|(i, l)| json!({"epoch": i + 1, "training_loss": l, "validation_loss": report.eval_loss.get(i)}))
+            .collect(),
+    )
+}
+
+enum Event {
+    Step(Progress),
+    Epoch { epoch: usize, train_loss: f64, eval_loss: Option<f64> },
+}
+
+/// The engine thread's side: sends events, never touches Postgres.
+struct ChannelObserver {
+    tx: mpsc::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl TrainObserver for ChannelObserver {
+    fn progress(&mut self, p: &Progress) {
+        let _ = self.tx.send(Event::Step(p.clone()));
+    }
+    fn epoch_end(&mut self, epoch: usize, train_loss: f64, eval_loss: Option<f64>) {
+        let _ = self.tx.send(Event::Epoch { epoch, train_loss, eval_loss });
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// What the main thread knows of the run, written to the job row by [`ProgressState::report`].
+#[derive(Default)]
+struct ProgressState {
+    total_steps: usize,
+    step: usize,
+    tokens: usize,
+    recent: VecDeque<f64>,
+    epoch_sum: f64,
+    epoch_steps: usize,
+    epochs: Vec<Value>,
+    last_train_loss: Option<f64>,
+    last_eval_loss: Option<f64>,
+    started: Option<Instant>,
+}
+
+impl ProgressState {
+    fn apply(&mut self, e: Event) {
+        match e {
+            Event::Step(p) => {
+                self.step = p.step;
+                self.total_steps = p.total_steps;
+                self.tokens = p.tokens;
+                self.recent.push_back(p.loss);
+                if self.recent.len() > RECENT_LOSSES {
+                    self.recent.pop_front();
+                }
+                self.epoch_sum += p.loss;
+                self.epoch_steps += 1;
+            }
+            Event::Epoch { epoch, train_loss, eval_loss } => {
+                self.epochs.push(json!({"epoch": epoch, "training_loss": train_loss, "validation_loss": eval_loss}));
+                self.last_train_loss = Some(train_loss);
+                self.last_eval_loss = eval_loss.or(self.last_eval_loss);
+                self.epoch_sum = 0.0;
+                self.epoch_steps = 0;
+            }
+        }
+    }
+
+    /// Writes progress; returns whether a CANCEL was requested.
+    fn report(&self, id: &str) -> Result<Option<bool>, pgrx::spi::SpiError> {
+        let progress = if self.total_steps == 0 { 0.0 } else { self.step as f64 / self.total_steps as f64 };
+        let eta = match self.started {
+            Some(t) if self.step > 0 => {
+                Some(t.elapsed().as_secs_f64() / self.step as f64 * (self.total_steps - self.step.min(self.total_steps)) as f64)
+            }
+            _ => None,
+        };
+        // Until the first epoch ends, the running mean of this epoch's steps.
+        let train_loss = self
+            .last_train_loss
+            .or((self.epoch_steps > 0).then(|| self.epoch_sum / self.epoch_steps as f64));
+        Spi::get_one_with_args::<bool>(
+            "UPDATE distill.job_registry SET progress = $2, step = $3, trained_tokens = $4, recent_losses = $5,
+                    epochs = $6, eta_seconds = $7, training_loss = $8, validation_loss = $9, updated_on = now()
+             WHERE id = $1 RETURNING cancel_requested",
+            &[
+                id.into(),
+                progress.into(),
+                (self.step as i32).into(),
+                (self.tokens as i64).into(),
+                JsonB(json!(self.recent)).into(),
+                JsonB(Value::Array(self.epochs.clone())).into(),
+                eta.into(),
+                train_loss.into(),
+                self.last_eval_loss.into(),
+            ],
+        )
+    }
+}
+
+/// What pg_stat_activity shows for this worker.
+fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
+    let c = CString::new(text).unwrap_or_default();
+    unsafe { pg_sys::pgstat_report_activity(state, c.as_ptr()) };
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(e) = p.downcast_ref::<pgrx::pg_sys::panic::CaughtError>() {
+        crate::worker::message_of(e)
+    } else {
+        "unknown panic".into()
+    }
+}
