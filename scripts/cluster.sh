@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL cluster run by the postgres user with pg_distill preloaded.
-#   scripts/cluster.sh start DIR PORT   (initdb if DIR is new, then start)
+#   scripts/cluster.sh start DIR PORT [DB]   (initdb if DIR is new, then start; fine-tuning jobs run in DB)
 #   scripts/cluster.sh stop DIR
 set -euo pipefail
 BIN=/usr/lib/postgresql/15/bin
@@ -20,6 +20,9 @@ unix_socket_directories = '$dir'
 max_worker_processes = 16
 CONF
     fi
+    db=${4:-postgres}
+    sed -i '/^distill\.database/d' "$dir/postgresql.conf"
+    echo "distill.database = '$db'" >>"$dir/postgresql.conf"
     as_pg "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w start >/dev/null
     ;;
   stop)

@@ -14,3 +14,5 @@ COMMENT ON FUNCTION distill.finetune(text, text, text, text, text, jsonb) IS
 COMMENT ON FUNCTION distill.drop_model(text) IS 'drop_model(name): deletes a fine-tuned model (owner or superuser).';
 COMMENT ON VIEW distill.jobs IS 'Your fine-tuning jobs (all jobs for superusers).';
 COMMENT ON VIEW distill.models IS 'Fine-tuned models: base model, owner, adapter size, options and metrics.';
+COMMENT ON FUNCTION distill.wait(text, double precision) IS
+  'wait(job_id [, timeout_seconds]): blocks until the job finishes (NOTICE on progress) and returns its DESCRIBE.';

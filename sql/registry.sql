@@ -75,3 +75,5 @@ FROM distill.model_registry
 ORDER BY name;
 
 GRANT SELECT ON distill.jobs, distill.models TO PUBLIC;
+-- Every role may call the functions and read the views; the functions check rights themselves.
+GRANT USAGE ON SCHEMA distill TO PUBLIC;

@@ -29,16 +29,16 @@ fn finetune_job(verb: Option<&str>, job_id: Option<&str>) -> JsonB {
         wrong_arity(&verb);
     }
     let id = job_id.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| invalid(format!("{verb} needs a job id")));
-    let Some(row) = registry::job_row(id) else { no_such_job(id) };
+    let Some(row) = registry::job_row(id) else { no_such_job() };
     if verb == "CANCEL" {
         if !registry::cancel_job(id) {
             report_sql(
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                &format!("finetune job {id} has already finished ({})", row["status"].as_str().unwrap_or("?")),
+                &format!("finetune job has already finished ({})", row["status"].as_str().unwrap_or("?")),
                 None,
             );
         }
-        let Some(row) = registry::job_row(id) else { no_such_job(id) };
+        let Some(row) = registry::job_row(id) else { no_such_job() };
         return JsonB(describe(&row));
     }
     JsonB(describe(&row))
@@ -210,7 +210,9 @@ fn summary(row: &Value) -> Value {
 }
 
 fn verb_of(verb: Option<&str>) -> String {
-    let verb = verb.map(|v| v.trim().to_uppercase()).unwrap_or_default();
+    let Some(verb) = verb.map(|v| v.trim().to_uppercase()) else {
+        report_sql(ERRCODE_NULL_VALUE_NOT_ALLOWED, "finetune verb is NULL", Some("Use CREATE, DESCRIBE, SHOW or CANCEL."))
+    };
     if !matches!(verb.as_str(), "CREATE" | "DESCRIBE" | "SHOW" | "CANCEL") {
         report_sql(
             ERRCODE_INVALID_PARAMETER_VALUE,
@@ -231,10 +233,11 @@ fn wrong_arity(verb: &str) -> ! {
     report_sql(ERRCODE_INVALID_PARAMETER_VALUE, &format!("wrong arguments for {verb}"), Some(&format!("Call {usage}.")))
 }
 
-fn no_such_job(id: &str) -> ! {
+/// Also what a role is told about another role's job: it cannot tell the two apart.
+fn no_such_job() -> ! {
     report_sql(
         ERRCODE_UNDEFINED_OBJECT,
-        &format!("finetune job \"{id}\" does not exist"),
+        "finetune job does not exist",
         Some("SELECT distill.finetune('SHOW') lists your jobs."),
     )
 }
@@ -277,4 +280,63 @@ fn drop_model(name: &str) {
             None,
         ),
     }
+}
+
+/// `distill.wait(job_id [, timeout_seconds])`: blocks until a job finishes and returns its DESCRIBE,
+/// with a NOTICE whenever it advances (for psql scripts; cancel it with Ctrl-C). Needs READ COMMITTED,
+/// where each look at the job sees the worker's latest commit.
+#[pg_extern(volatile, parallel_unsafe)]
+fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        invalid("distill.wait() needs READ COMMITTED isolation: a REPEATABLE READ snapshot never sees the job advance");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout_seconds.clamp(0.0, 1e7));
+    let mut last_step = -1i64;
+    loop {
+        let Some(row) = registry::job_row(job_id) else { no_such_job() };
+        let status = row["status"].as_str().unwrap_or_default().to_string();
+        if !matches!(status.as_str(), "PENDING" | "IN_PROGRESS") {
+            return JsonB(describe(&row));
+        }
+        let step = row["step"].as_i64().unwrap_or(0);
+        if status == "IN_PROGRESS" && step != last_step && step > 0 {
+            last_step = step;
+            notice!("{}", progress_line(&row));
+        }
+        if std::time::Instant::now() >= deadline {
+            report_sql(
+                ERRCODE_QUERY_CANCELED,
+                &format!("finetune job is still {status} after {timeout_seconds} s"),
+                Some("The job keeps running; wait again or DESCRIBE it later."),
+            );
+        }
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                500,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
+/// "step 12/36 (33%), loss 0.412, about 3 min left"
+fn progress_line(row: &Value) -> String {
+    let mut s = format!(
+        "{}: step {}/{} ({:.0}%)",
+        row["model"].as_str().unwrap_or_default(),
+        row["step"],
+        row["total_steps"],
+        row["progress"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    if let Some(l) = row["recent_losses"].as_array().and_then(|a| a.last()).and_then(Value::as_f64) {
+        s += &format!(", loss {l:.3}");
+    }
+    if let Some(eta) = row["eta_seconds"].as_f64() {
+        s += &if eta >= 90.0 { format!(", about {:.0} min left", eta / 60.0) } else { format!(", about {eta:.0} s left") };
+    }
+    s
 }

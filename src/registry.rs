@@ -40,8 +40,13 @@ pub fn caller() -> (pg_sys::Oid, bool) {
     unsafe { (pg_sys::GetUserId(), pg_sys::superuser()) }
 }
 
+/// The first column of the first row, None when there is no row (or the value is NULL).
 fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
-    Spi::get_one_with_args::<T>(sql, args).unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None))
+    match Spi::get_one_with_args::<T>(sql, args) {
+        Ok(v) => v,
+        Err(pgrx::spi::SpiError::InvalidPosition) => None,
+        Err(e) => report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None),
+    }
 }
 
 // ---- jobs -------------------------------------------------------------------------------------
@@ -97,7 +102,7 @@ pub fn job_rows() -> Vec<serde_json::Value> {
     let (caller, is_super) = caller();
     let all = as_owner(|| {
         one::<JsonB>(
-            "SELECT pg_catalog.coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(j) ORDER BY j.created_on, j.id), '[]') \
+            "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(j) ORDER BY j.created_on, j.id), '[]'::pg_catalog.jsonb) \
              FROM distill.job_registry j WHERE $2 OR pg_catalog.pg_has_role($1, j.owner, 'USAGE')",
             &[caller.into(), is_super.into()],
         )

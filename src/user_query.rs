@@ -149,7 +149,7 @@ fn columns(label: Label, desc: pg_sys::TupleDesc) -> Columns {
                     report_sql(
                         ERRCODE_DATATYPE_MISMATCH,
                         &format!("{label} column \"{name}\" is of type {ty_name}, not text"),
-                        Some(&format!("Cast it in the query: {name}_column::text AS {name}")),
+                        Some(&format!("Cast it to text in the query, e.g. SELECT ...::text AS {name}")),
                     );
                 }
                 *i as i32 + 1

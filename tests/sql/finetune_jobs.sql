@@ -1,0 +1,85 @@
+-- Jobs in the background worker: CANCEL, a failing training query, a role without SELECT, a worker
+-- restart with a job in flight, complete() and drop_model() on a tuned model. Small jobs (q,v, few rows).
+\set VERBOSITY default
+-- Progress NOTICEs from distill.wait() carry timings and losses: keep them out of the expected output.
+SET client_min_messages = warning;
+
+CREATE FUNCTION wait_for_step(job text, min_step int DEFAULT 1) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    IF coalesce((distill.finetune('DESCRIBE', job)->>'step')::int, 0) >= min_step THEN RETURN true; END IF;
+    PERFORM pg_sleep(0.5);
+  END LOOP;
+  RETURN false;
+END $$;
+
+-- A training query that fails at run time (not at CREATE): the job ends in ERROR, the worker lives on.
+SELECT distill.finetune('CREATE', 'bad_query', 'smollm2-135m',
+       'SELECT request AS prompt, (1 / (length(request) - length(request)))::text AS completion FROM tickets_train') AS job \gset
+SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'job') AS d;
+
+-- No usable rows: NULL and blank values are skipped and counted.
+SELECT distill.finetune('CREATE', 'no_rows', 'smollm2-135m',
+       'SELECT NULL::text AS prompt, label AS completion FROM tickets_train UNION ALL SELECT request, '' '' FROM tickets_train') AS job \gset
+SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'job') AS d;
+
+-- A long job, cancelled while it trains: it stops within a step or two and leaves no model.
+SELECT distill.finetune('CREATE', 'cancel_me', 'smollm2-135m',
+       'SELECT request AS prompt, label AS completion FROM tickets_train', NULL,
+       '{"max_epochs": 10, "batch_size": 4, "target_modules": ["q", "v"]}') AS long_job \gset
+SELECT wait_for_step(:'long_job') AS training;
+
+-- Meanwhile, a role without SELECT on a table cannot train on it ...
+CREATE ROLE regress_analyst;
+GRANT SELECT ON tickets_test TO regress_analyst;
+SET ROLE regress_analyst;
+SELECT distill.finetune('CREATE', 'analyst_model', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train');
+-- ... and sees neither others' jobs nor their details.
+SELECT distill.finetune('SHOW') AS analyst_show;
+SELECT count(*) AS analyst_jobs FROM distill.jobs;
+SELECT distill.finetune('DESCRIBE', :'long_job');
+SELECT distill.finetune('CANCEL', :'long_job');
+-- A job on a table it may read is queued (behind the long job) ...
+SELECT distill.finetune('CREATE', 'analyst_model', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_test',
+       NULL, '{"max_epochs": 1, "target_modules": ["q", "v"]}') AS analyst_job \gset
+SELECT count(*) AS analyst_jobs FROM distill.jobs;
+RESET ROLE;
+-- ... and runs with the analyst's rights when its turn comes, which by then exclude the table.
+REVOKE SELECT ON tickets_test FROM regress_analyst;
+
+SELECT d->>'status' AS status, (d->'cancel_requested')::boolean AS cancel_requested FROM distill.finetune('CANCEL', :'long_job') AS d;
+SELECT d->>'status' AS status, (d->>'step')::int < (d->>'total_steps')::int AS stopped_early, d->'training_result' IS NOT NULL AS has_losses
+FROM distill.wait(:'long_job') AS d;
+SELECT count(*) AS cancelled_models FROM distill.models WHERE name = 'cancel_me';
+SELECT distill.finetune('CANCEL', :'long_job');
+
+SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'analyst_job') AS d;
+
+-- A worker terminated mid-job: the job goes back to the queue and a restarted worker finishes it.
+SELECT distill.finetune('CREATE', 'restarted', 'smollm2-135m',
+       'SELECT request AS prompt, label AS completion FROM tickets_train ORDER BY id LIMIT 24', NULL,
+       '{"max_epochs": 1, "batch_size": 4, "target_modules": ["q", "v"]}') AS job \gset
+SELECT wait_for_step(:'job') AS training;
+SELECT count(pg_terminate_backend(pid)) AS terminated FROM pg_stat_activity WHERE backend_type = 'pg_distill worker';
+SELECT d->>'status' AS status, d->'attempts' AS attempts, d->'data'->'training_rows' AS training_rows,
+       d->'data'->'validation_rows' AS validation_rows, d->'data'->>'validation_source' AS validation_source,
+       jsonb_array_length(d->'epochs') AS epochs, (d->>'trained_tokens')::int > 0 AS trained_tokens
+FROM distill.wait(:'job') AS d;
+
+-- The tuned model serves like a base model; its adapter is in the registry.
+SELECT name, base_model, owner, adapter_bytes > 0 AS has_adapter, options FROM distill.models;
+SELECT length(distill.complete('restarted', 'My phone bill shows roaming charges from my trip.', '{"max_tokens": 8}')) > 0 AS completes;
+SELECT distill.complete('restarted', 'Hello', '{"max_tokens": 6}') = distill.complete('restarted', 'Hello', '{"max_tokens": 6}') AS deterministic;
+SELECT distill.complete('restarted', 'Hello', '{"max_tokens": 6}') <> distill.complete('smollm2-135m', 'Hello', '{"max_tokens": 6}') AS differs_from_base;
+-- Tuning a tuned model is refused, and so is reusing its name.
+SELECT distill.finetune('CREATE', 'again', 'restarted', 'SELECT request AS prompt, label AS completion FROM tickets_train');
+SELECT distill.finetune('CREATE', 'restarted', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train');
+
+-- Only its owner (or a superuser) drops it; afterwards the name is unknown, in this session too.
+SET ROLE regress_analyst;
+SELECT distill.drop_model('restarted');
+RESET ROLE;
+SELECT distill.drop_model('restarted');
+SELECT distill.complete('restarted', 'Hello');
+SELECT distill.drop_model('restarted');
+DROP ROLE regress_analyst;
