@@ -18,3 +18,6 @@ echo "== SQL regression tests"
 # `cargo pgrx test` installed a build with test-only functions; install the real one.
 cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
 bash tests/regress.sh
+
+echo "== dump and restore of a tuned model"
+bash tests/dump_restore.sh

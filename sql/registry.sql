@@ -58,6 +58,8 @@ CREATE TABLE distill.model_registry (
 -- pg_dump dumps the rows of these tables (a tuned model survives dump and restore).
 SELECT pg_catalog.pg_extension_config_dump('distill.job_registry', '');
 SELECT pg_catalog.pg_extension_config_dump('distill.model_registry', '');
+-- ... and the sequence behind model_registry.version, so restored rows and new ones never collide.
+SELECT pg_catalog.pg_extension_config_dump('distill.model_registry_version_seq', '');
 REVOKE ALL ON distill.job_registry, distill.model_registry FROM PUBLIC;
 
 -- A role sees its own jobs (and those of roles it belongs to); superusers see all.

@@ -118,3 +118,40 @@ fn bad_training_input_is_refused() {
     let bad = TrainConfig { epochs: 11, ..Default::default() };
     assert!(train(model, &tickets("train.csv")[..2], &[], &bad, &mut NoObserver).is_err());
 }
+
+#[test]
+fn holdout_is_seeded_disjoint_and_rounded_up() {
+    let all = tickets("train.csv");
+    let n = all.len();
+    let (t1, e1) = distill_engine::train::split_holdout(all.clone(), 0.1, 42);
+    let (t2, e2) = distill_engine::train::split_holdout(all.clone(), 0.1, 42);
+    assert_eq!((t1.clone(), e1.clone()), (t2, e2), "same seed, same split");
+    assert_eq!(e1.len(), (n as f64 * 0.1).ceil() as usize);
+    assert_eq!(t1.len() + e1.len(), n);
+    let sorted = |v: Vec<&Example>| {
+        let mut p: Vec<String> = v.iter().map(|e| format!("{}\u{0}{}", e.prompt, e.completion)).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(sorted(t1.iter().chain(&e1).collect()), sorted(all.iter().collect()), "a partition of the rows");
+    let (_, e3) = distill_engine::train::split_holdout(all.clone(), 0.1, 7);
+    assert_ne!(e1, e3, "another seed, another split");
+    // Too few rows to hold any out; and at least one row is always left to train on.
+    assert_eq!(distill_engine::train::split_holdout(all[..1].to_vec(), 0.1, 42).1.len(), 0);
+    assert_eq!(distill_engine::train::split_holdout(all[..2].to_vec(), 0.5, 42).1.len(), 1);
+}
+
+#[test]
+fn memory_estimate_grows_with_the_batch() {
+    let model = f32_model();
+    let all = tickets("train.csv");
+    let est = |batch_size: usize| {
+        let config = TrainConfig { batch_size, ..TrainConfig::default() };
+        distill_engine::train::estimate_memory(model, &all, &config).unwrap()
+    };
+    let (small, large) = (est(1), est(16));
+    assert!(small.largest_batch_tokens < large.largest_batch_tokens);
+    assert!(small.bytes < large.bytes);
+    // At least the f32 weights (135M parameters), and not absurd for 16 short tickets.
+    assert!(small.bytes > 500 << 20 && large.bytes < 32 << 30, "{small:?} {large:?}");
+}

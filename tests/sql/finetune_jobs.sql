@@ -83,3 +83,12 @@ SELECT distill.drop_model('restarted');
 SELECT distill.complete('restarted', 'Hello');
 SELECT distill.drop_model('restarted');
 DROP ROLE regress_analyst;
+
+-- A job whose estimated peak memory is above distill.max_training_memory ends before training.
+ALTER SYSTEM SET distill.max_training_memory = '1GB';
+SELECT pg_reload_conf();
+SELECT pg_sleep(1);
+SELECT distill.finetune('CREATE', 'too_big', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train') AS job \gset
+SELECT d->>'status' AS status, d->>'error' AS error, d->'trained_tokens' AS trained_tokens FROM distill.wait(:'job') AS d;
+ALTER SYSTEM RESET distill.max_training_memory;
+SELECT pg_reload_conf();

@@ -31,5 +31,3 @@ FROM ticket_prompts WHERE split = 'test';
 SELECT count(*) AS test_rows,
        avg((trim(predicted) = label)::int) >= 0.95 AS accuracy_at_least_95
 FROM predictions;
--- Wrong answers, if any (at most one of 27 passes the check above).
-SELECT id, label, predicted FROM predictions WHERE trim(predicted) <> label ORDER BY id;
