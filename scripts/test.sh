@@ -21,3 +21,9 @@ bash tests/regress.sh
 
 echo "== dump and restore of a tuned model"
 bash tests/dump_restore.sh
+
+echo "== faults: engine panic, kill -9, fast shutdown"
+bash tests/faults.sh
+
+echo "== concurrency: 8 sessions while training, racing CREATEs, drop while in use"
+bash tests/concurrency.sh

@@ -16,3 +16,5 @@ COMMENT ON VIEW distill.jobs IS 'Your fine-tuning jobs (all jobs for superusers)
 COMMENT ON VIEW distill.models IS 'Fine-tuned models: base model, owner, adapter size, options and metrics.';
 COMMENT ON FUNCTION distill.wait(text, double precision) IS
   'wait(job_id [, timeout_seconds]): blocks until the job finishes (NOTICE on progress) and returns its DESCRIBE.';
+COMMENT ON FUNCTION distill.grant_model(text, text) IS 'grant_model(name, role): lets role (or public) use a fine-tuned model you own.';
+COMMENT ON FUNCTION distill.revoke_model(text, text) IS 'revoke_model(name, role): undoes grant_model.';

@@ -55,12 +55,30 @@ CREATE TABLE distill.model_registry (
     created_on  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Any change to a model's adapter or base gives it a new version, so sessions reload it.
+CREATE FUNCTION distill.model_registry_new_version() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    NEW.version := nextval('distill.model_registry_version_seq');
+    RETURN NEW;
+END $$;
+CREATE TRIGGER new_version BEFORE UPDATE OF adapter, base_model ON distill.model_registry
+    FOR EACH ROW EXECUTE FUNCTION distill.model_registry_new_version();
+
+-- Who besides its owner may use a model. grantee 0 ('-' as regrole) is PUBLIC.
+CREATE TABLE distill.model_grants (
+    model    text NOT NULL REFERENCES distill.model_registry (name) ON DELETE CASCADE,
+    grantee  regrole NOT NULL,
+    PRIMARY KEY (model, grantee)
+);
+
 -- pg_dump dumps the rows of these tables (a tuned model survives dump and restore).
 SELECT pg_catalog.pg_extension_config_dump('distill.job_registry', '');
 SELECT pg_catalog.pg_extension_config_dump('distill.model_registry', '');
+SELECT pg_catalog.pg_extension_config_dump('distill.model_grants', '');
 -- ... and the sequence behind model_registry.version, so restored rows and new ones never collide.
 SELECT pg_catalog.pg_extension_config_dump('distill.model_registry_version_seq', '');
-REVOKE ALL ON distill.job_registry, distill.model_registry FROM PUBLIC;
+REVOKE ALL ON distill.job_registry, distill.model_registry, distill.model_grants FROM PUBLIC;
 
 -- A role sees its own jobs (and those of roles it belongs to); superusers see all.
 CREATE VIEW distill.jobs AS
@@ -70,11 +88,16 @@ FROM distill.job_registry
 WHERE pg_catalog.pg_has_role(current_user, owner, 'USAGE')
 ORDER BY created_on;
 
+-- The models a role may use: its own, those granted to it (or to PUBLIC), all for superusers.
 CREATE VIEW distill.models AS
-SELECT name, base_model, owner, created_on, job_id,
-       pg_catalog.octet_length(adapter) AS adapter_bytes, options, metrics
-FROM distill.model_registry
-ORDER BY name;
+SELECT m.name, m.base_model, m.owner, m.created_on, m.job_id,
+       pg_catalog.octet_length(m.adapter) AS adapter_bytes, m.options, m.metrics,
+       ARRAY(SELECT g.grantee FROM distill.model_grants g WHERE g.model = m.name ORDER BY 1) AS granted_to
+FROM distill.model_registry m
+WHERE pg_catalog.pg_has_role(current_user, m.owner, 'USAGE')
+   OR EXISTS (SELECT FROM distill.model_grants g WHERE g.model = m.name
+              AND CASE WHEN g.grantee::oid = 0 THEN true ELSE pg_catalog.pg_has_role(current_user, g.grantee, 'USAGE') END)
+ORDER BY m.name;
 
 GRANT SELECT ON distill.jobs, distill.models TO PUBLIC;
 -- Every role may call the functions and read the views; the functions check rights themselves.

@@ -22,12 +22,14 @@ pub fn report(e: Error) -> ! {
     let code = match &e {
         Error::ModelNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
         Error::InvalidModelName(..) | Error::InvalidInput(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+        Error::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
         Error::PromptTooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         Error::HubUnavailable { .. } => ERRCODE_CONNECTION_FAILURE,
         Error::BadModelFile { .. } => ERRCODE_DATA_CORRUPTED,
         Error::Unsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
         Error::Tokenizer(_) | Error::Template(_) => ERRCODE_DATA_EXCEPTION,
         Error::Io(_) => ERRCODE_IO_ERROR,
+        Error::ModelDirNotWritable { .. } => ERRCODE_INSUFFICIENT_RESOURCES,
         Error::Candle(_) => ERRCODE_INTERNAL_ERROR,
     };
     let mut report = pgrx::pg_sys::panic::ErrorReport::new(code, e.to_string(), "pg_distill");

@@ -81,7 +81,12 @@ fn finetune_create(
             None,
         );
     }
-    store.resolve(&base_model).or_report();
+    let base_path = store.resolve(&base_model).or_report();
+    if base_path.is_file() {
+        // Reads the header and checks every tensor lies inside the file: a truncated or corrupt base
+        // model fails here rather than in the worker.
+        distill_engine::gguf::GgufFile::open(&base_path).or_report();
+    }
     if store.resolve(&name).is_ok() || distill_engine::model_store::BUILTIN_MODELS.iter().any(|b| b.name == name) {
         taken(&name, "a base model");
     }
@@ -261,24 +266,6 @@ fn check_model_name(name: &str) {
             &format!("invalid model name \"{name}\""),
             Some("Use up to 63 letters, digits, _, - or ., starting with a letter."),
         );
-    }
-}
-
-/// `distill.drop_model(name)`: deletes a fine-tuned model (its owner or a superuser).
-#[pg_extern(volatile, parallel_unsafe)]
-fn drop_model(name: &str) {
-    match registry::drop_model(name) {
-        registry::Dropped::Done => crate::model_cache::forget_adapter(name),
-        registry::Dropped::NotFound => report_sql(
-            ERRCODE_UNDEFINED_OBJECT,
-            &format!("fine-tuned model \"{name}\" does not exist"),
-            Some("SELECT name FROM distill.models lists them."),
-        ),
-        registry::Dropped::NotOwner => report_sql(
-            ERRCODE_INSUFFICIENT_PRIVILEGE,
-            &format!("must be the owner of model \"{name}\" to drop it"),
-            None,
-        ),
     }
 }
 

@@ -14,6 +14,7 @@ static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::ne
 static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 static TRAINING_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static MAX_TRAINING_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(8192);
+static INJECT_FAULT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WEIGHT_FORMAT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"file"));
 
 pub fn init() {
@@ -74,6 +75,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
+        c"distill.inject_fault",
+        c"For tests: makes a failure happen on purpose (training_panic: the training engine panics at step 1).",
+        c"Like PostgreSQL's injection points; empty (the default) injects nothing.",
+        &INJECT_FAULT,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
         c"distill.weight_format",
         c"How a session holds model weights: file (as stored, e.g. Q4_1), q8_0 (requantized at load), f32.",
         c"q8_0 computes about 4x faster than Q4_1 on CPUs at ~1.5x its memory; f32 prefills fastest and decodes slowest, at 4x. Outputs can differ slightly between formats.",
@@ -116,6 +125,10 @@ pub fn weight_format() -> distill_engine::Result<distill_engine::WeightFormat> {
     }
 }
 
+pub fn inject_fault() -> String {
+    INJECT_FAULT.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 pub fn database() -> String {
     DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -133,6 +146,27 @@ pub fn training_threads() -> usize {
 
 pub fn max_training_memory_bytes() -> u64 {
     MAX_TRAINING_MEMORY_MB.get().max(0) as u64 * 1024 * 1024
+}
+
+/// Where a session finds base models. Downloading from the Hub writes files on the server, so it is
+/// for roles that may do that: superusers and members of pg_write_server_files.
+pub fn model_store() -> distill_engine::ModelStore {
+    let dir = model_dir();
+    if !hub_download() {
+        return distill_engine::ModelStore::new(dir, false);
+    }
+    let may_write = unsafe {
+        pg_sys::superuser()
+            || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_WRITE_SERVER_FILES))
+    };
+    if may_write {
+        distill_engine::ModelStore::new(dir, true)
+    } else {
+        distill_engine::ModelStore::refusing_downloads(
+            dir,
+            "downloading writes files on the database server, which needs superuser or membership in pg_write_server_files",
+        )
+    }
 }
 
 pub fn hub_download() -> bool {

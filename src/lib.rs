@@ -8,6 +8,7 @@ mod complete;
 mod errors;
 mod finetune;
 mod guc;
+mod model_access;
 mod model_cache;
 mod registry;
 mod training_job;

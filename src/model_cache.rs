@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use candle_core::Device;
-use distill_engine::{LoraAdapter, ModelStore, Result, TextModel, WeightFormat};
+use distill_engine::{LoraAdapter, Result, TextModel, WeightFormat};
 
 use crate::{guc, registry};
 
@@ -30,6 +30,12 @@ pub fn with_model<R: Send>(
     f: impl FnOnce(&TextModel, Option<&LoraAdapter>) -> Result<R> + Send,
 ) -> Result<R> {
     let (model, adapter) = match registry::find_model(name) {
+        Some(tuned) if !tuned.usable => {
+            return Err(distill_engine::Error::PermissionDenied(format!(
+                "permission denied for model \"{name}\": it belongs to {}",
+                tuned.owner
+            )))
+        }
         Some(tuned) => {
             let base = get(&tuned.base_model)?;
             let adapter = adapter(name, &tuned, &base)?;
@@ -61,8 +67,7 @@ fn get(name: &str) -> Result<Rc<TextModel>> {
     if let Some(m) = MODELS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(m);
     }
-    let store = ModelStore::new(key.0.clone(), guc::hub_download());
-    let path = store.resolve(name)?;
+    let path = guc::model_store().resolve(name)?;
     let model = Rc::new(TextModel::load(&path, key.2, &Device::Cpu)?);
     LOADS.with(|n| n.set(n.get() + 1));
     MODELS.with(|c| c.borrow_mut().insert(key, model.clone()));

@@ -134,22 +134,43 @@ pub fn cancel_job(id: &str) -> bool {
 
 // ---- models -----------------------------------------------------------------------------------
 
-/// A fine-tuned model as the registry knows it.
+/// A fine-tuned model as the registry knows it, and whether the caller may use it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunedModel {
     pub version: i64,
     pub base_model: String,
+    pub owner: String,
+    /// The caller owns it (or belongs to its owner), is a superuser, or was granted it.
+    pub usable: bool,
 }
 
 pub fn find_model(name: &str) -> Option<TunedModel> {
-    as_owner(|| {
-        Spi::get_two_with_args::<i64, String>(
-            "SELECT m.version, m.base_model FROM distill.model_registry m WHERE m.name OPERATOR(pg_catalog.=) $1",
-            &[name.into()],
-        )
-    })
-    .ok()
-    .and_then(|(v, b)| Some(TunedModel { version: v?, base_model: b? }))
+    let (caller, is_super) = caller();
+    let row = as_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT m.version, m.base_model, m.owner::pg_catalog.text,
+                        $3 OR pg_catalog.pg_has_role($2, m.owner, 'USAGE') OR EXISTS (
+                            SELECT FROM distill.model_grants g WHERE g.model OPERATOR(pg_catalog.=) m.name
+                            AND CASE WHEN g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN true
+                                     ELSE pg_catalog.pg_has_role($2, g.grantee, 'USAGE') END)
+                 FROM distill.model_registry m WHERE m.name OPERATOR(pg_catalog.=) $1",
+                None,
+                &[name.into(), caller.into(), is_super.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let r = t.first();
+            Ok(Some(TunedModel {
+                version: r.get(1)?.unwrap_or_default(),
+                base_model: r.get(2)?.unwrap_or_default(),
+                owner: r.get(3)?.unwrap_or_default(),
+                usable: r.get(4)?.unwrap_or(false),
+            }))
+        })
+    });
+    row.unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None))
 }
 
 /// The adapter blob of a model at a given version (None if it was replaced or dropped meanwhile).
@@ -179,17 +200,35 @@ pub enum Dropped {
     NotOwner,
 }
 
-/// Deletes a model the caller owns (or any, for a superuser).
-pub fn drop_model(name: &str) -> Dropped {
+/// Whether the caller owns model `name` (or is a superuser); None if there is no such model.
+pub fn owns_model(name: &str) -> Option<bool> {
     let (caller, is_super) = caller();
-    let owner_ok = as_owner(|| {
+    as_owner(|| {
         one::<bool>(
             "SELECT $3 OR pg_catalog.pg_has_role($2, m.owner, 'USAGE') FROM distill.model_registry m \
              WHERE m.name OPERATOR(pg_catalog.=) $1",
             &[name.into(), caller.into(), is_super.into()],
         )
-    });
-    match owner_ok {
+    })
+}
+
+/// Lets `grantee` (0: PUBLIC) use model `name`, or stops letting it. The caller's ownership is checked first.
+pub fn set_grant(name: &str, grantee: pg_sys::Oid, grant: bool) {
+    let sql = if grant {
+        "INSERT INTO distill.model_grants (model, grantee) \
+         VALUES ($1, $2::pg_catalog.oid::pg_catalog.regrole) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM distill.model_grants g WHERE g.model OPERATOR(pg_catalog.=) $1 \
+         AND g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) $2::pg_catalog.oid"
+    };
+    // As int8: pgrx sends the invalid oid 0 (PUBLIC) as NULL.
+    as_owner(|| Spi::run_with_args(sql, &[name.into(), (grantee.to_u32() as i64).into()]))
+        .unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None));
+}
+
+/// Deletes a model the caller owns (or any, for a superuser).
+pub fn drop_model(name: &str) -> Dropped {
+    match owns_model(name) {
         None => Dropped::NotFound,
         Some(false) => Dropped::NotOwner,
         Some(true) => {

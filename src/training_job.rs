@@ -30,6 +30,8 @@ use crate::{finetune, guc, user_query};
 
 /// How often the job row gets the latest progress (and the worker learns of a CANCEL).
 const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// How long a worker told to shut down waits for the current training step to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Step losses kept in the job row for DESCRIBE.
 const RECENT_LOSSES: usize = 50;
 
@@ -151,7 +153,8 @@ impl Runner {
         let pool = self.pool()?;
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let mut observer = ChannelObserver { tx, cancel: cancel.clone() };
+        let panic_at_step = (guc::inject_fault() == "training_panic").then_some(1);
+        let mut observer = ChannelObserver { tx, cancel: cancel.clone(), panic_at_step };
         let handle = distill_engine::threads::spawn("distill-train", move || {
             pool.install(|| train::train(&model, &train_set, &eval_set, &config, &mut observer))
         })
@@ -159,6 +162,7 @@ impl Runner {
 
         let mut state = ProgressState { total_steps, started: Some(Instant::now()), ..Default::default() };
         let mut last_report = Instant::now();
+        let mut shutdown_since: Option<Instant> = None;
         loop {
             BackgroundWorker::wait_latch(Some(Duration::from_millis(200)));
             while let Ok(event) = rx.try_recv() {
@@ -166,6 +170,11 @@ impl Runner {
             }
             if shutdown_requested() {
                 cancel.store(true, Ordering::Relaxed);
+                // A step can take longer than a fast shutdown should: past SHUTDOWN_GRACE the job is
+                // requeued at once and the engine thread dies with the process (it holds no Postgres state).
+                if shutdown_since.get_or_insert_with(Instant::now).elapsed() >= SHUTDOWN_GRACE {
+                    return Ok(Trained::Cancelled);
+                }
             }
             if handle.is_finished() {
                 break;
@@ -373,10 +382,15 @@ enum Event {
 struct ChannelObserver {
     tx: mpsc::Sender<Event>,
     cancel: Arc<AtomicBool>,
+    /// Set by `distill.inject_fault = 'training_panic'` (tests of the panic path).
+    panic_at_step: Option<usize>,
 }
 
 impl TrainObserver for ChannelObserver {
     fn progress(&mut self, p: &Progress) {
+        if self.panic_at_step == Some(p.step) {
+            panic!("injected fault: distill.inject_fault = 'training_panic'");
+        }
         let _ = self.tx.send(Event::Step(p.clone()));
     }
     fn epoch_end(&mut self, epoch: usize, train_loss: f64, eval_loss: Option<f64>) {

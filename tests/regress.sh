@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pg_regress over tests/sql/*.sql against tests/expected/*.out, on a fresh cluster with pg_distill
-# preloaded. Needs the extension installed (cargo pgrx install). Usage: tests/regress.sh [test ...]
+# preloaded, in the order of tests/schedule. Needs the extension installed (cargo pgrx install).
+# Usage: tests/regress.sh [test ...]   (named tests only, in the order given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -11,15 +12,23 @@ port=55432
 bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
 rm -rf "$work" && install -d -o postgres -g postgres "$work"
 # pg_regress runs as postgres: give it copies it can read and a place to write.
-cp -r tests/sql tests/expected "$work/" && mkdir -p "$work/data-files" && cp data/support_tickets/*.csv "$work/data-files/"
+cp -r tests/sql tests/expected tests/schedule "$work/" && mkdir -p "$work/data-files" && cp data/support_tickets/*.csv "$work/data-files/"
+# Broken model files for bad_input.sql: random bytes, a GGUF cut short, an empty file.
+mkdir -p "$work/data-files/badmodels"
+head -c 65536 /dev/zero | tr "\\0" x >"$work/data-files/badmodels/garbage.gguf"
+head -c 3000000 models/SmolLM2-135M-Instruct.Q4_1.gguf >"$work/data-files/badmodels/truncated.gguf"
+: >"$work/data-files/badmodels/empty.gguf"
 chown -R postgres:postgres "$work"
 # Fine-tuning jobs run in distill.database: the test database itself, made before pg_regress runs
 # (--use-existing), since a worker connected to it would stop pg_regress from dropping it.
 bash scripts/cluster.sh start "$work/data" $port distill_regress
 trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
 sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE distill_regress"
+for f in tests/sql/*.sql; do
+  grep -qx "test: $(basename "$f" .sql)" tests/schedule || { echo "$f is not in tests/schedule" >&2; exit 1; }
+done
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=($(cd tests/sql && ls *.sql | sed 's/\.sql$//'))
+[ ${#tests[@]} -gt 0 ] || tests=(--schedule="$work/schedule")
 cd "$work"
 if ! sudo -u postgres PGDATAFILES="$work/data-files" "$REGRESS" --bindir=$PGBIN --host="$work/data" --port=$port \
      --inputdir="$work" --outputdir="$work" --dbname=distill_regress --use-existing "${tests[@]}"; then

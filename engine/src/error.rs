@@ -16,6 +16,9 @@ pub enum Error {
     #[error("cannot read model file {path}: {reason}")]
     BadModelFile { path: PathBuf, reason: String },
 
+    #[error("cannot download into the model directory {dir}: {reason}")]
+    ModelDirNotWritable { dir: PathBuf, reason: String },
+
     #[error("unsupported model: {0}")]
     Unsupported(String),
 
@@ -27,6 +30,9 @@ pub enum Error {
 
     #[error("{0}")]
     InvalidInput(String),
+
+    #[error("{0}")]
+    PermissionDenied(String),
 
     #[error("prompt is too long: {tokens} tokens, the model's context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
@@ -49,6 +55,18 @@ impl Error {
                     .into(),
             ),
             Error::PromptTooLong { .. } => Some("Shorten the prompt or lower max_tokens.".into()),
+            Error::ModelDirNotWritable { .. } => Some(
+                "Make distill.model_dir writable by the database server's OS user (and give it free space), \
+                 or copy the .gguf file in by hand."
+                    .into(),
+            ),
+            Error::PermissionDenied(m) if m.contains("Hugging Face") => Some(
+                "Ask a superuser to run it once (the file is then cached for everyone), or to copy the .gguf file into distill.model_dir."
+                    .into(),
+            ),
+            Error::PermissionDenied(_) => {
+                Some("The model's owner can share it: SELECT distill.grant_model('model', 'role');".into())
+            }
             _ => None,
         }
     }

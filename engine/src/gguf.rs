@@ -25,12 +25,17 @@ impl GgufFile {
         let content = Content::read(&mut reader).map_err(|e| bad(format!("not a valid GGUF file ({e})")))?;
         // A truncated download still has a readable header: check that every tensor lies inside the file.
         let len = std::fs::metadata(path)?.len();
-        for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
-            if end > len {
-                return Err(bad(format!("file is truncated: tensor {name} ends at byte {end}, file has {len}")));
-            }
+        let needed = content
+            .tensor_infos
+            .values()
+            .map(|info| {
+                let bytes = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+                content.tensor_data_offset + info.offset + bytes as u64
+            })
+            .max()
+            .unwrap_or(0);
+        if needed > len {
+            return Err(bad(format!("file is truncated: its tensors need {needed} bytes, the file has {len}")));
         }
         Ok(Self { path: path.to_path_buf(), content, reader })
     }

@@ -29,11 +29,18 @@ pub struct ModelStore {
     pub dir: PathBuf,
     /// Whether a hub id (`org/repo` or `org/repo/file.gguf`) may be downloaded into `dir/hub`.
     pub allow_download: bool,
+    /// Set when downloads are on but this caller may not start one (the error says why).
+    pub download_denied: Option<String>,
 }
 
 impl ModelStore {
     pub fn new(dir: impl Into<PathBuf>, allow_download: bool) -> Self {
-        Self { dir: dir.into(), allow_download }
+        Self { dir: dir.into(), allow_download, download_denied: None }
+    }
+
+    /// A store that serves files already present but downloads nothing, for `reason`.
+    pub fn refusing_downloads(dir: impl Into<PathBuf>, reason: &str) -> Self {
+        Self { dir: dir.into(), allow_download: false, download_denied: Some(reason.into()) }
     }
 
     /// The model files behind `name`: a built-in short name, a file `<name>.gguf` or `<name>` in the model
@@ -95,8 +102,17 @@ impl ModelStore {
             }
         }
         if !self.allow_download {
-            return Err(Error::HubUnavailable { repo, reason: "downloads are disabled (distill.hub_download = off)".into() });
+            return Err(match &self.download_denied {
+                Some(why) => Error::PermissionDenied(format!("may not download \"{repo}\" from the Hugging Face Hub: {why}")),
+                None => Error::HubUnavailable { repo, reason: "downloads are disabled (distill.hub_download = off)".into() },
+            });
         }
+        // A read-only or full disk should say so before any network traffic.
+        let probe = cache.join(".distill-write-probe");
+        if let Err(e) = std::fs::create_dir_all(&cache).and_then(|_| std::fs::write(&probe, b"ok")) {
+            return Err(Error::ModelDirNotWritable { dir: self.dir.clone(), reason: e.to_string() });
+        }
+        let _ = std::fs::remove_file(&probe);
         let hub_err = |e: hf_hub::api::sync::ApiError| Error::HubUnavailable { repo: repo.clone(), reason: e.to_string() };
         let api = hf_hub::api::sync::ApiBuilder::new()
             .with_cache_dir(cache)

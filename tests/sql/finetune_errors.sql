@@ -1,7 +1,9 @@
 -- finetune(): every check CREATE makes in the caller's session, and the shape of DESCRIBE and SHOW.
 -- Also loads the shipped support tickets for the finetune_* tests that follow.
 \set VERBOSITY default
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pg_distill;
+RESET client_min_messages;
 \getenv datafiles PGDATAFILES
 \set train_csv :datafiles '/train.csv'
 \set test_csv :datafiles '/test.csv'

@@ -1,0 +1,60 @@
+-- Who may use a fine-tuned model: its owner (and members of the owner role), roles it is granted
+-- to (or PUBLIC), superusers. Registry tables are private; Hub downloads need server-file rights.
+\set VERBOSITY default
+SET client_min_messages = warning;
+CREATE ROLE regress_owner;
+CREATE ROLE regress_other;
+CREATE ROLE regress_member IN ROLE regress_owner;
+GRANT SELECT ON tickets_train TO regress_owner;
+
+SET ROLE regress_owner;
+SELECT distill.finetune('CREATE', 'owned', 'smollm2-135m',
+       'SELECT request AS prompt, label AS completion FROM tickets_train ORDER BY id LIMIT 4', NULL,
+       '{"max_epochs": 1, "target_modules": ["q"]}') AS job \gset
+SELECT d->>'status' AS status FROM distill.wait(:'job') AS d;
+SET distill.weight_format = 'q8_0';
+SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS owner_uses;
+SELECT name, owner, granted_to FROM distill.models;
+
+-- Another role: no access, no listing, no grants, no drops.
+SET ROLE regress_other;
+SELECT distill.complete('owned', 'hi');
+SELECT count(*) AS visible_models FROM distill.models;
+SELECT distill.grant_model('owned', 'regress_other');
+SELECT distill.drop_model('owned');
+SELECT count(*) FROM distill.model_registry;
+SELECT count(*) FROM distill.job_registry;
+SELECT count(*) FROM distill.model_grants;
+-- Downloading from the Hub writes server files: not for roles without pg_write_server_files.
+SELECT distill.complete('some-org/some-repo/model.gguf', 'hi');
+
+-- A member of the owner role uses it like the owner.
+SET ROLE regress_member;
+SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS member_uses;
+
+-- Granting and revoking, by the owner.
+SET ROLE regress_owner;
+SELECT distill.grant_model('owned', 'regress_other');
+SELECT distill.grant_model('owned', 'regress_other');
+SELECT distill.grant_model('owned', 'no_such_role');
+SELECT distill.grant_model('no_such_model', 'regress_other');
+SET ROLE regress_other;
+SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS grantee_uses;
+SELECT name, owner, granted_to FROM distill.models;
+SET ROLE regress_owner;
+SELECT distill.revoke_model('owned', 'regress_other');
+SET ROLE regress_other;
+SELECT distill.complete('owned', 'hi');
+SET ROLE regress_owner;
+SELECT distill.grant_model('owned', 'public');
+SET ROLE regress_other;
+SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS public_uses;
+SELECT name, granted_to FROM distill.models;
+
+-- Superusers use and drop any model; grants go with the model.
+RESET ROLE;
+SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS superuser_uses;
+SELECT distill.drop_model('owned');
+SELECT count(*) AS grants_left FROM distill.model_grants;
+REVOKE SELECT ON tickets_train FROM regress_owner;
+DROP ROLE regress_member, regress_other, regress_owner;
