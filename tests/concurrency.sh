@@ -43,7 +43,7 @@ done
 [ "$(psql_in -c "SELECT status FROM distill.jobs WHERE model = 'background'")" = IN_PROGRESS ] || fail "the background job is not training"
 
 for i in $(seq 8); do
-  ( psql_in -c "$query" >"$work/out.$i" 2>"$work/err.$i"; echo $? >"$work/rc.$i" ) &
+  ( if psql_in -c "$query" >"$work/out.$i" 2>"$work/err.$i"; then echo 0; else echo 1; fi >"$work/rc.$i" ) &
 done
 wait
 for i in $(seq 8); do
@@ -55,9 +55,9 @@ echo "8 concurrent sessions while training: 0 errors, identical outputs"
 # Two CREATEs racing for one name: the second waits for the first's transaction, then fails clearly.
 race="BEGIN; SELECT distill.finetune('CREATE', 'raced', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets');
       SELECT pg_sleep(2); COMMIT;"
-( psql_in -c "$race" >"$work/race.1" 2>&1; echo $? >"$work/race.rc1" ) &
+( if psql_in -c "$race" >"$work/race.1" 2>&1; then echo 0; else echo 1; fi >"$work/race.rc1" ) &
 sleep 0.5
-( psql_in -c "$race" >"$work/race.2" 2>&1; echo $? >"$work/race.rc2" ) &
+( if psql_in -c "$race" >"$work/race.2" 2>&1; then echo 0; else echo 1; fi >"$work/race.rc2" ) &
 wait
 [ "$(cat "$work/race.rc1")" = 0 ] || fail "first CREATE: $(cat "$work/race.1")"
 [ "$(cat "$work/race.rc2")" != 0 ] || fail "second CREATE succeeded too"
@@ -66,8 +66,8 @@ grep -q 'model name "raced" is already taken by a pending fine-tuning job' "$wor
 echo "racing CREATEs: one job, one clear error"
 
 # Dropping a model while another session runs it: that session gets a clear error, not a crash.
-( psql_in -c "SELECT count(distill.complete('shared', request, '{\"max_tokens\": 4}')) FROM tickets" \
-    >"$work/drop.out" 2>&1; echo $? >"$work/drop.rc" ) &
+( if psql_in -c "SELECT count(distill.complete('shared', request, '{\"max_tokens\": 4}')) FROM tickets" \
+    >"$work/drop.out" 2>&1; then echo 0; else echo 1; fi >"$work/drop.rc" ) &
 sleep 3
 psql_in -c "SELECT distill.drop_model('shared')"
 wait
@@ -75,6 +75,7 @@ if [ "$(cat "$work/drop.rc")" = 0 ]; then
   echo "the using session finished before the drop took effect: $(cat "$work/drop.out")"
 else
   grep -q 'model "shared" not found\|"shared" was dropped or replaced' "$work/drop.out" || fail "using session: $(cat "$work/drop.out")"
+  echo "model dropped while in use: the using session got a clear error: $(head -1 "$work/drop.out")"
 fi
 [ "$(psql_in -c "SELECT 1")" = 1 ] || fail "server unreachable"
 psql_in -c "SELECT distill.finetune('CANCEL', id) FROM distill.jobs WHERE status IN ('PENDING', 'IN_PROGRESS')" >/dev/null
