@@ -14,8 +14,8 @@ bash scripts/cluster.sh start "$dir" $port distill_demo
 install -d -o postgres -g postgres /var/tmp/pg_distill-demo-data
 cp data/support_tickets/*.csv /var/tmp/pg_distill-demo-data/
 psql_pg() { sudo -u postgres DISTILL_DATA=/var/tmp/pg_distill-demo-data psql -X -h "$dir" -p $port "$@"; }
-psql_pg -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'distill_demo'" | grep -q 1 \
-  || psql_pg -d postgres -qc "CREATE DATABASE distill_demo"
+# A fresh demo database each run, so it always has this build's extension objects.
+psql_pg -d postgres -qc "DROP DATABASE IF EXISTS distill_demo WITH (FORCE)" -c "CREATE DATABASE distill_demo"
 psql_pg -d distill_demo -f examples/tickets.sql
 echo
 echo "The cluster is running. Connect with: sudo -u postgres psql -h $dir -p $port distill_demo"

@@ -3,7 +3,7 @@ COMMENT ON SCHEMA distill IS 'pg_distill: fine-tune small language models on you
 COMMENT ON FUNCTION distill.complete(text, text) IS
   'complete(model, prompt): the model''s reply to prompt as one user message, greedy. NULL prompt gives NULL.';
 COMMENT ON FUNCTION distill.complete(text, text, jsonb) IS
-  'complete(model, prompt, options): options are max_tokens, temperature (0 = greedy), top_p, seed, stop (array of strings).';
+  'complete(model, prompt, options): options are max_tokens, temperature (0 = greedy), top_p, seed, stop (array of strings); or choices (array of strings: the reply is exactly one of them) with scores (true: a JSON text {"choice", "scores"}).';
 COMMENT ON FUNCTION distill.version() IS 'pg_distill and engine version';
 COMMENT ON FUNCTION distill.finetune(text) IS
   'finetune(''SHOW''): your fine-tuning jobs as a JSON array of {id, status, base_model, model, created_on}.';
@@ -18,3 +18,5 @@ COMMENT ON FUNCTION distill.wait(text, double precision) IS
   'wait(job_id [, timeout_seconds]): blocks until the job finishes (NOTICE on progress) and returns its DESCRIBE.';
 COMMENT ON FUNCTION distill.grant_model(text, text) IS 'grant_model(name, role): lets role (or public) use a fine-tuned model you own.';
 COMMENT ON FUNCTION distill.revoke_model(text, text) IS 'revoke_model(name, role): undoes grant_model.';
+COMMENT ON FUNCTION distill.classify(text, text, text[]) IS
+  'classify(model, text, labels): the label the model gives text, always exactly one of labels (constrained decoding).';

@@ -67,6 +67,18 @@ impl TextModel {
         self.chat(&[Message::user(prompt)], opts)
     }
 
+    /// Which of `choices` the model answers to one user message (see [`crate::choices`]).
+    pub fn choose_with(
+        &self,
+        prompt: &str,
+        choices: &[String],
+        scores: bool,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<crate::choices::Choice> {
+        let ids = self.chat_prompt(&[Message::user(prompt)])?;
+        crate::choices::choose(self, &ids, choices, scores, adapter)
+    }
+
     /// [`complete`](Self::complete) through a fine-tuned adapter of this base model.
     pub fn complete_with(&self, prompt: &str, opts: &GenerateOptions, adapter: Option<&LoraAdapter>) -> Result<Generation> {
         self.chat_with(&[Message::user(prompt)], opts, adapter)
