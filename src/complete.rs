@@ -28,6 +28,9 @@ fn complete_with_options(model: &str, prompt: &str, options: JsonB) -> String {
 /// to the prompt it was trained on: use `complete(model, prompt, '{"choices": [...]}')` for that.
 #[pg_extern(volatile, parallel_safe)]
 fn classify(model: &str, text: &str, labels: Vec<Option<String>>) -> String {
+    if text.trim().is_empty() {
+        invalid("text is empty");
+    }
     let labels: Vec<String> =
         labels.into_iter().map(|l| l.unwrap_or_else(|| invalid("labels must not contain NULL"))).collect();
     let prompt = format!(

@@ -57,6 +57,10 @@ SELECT distill.finetune('CREATE', 'm', 'garbage', 'SELECT ''a'' AS prompt, ''b''
 -- A model directory the server cannot write: a download fails before touching the network.
 SET distill.model_dir = '/usr';
 SELECT distill.complete('some-org/some-repo/model.gguf', 'hi');
+-- A full disk (the download's write probe lands on /dev/full): the same error, saying so.
+\set fullmodels :datafiles '/fullmodels'
+SET distill.model_dir = :'fullmodels';
+SELECT distill.complete('some-org/some-repo/model.gguf', 'hi');
 RESET distill.model_dir;
 -- The session still works.
 SELECT length(distill.complete('smollm2-135m', 'hi', '{"max_tokens": 2}')) > 0 AS still_works;

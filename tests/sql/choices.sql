@@ -1,0 +1,41 @@
+-- Constrained labels: with "choices" the reply is always exactly one of them, on the base model and
+-- on the tuned one (ticket_classifier, from finetune_quickstart.sql); scores are probabilities.
+\set VERBOSITY default
+SET distill.weight_format = 'q8_0';
+\set labels '{"choices": ["Add new line", "Closing account", "Roaming fees", "Slow data speed"]}'
+
+CREATE TEMP TABLE constrained AS
+SELECT id, label,
+       distill.complete('smollm2-135m', prompt, :'labels') AS base,
+       distill.complete('ticket_classifier', prompt, :'labels') AS tuned
+FROM ticket_prompts WHERE split = 'test';
+SELECT count(*) AS tickets,
+       count(*) FILTER (WHERE base IN ('Add new line', 'Closing account', 'Roaming fees', 'Slow data speed')) AS base_within_labels,
+       count(*) FILTER (WHERE tuned IN ('Add new line', 'Closing account', 'Roaming fees', 'Slow data speed')) AS tuned_within_labels,
+       round(avg((base = label)::int), 3) AS base_accuracy,
+       avg((tuned = label)::int) >= 0.95 AS tuned_accuracy_at_least_95
+FROM constrained;
+
+-- Scores: one probability per choice, summing to 1; the choice is the most probable.
+SELECT r->>'choice' = (SELECT key FROM jsonb_each(r->'scores') ORDER BY value::float8 DESC LIMIT 1) AS choice_is_most_probable,
+       (SELECT round(sum(value::float8)::numeric, 6) FROM jsonb_each(r->'scores')) AS total,
+       (SELECT count(*) FROM jsonb_each(r->'scores')) AS choices
+FROM (SELECT distill.complete('ticket_classifier', prompt,
+                              '{"choices": ["Add new line", "Closing account", "Roaming fees", "Slow data speed"], "scores": true}')::jsonb AS r
+      FROM ticket_prompts WHERE split = 'test' ORDER BY id LIMIT 3) t;
+
+-- classify(): the same constraint with an instruction built from the labels.
+SELECT distill.classify('smollm2-135m', 'I was charged for roaming in Spain last week.', ARRAY['Roaming fees', 'Lost phone'])
+       IN ('Roaming fees', 'Lost phone') AS classify_within_labels;
+
+-- Bad choice sets and option mixes.
+SELECT distill.complete('smollm2-135m', 'hi', '{"choices": []}');
+SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", "no", "yes"]}');
+SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", " "]}');
+SELECT distill.complete('smollm2-135m', 'hi', '{"choices": "yes"}');
+SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", "no"], "scores": 1}');
+SELECT distill.complete('smollm2-135m', 'hi', '{"scores": true}');
+SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", "no"], "max_tokens": 3}');
+SELECT distill.classify('smollm2-135m', 'hi', ARRAY['yes', NULL]);
+SELECT distill.classify('smollm2-135m', 'hi', ARRAY[]::text[]);
+SELECT distill.classify('smollm2-135m', '', ARRAY['yes', 'no']);
