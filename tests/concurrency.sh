@@ -5,22 +5,11 @@
 # installed (cargo pgrx install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-work=/tmp/pg_distill-concurrency
-port=55434
-bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
-rm -rf "$work" && install -d -o postgres -g postgres "$work"
-bash scripts/cluster.sh start "$work/data" $port distill_conc
-trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
-psql_in() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d distill_conc "$@"; }
-sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE distill_conc"
-cp data/support_tickets/train.csv "$work/train.csv" && chown postgres "$work/train.csv"
+work=/tmp/pg_distill-concurrency port=55434 db=distill_conc
+source tests/test_cluster.sh
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 psql_in <<SQL
-CREATE EXTENSION pg_distill;
-CREATE TABLE tickets (id text, request text, label text);
-COPY tickets FROM '$work/train.csv' WITH (FORMAT csv, HEADER true);
 SET client_min_messages = warning;
 SELECT distill.finetune('CREATE', 'shared', 'smollm2-135m',
        'SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LIMIT 16', NULL,
@@ -69,7 +58,7 @@ echo "racing CREATEs: one job, one clear error"
 ( if psql_in -c "SELECT count(distill.complete('shared', request, '{\"max_tokens\": 4}')) FROM tickets" \
     >"$work/drop.out" 2>&1; then echo 0; else echo 1; fi >"$work/drop.rc" ) &
 sleep 3
-psql_in -c "SELECT distill.drop_model('shared')"
+psql_in -c "SELECT distill.drop_model('shared')" >/dev/null
 wait
 if [ "$(cat "$work/drop.rc")" = 0 ]; then
   echo "the using session finished before the drop took effect: $(cat "$work/drop.out")"

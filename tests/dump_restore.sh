@@ -4,21 +4,10 @@
 # Needs the extension installed (cargo pgrx install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-work=/tmp/pg_distill-dump
-port=55433
-bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
-rm -rf "$work" && install -d -o postgres -g postgres "$work"
-bash scripts/cluster.sh start "$work/data" $port distill_dump
-trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
-psql_in() { local db=$1; shift; sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d "$db" "$@"; }
-psql_in postgres -c "CREATE DATABASE distill_dump"
-cp data/support_tickets/train.csv "$work/train.csv" && chown postgres "$work/train.csv"
+work=/tmp/pg_distill-dump port=55433 db=distill_dump
+source tests/test_cluster.sh
 
-psql_in distill_dump <<SQL
-CREATE EXTENSION pg_distill;
-CREATE TABLE tickets (id text, request text, label text);
-COPY tickets FROM '$work/train.csv' WITH (FORMAT csv, HEADER true);
+psql_in <<SQL
 SET client_min_messages = warning;
 SELECT distill.finetune('CREATE', 'small', 'smollm2-135m',
        'SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LIMIT 16', NULL,
@@ -27,11 +16,11 @@ SELECT 'status: ' || (distill.wait(:'job')->>'status');
 SQL
 
 outputs() {
-  psql_in "$1" -c "SELECT string_agg(distill.complete('small', request, '{\"max_tokens\": 6}'), ' | ' ORDER BY id)
+  psql_db "$1" -c "SELECT string_agg(distill.complete('small', request, '{\"max_tokens\": 6}'), ' | ' ORDER BY id)
                    FROM (SELECT * FROM tickets ORDER BY id LIMIT 3) t"
 }
 before=$(outputs distill_dump)
-base=$(psql_in distill_dump -c "SELECT string_agg(distill.complete('smollm2-135m', request, '{\"max_tokens\": 6}'), ' | ' ORDER BY id)
+base=$(psql_in -c "SELECT string_agg(distill.complete('smollm2-135m', request, '{\"max_tokens\": 6}'), ' | ' ORDER BY id)
                                 FROM (SELECT * FROM tickets ORDER BY id LIMIT 3) t")
 echo "tuned: $before"
 [ "$before" != "$base" ] || { echo "FAIL: the tuned model answers like its base model" >&2; exit 1; }
@@ -42,12 +31,12 @@ after_restart=$(outputs distill_dump)
 [ "$after_restart" = "$before" ] || { echo "FAIL after restart: $after_restart" >&2; exit 1; }
 
 sudo -u postgres pg_dump -h "$work/data" -p $port -Fc -f "$work/dump" distill_dump
-psql_in postgres -c "CREATE DATABASE distill_restored"
+psql_db postgres -c "CREATE DATABASE distill_restored"
 sudo -u postgres pg_restore -h "$work/data" -p $port --exit-on-error -d distill_restored "$work/dump"
 after_restore=$(outputs distill_restored)
 [ "$after_restore" = "$before" ] || { echo "FAIL after restore: $after_restore" >&2; exit 1; }
 # The restored registry keeps working: its version sequence continues past the restored rows.
-psql_in distill_restored -c "SELECT name, base_model, owner, job_id IS NOT NULL FROM distill.models" | tee "$work/models"
+psql_db distill_restored -c "SELECT name, base_model, owner, job_id IS NOT NULL FROM distill.models" | tee "$work/models"
 grep -q '^small|smollm2-135m|postgres|t$' "$work/models"
-psql_in distill_restored -c "SELECT nextval('distill.model_registry_version_seq') > max(version) FROM distill.model_registry" | grep -qx t
+psql_db distill_restored -c "SELECT nextval('distill.model_registry_version_seq') > max(version) FROM distill.model_registry" | grep -qx t
 echo "dump_restore: ok (same outputs after restart and after pg_dump/pg_restore)"

@@ -4,17 +4,9 @@
 # intact); fast shutdown while training (under 5 s, job requeued). Needs the extension installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-work=/tmp/pg_distill-faults
-port=55435
+work=/tmp/pg_distill-faults port=55435 db=distill_faults
 BIN=/usr/lib/postgresql/15/bin
-bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
-rm -rf "$work" && install -d -o postgres -g postgres "$work"
-bash scripts/cluster.sh start "$work/data" $port distill_faults
-trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
-psql_in() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d distill_faults "$@"; }
-sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE distill_faults"
-cp data/support_tickets/train.csv "$work/train.csv" && chown postgres "$work/train.csv"
+source tests/test_cluster.sh
 fail() { echo "FAIL: $*" >&2; tail -20 "$work/data/server.log" >&2; exit 1; }
 worker_pid() { psql_in -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_distill worker'"; }
 small_job() { # name -> job id
@@ -42,11 +34,6 @@ wait_ready() {
   fail "server did not come back"
 }
 
-psql_in <<SQL
-CREATE EXTENSION pg_distill;
-CREATE TABLE tickets (id text, request text, label text);
-COPY tickets FROM '$work/train.csv' WITH (FORMAT csv, HEADER true);
-SQL
 job=$(small_job keeper)
 [ "$(wait_job "$job")" = SUCCESS ] || fail "keeper did not train"
 keeper="SET distill.weight_format = 'q8_0'; SELECT distill.complete('keeper', 'My bill has roaming fees', '{\"max_tokens\": 6}')"
