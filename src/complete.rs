@@ -46,24 +46,12 @@ fn version() -> String {
 }
 
 fn run(model: &str, prompt: &str, opts: GenerateOptions) -> String {
-    pgrx::check_for_interrupts!();
-    if model.trim().is_empty() {
-        invalid("model name is empty");
-    }
-    if prompt.trim().is_empty() {
-        invalid("prompt is empty");
-    }
+    check_args(model, prompt);
     with_model(model, |m, adapter| m.complete_with(prompt, &opts, adapter)).or_report().text
 }
 
 fn choose(model: &str, prompt: &str, choices: &[String], scores: bool) -> String {
-    pgrx::check_for_interrupts!();
-    if model.trim().is_empty() {
-        invalid("model name is empty");
-    }
-    if prompt.trim().is_empty() {
-        invalid("prompt is empty");
-    }
+    check_args(model, prompt);
     distill_engine::choices::validate(choices).or_report();
     let c = with_model(model, |m, adapter| m.choose_with(prompt, choices, scores, adapter)).or_report();
     match c.scores {
@@ -97,6 +85,17 @@ fn split_choices(options: JsonB) -> (Option<(Vec<String>, bool)>, JsonB) {
         invalid(format!("option \"{k}\" does not apply with choices (decoding is greedy over the choices)"));
     }
     (Some((choices, scores)), JsonB(serde_json::Value::Object(o)))
+}
+
+/// Common to every call: a chance to cancel, and no blank model name or prompt.
+fn check_args(model: &str, prompt: &str) {
+    pgrx::check_for_interrupts!();
+    if model.trim().is_empty() {
+        invalid("model name is empty");
+    }
+    if prompt.trim().is_empty() {
+        invalid("prompt is empty");
+    }
 }
 
 fn parse_options(options: JsonB) -> GenerateOptions {

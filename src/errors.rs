@@ -32,12 +32,7 @@ pub fn report(e: Error) -> ! {
         Error::ModelDirNotWritable { .. } => ERRCODE_INSUFFICIENT_RESOURCES,
         Error::Candle(_) => ERRCODE_INTERNAL_ERROR,
     };
-    let mut report = pgrx::pg_sys::panic::ErrorReport::new(code, e.to_string(), "pg_distill");
-    if let Some(hint) = e.hint() {
-        report = report.set_hint(hint);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    report_sql(code, &e.to_string(), e.hint().as_deref())
 }
 
 /// An ERROR with this SQLSTATE, message and optional HINT.

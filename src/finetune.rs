@@ -29,7 +29,7 @@ fn finetune_job(verb: Option<&str>, job_id: Option<&str>) -> JsonB {
         wrong_arity(&verb);
     }
     let id = job_id.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| invalid(format!("{verb} needs a job id")));
-    let Some(row) = registry::job_row(id) else { no_such_job() };
+    let Some(mut row) = registry::job_row(id) else { no_such_job() };
     if verb == "CANCEL" {
         if !registry::cancel_job(id) {
             report_sql(
@@ -38,8 +38,9 @@ fn finetune_job(verb: Option<&str>, job_id: Option<&str>) -> JsonB {
                 None,
             );
         }
-        let Some(row) = registry::job_row(id) else { no_such_job() };
-        return JsonB(describe(&row));
+        // The row after the request: CANCELLED, or still running with cancel_requested.
+        let Some(after) = registry::job_row(id) else { no_such_job() };
+        row = after;
     }
     JsonB(describe(&row))
 }

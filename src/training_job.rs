@@ -70,24 +70,20 @@ impl Runner {
     }
 
     fn run_job(&mut self, job: &Job) -> Result<(), String> {
-        let (config, holdout_fraction) = finetune::train_config(&job.options).map_err(|e| e.to_string())?;
+        let (config, holdout_fraction) = finetune::train_config(&job.options).map_err(engine_error)?;
         let (train_rows, validation_rows) = transaction(|| read_rows(job))??;
+        let no_rows = |label: &str, skipped: usize| {
+            format!("{label} returned no usable rows ({skipped} skipped for a NULL or blank prompt or completion)")
+        };
         if train_rows.examples.is_empty() {
-            return Err(format!(
-                "training_sql returned no usable rows ({} skipped for a NULL or blank prompt or completion)",
-                train_rows.skipped
-            ));
+            return Err(no_rows("training_sql", train_rows.skipped));
         }
-        let (train_set, eval_set, validation_source) = match &validation_rows {
-            Some(v) if v.examples.is_empty() => {
-                return Err(format!(
-                    "validation_sql returned no usable rows ({} skipped for a NULL or blank prompt or completion)",
-                    v.skipped
-                ))
-            }
-            Some(v) => (train_rows.examples.clone(), v.examples.clone(), "validation_sql".to_string()),
+        let skipped = train_rows.skipped + validation_rows.as_ref().map_or(0, |v| v.skipped);
+        let (train_set, eval_set, validation_source) = match validation_rows {
+            Some(v) if v.examples.is_empty() => return Err(no_rows("validation_sql", v.skipped)),
+            Some(v) => (train_rows.examples, v.examples, "validation_sql".to_string()),
             None => {
-                let (t, e) = train::split_holdout(train_rows.examples.clone(), holdout_fraction, config.seed);
+                let (t, e) = train::split_holdout(train_rows.examples, holdout_fraction, config.seed);
                 let source = if e.is_empty() {
                     "none (fewer than 2 training rows)".to_string()
                 } else {
@@ -97,7 +93,7 @@ impl Runner {
             }
         };
         let model = self.model(&job.base_model)?;
-        let estimate = train::estimate_memory(&model, &train_set, &config).map_err(|e| e.to_string())?;
+        let estimate = train::estimate_memory(&model, &train_set, &config).map_err(engine_error)?;
         let limit = guc::max_training_memory_bytes();
         if estimate.bytes > limit {
             return Err(format!(
@@ -111,7 +107,7 @@ impl Runner {
         let mut data = json!({
             "training_rows": train_set.len(),
             "validation_rows": eval_set.len(),
-            "skipped_rows": train_rows.skipped + validation_rows.as_ref().map_or(0, |v| v.skipped),
+            "skipped_rows": skipped,
             "validation_source": validation_source,
             "memory_estimate_mb": estimate.bytes >> 20,
             "largest_batch_tokens": estimate.largest_batch_tokens,
@@ -194,10 +190,7 @@ impl Runner {
         match handle.join() {
             Ok(Ok((_, report))) if report.cancelled => Ok(Trained::Cancelled),
             Ok(Ok((adapter, report))) => Ok(Trained::Done(adapter, report)),
-            Ok(Err(e)) => Err(match e.hint() {
-                Some(h) => format!("{e} (hint: {h})"),
-                None => e.to_string(),
-            }),
+            Ok(Err(e)) => Err(engine_error(e)),
             Err(panic) => Err(format!("internal error in the training engine: {}", panic_text(&*panic))),
         }
     }
@@ -208,12 +201,8 @@ impl Runner {
         if let Some(m) = self.models.get(&key) {
             return Ok(m.clone());
         }
-        let describe = |e: distill_engine::Error| match e.hint() {
-            Some(h) => format!("{e} (hint: {h})"),
-            None => e.to_string(),
-        };
-        let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name).map_err(describe)?;
-        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &Device::Cpu).map_err(describe)?);
+        let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name).map_err(engine_error)?;
+        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &Device::Cpu).map_err(engine_error)?);
         self.models.insert(key, model.clone());
         Ok(model)
     }
@@ -476,6 +465,14 @@ impl ProgressState {
 fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
     let c = CString::new(text).unwrap_or_default();
     unsafe { pg_sys::pgstat_report_activity(state, c.as_ptr()) };
+}
+
+/// An engine error as the job's error text, with its hint when it has one.
+fn engine_error(e: distill_engine::Error) -> String {
+    match e.hint() {
+        Some(h) => format!("{e} (hint: {h})"),
+        None => e.to_string(),
+    }
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
