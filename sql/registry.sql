@@ -34,6 +34,8 @@ CREATE TABLE distill.job_registry (
     recent_losses    jsonb NOT NULL DEFAULT '[]',
     -- Row counts, holdout, truncation, memory estimate: what the worker found before training.
     data             jsonb NOT NULL DEFAULT '{}',
+    -- distill.evaluate()'s metrics of the tuned model on the validation rows, when the job succeeded.
+    validation_metrics jsonb,
     error            text
 );
 -- At most one unfinished job per model name: two racing CREATEs cannot both queue it.
@@ -80,14 +82,6 @@ SELECT pg_catalog.pg_extension_config_dump('distill.model_grants', '');
 SELECT pg_catalog.pg_extension_config_dump('distill.model_registry_version_seq', '');
 REVOKE ALL ON distill.job_registry, distill.model_registry, distill.model_grants FROM PUBLIC;
 
--- A role sees its own jobs (and those of roles it belongs to); superusers see all.
-CREATE VIEW distill.jobs AS
-SELECT id, model, base_model, owner, status, round(progress::numeric, 3) AS progress,
-       created_on, finished_on, trained_tokens, training_loss, validation_loss, error
-FROM distill.job_registry
-WHERE pg_catalog.pg_has_role(current_user, owner, 'USAGE')
-ORDER BY created_on;
-
 -- The models a role may use: its own, those granted to it (or to PUBLIC), all for superusers.
 CREATE VIEW distill.models AS
 SELECT m.name, m.base_model, m.owner, m.created_on, m.job_id,
@@ -99,6 +93,6 @@ WHERE pg_catalog.pg_has_role(current_user, m.owner, 'USAGE')
               AND CASE WHEN g.grantee::oid = 0 THEN true ELSE pg_catalog.pg_has_role(current_user, g.grantee, 'USAGE') END)
 ORDER BY m.name;
 
-GRANT SELECT ON distill.jobs, distill.models TO PUBLIC;
+GRANT SELECT ON distill.models TO PUBLIC;
 -- Every role may call the functions and read the views; the functions check rights themselves.
 GRANT USAGE ON SCHEMA distill TO PUBLIC;

@@ -1,26 +1,55 @@
-//! `distill.complete()`: run a model on a prompt in the calling backend.
+//! `distill.complete()` and friends: run a model in the calling backend.
 
-use distill_engine::GenerateOptions;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use distill_engine::{GenerateOptions, Message};
 use pgrx::prelude::*;
 use pgrx::JsonB;
+use serde_json::{json, Map, Value};
 
-use crate::errors::{invalid, OrReport};
+use crate::errors::{invalid, report_sql, OrReport};
 use crate::model_cache::with_model;
+use crate::usage;
 
 /// NULL prompt in, NULL out (the function is STRICT, the SQL convention); an empty prompt is an error.
 #[pg_extern(volatile, parallel_safe)]
 fn complete(model: &str, prompt: &str) -> String {
-    run(model, prompt, GenerateOptions::default())
+    reply(model, &[user(prompt)], &Request::Generate(GenerateOptions::default())).text
 }
 
 /// With `"choices": [...]` in the options the reply is always exactly one of them (constrained
 /// decoding); `"scores": true` then returns `{"choice": ..., "scores": {choice: probability}}` as text.
 #[pg_extern(volatile, parallel_safe, name = "complete")]
 fn complete_with_options(model: &str, prompt: &str, options: JsonB) -> String {
-    match split_choices(options) {
-        (Some((choices, scores)), _) => choose(model, prompt, &choices, scores),
-        (None, options) => run(model, prompt, parse_options(options)),
+    let r = reply(model, &[user(prompt)], &Request::parse(options));
+    match r.scores {
+        Some(scores) => json!({"choice": r.text, "scores": scores}).to_string(),
+        None => r.text,
     }
+}
+
+/// The chat form, shaped like Cortex's COMPLETE with options: `messages` is an array of
+/// `{"role", "content"}` (system, user, assistant), the reply
+/// `{"choices": [{"messages": text, "finish_reason"}], "created", "model", "usage": {...}}`.
+#[pg_extern(volatile, parallel_safe, name = "complete")]
+fn complete_chat(model: &str, messages: JsonB, options: default!(JsonB, "'{}'")) -> JsonB {
+    let messages = parse_messages(messages.0);
+    let r = reply(model, &messages, &Request::parse(options));
+    let mut choice = json!({"messages": r.text, "finish_reason": r.finish_reason});
+    if let Some(scores) = r.scores {
+        choice["scores"] = Value::Object(scores);
+    }
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    JsonB(json!({
+        "choices": [choice],
+        "created": created,
+        "model": model,
+        "usage": {
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+        },
+    }))
 }
 
 /// `distill.classify(model, text, labels)`: the label the model gives `text`, always one of `labels`.
@@ -37,7 +66,15 @@ fn classify(model: &str, text: &str, labels: Vec<Option<String>>) -> String {
         "Classify the following text into one of these categories: {}. Reply with the category only.\nText: {text}",
         labels.join(", ")
     );
-    choose(model, &prompt, &labels, false)
+    reply(model, &[user(&prompt)], &Request::Choose { choices: labels, scores: false }).text
+}
+
+/// Tokens of `text` in the model's tokenizer (a tuned model's is its base model's), without the chat
+/// template: what the text adds to a prompt.
+#[pg_extern(volatile, parallel_safe)]
+fn count_tokens(model: &str, text: &str) -> i32 {
+    check_model_name(model);
+    with_model(model, |m, _| m.count_tokens(text)).or_report() as i32
 }
 
 #[pg_extern(immutable, parallel_safe)]
@@ -45,65 +82,131 @@ fn version() -> String {
     format!("pg_distill {} (engine {}, {})", env!("CARGO_PKG_VERSION"), distill_engine::VERSION, distill_engine::DEVICE)
 }
 
-fn run(model: &str, prompt: &str, opts: GenerateOptions) -> String {
-    check_args(model, prompt);
-    with_model(model, |m, adapter| m.complete_with(prompt, &opts, adapter)).or_report().text
+/// What to do with the conversation: generate freely, or pick one of a fixed set of replies.
+pub enum Request {
+    Generate(GenerateOptions),
+    Choose { choices: Vec<String>, scores: bool },
 }
 
-fn choose(model: &str, prompt: &str, choices: &[String], scores: bool) -> String {
-    check_args(model, prompt);
-    distill_engine::choices::validate(choices).or_report();
-    let c = with_model(model, |m, adapter| m.choose_with(prompt, choices, scores, adapter)).or_report();
-    match c.scores {
-        None => c.text,
-        Some(p) => {
-            let scores: serde_json::Map<String, serde_json::Value> =
-                choices.iter().cloned().zip(p.into_iter().map(serde_json::Value::from)).collect();
-            serde_json::json!({"choice": c.text, "scores": scores}).to_string()
+impl Request {
+    /// `choices` and `scores` select constrained decoding; the other keys are generation options,
+    /// which do not apply to it (it is greedy over the choices).
+    pub fn parse(options: JsonB) -> Self {
+        let Value::Object(mut o) = options.0 else {
+            invalid("options must be a JSON object, e.g. '{\"max_tokens\": 20}'")
+        };
+        let Some(choices) = o.remove("choices") else {
+            if o.contains_key("scores") {
+                invalid("\"scores\" needs \"choices\"");
+            }
+            let opts: GenerateOptions =
+                serde_json::from_value(Value::Object(o)).unwrap_or_else(|e| invalid(format!("invalid options: {e}")));
+            opts.validate().or_report();
+            return Request::Generate(opts);
+        };
+        let choices: Vec<String> = serde_json::from_value(choices)
+            .unwrap_or_else(|_| invalid("choices must be an array of strings, e.g. '{\"choices\": [\"yes\", \"no\"]}'"));
+        let scores = match o.remove("scores") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => invalid("scores must be true or false"),
+        };
+        if let Some(k) = o.keys().next() {
+            invalid(format!("option \"{k}\" does not apply with choices (decoding is greedy over the choices)"));
         }
+        distill_engine::choices::validate(&choices).or_report();
+        Request::Choose { choices, scores }
     }
 }
 
-/// Takes `choices` and `scores` out of the options; the rest are generation options, which do not
-/// apply to constrained decoding (it is greedy over the choices).
-fn split_choices(options: JsonB) -> (Option<(Vec<String>, bool)>, JsonB) {
-    let serde_json::Value::Object(mut o) = options.0 else { return (None, options) };
-    let Some(choices) = o.remove("choices") else {
-        if o.contains_key("scores") {
-            invalid("\"scores\" needs \"choices\"");
-        }
-        return (None, JsonB(serde_json::Value::Object(o)));
-    };
-    let choices: Vec<String> = serde_json::from_value(choices)
-        .unwrap_or_else(|_| invalid("choices must be an array of strings, e.g. '{\"choices\": [\"yes\", \"no\"]}'"));
-    let scores = match o.remove("scores") {
-        None => false,
-        Some(serde_json::Value::Bool(b)) => b,
-        Some(_) => invalid("scores must be true or false"),
-    };
-    if let Some(k) = o.keys().next() {
-        invalid(format!("option \"{k}\" does not apply with choices (decoding is greedy over the choices)"));
-    }
-    (Some((choices, scores)), JsonB(serde_json::Value::Object(o)))
+/// A model's reply, with what usage accounting and the chat form report.
+pub struct Reply {
+    pub text: String,
+    pub scores: Option<Map<String, Value>>,
+    pub prompt_tokens: usize,
+    /// Generated tokens; for choices, the forward passes after the prompt.
+    pub completion_tokens: usize,
+    pub finish_reason: &'static str,
 }
 
-/// Common to every call: a chance to cancel, and no blank model name or prompt.
-fn check_args(model: &str, prompt: &str) {
+/// Runs `model` on `messages`; counts the call in [`usage`].
+pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
+    check_model_name(model);
+    let started = Instant::now();
+    let r = match request {
+        Request::Generate(opts) => {
+            let g = with_model(model, |m, a| m.chat_with(messages, opts, a)).or_report();
+            let finish_reason = match g.finish_reason {
+                distill_engine::FinishReason::Stop => "stop",
+                distill_engine::FinishReason::Length => "length",
+            };
+            Reply { text: g.text, scores: None, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason }
+        }
+        Request::Choose { choices, scores } => {
+            let c = with_model(model, |m, a| m.choose_chat(messages, choices, *scores, a)).or_report();
+            let scores = c.scores.map(|p| choices.iter().cloned().zip(p.into_iter().map(Value::from)).collect());
+            Reply { text: c.text, scores, prompt_tokens: c.prompt_tokens, completion_tokens: c.steps, finish_reason: "stop" }
+        }
+    };
+    usage::record(model, r.prompt_tokens, r.completion_tokens, started.elapsed());
+    r
+}
+
+/// A prompt as one user message; a blank prompt is an error.
+fn user(prompt: &str) -> Message {
+    if prompt.trim().is_empty() {
+        invalid("prompt is empty");
+    }
+    Message::user(prompt)
+}
+
+/// Common to every call: a chance to cancel, and no blank model name.
+pub fn check_model_name(model: &str) {
     pgrx::check_for_interrupts!();
     if model.trim().is_empty() {
         invalid("model name is empty");
     }
-    if prompt.trim().is_empty() {
-        invalid("prompt is empty");
-    }
 }
 
-fn parse_options(options: JsonB) -> GenerateOptions {
-    if !options.0.is_object() {
-        invalid("options must be a JSON object, e.g. '{\"max_tokens\": 20}'");
+/// A chat: `[{"role": "system"|"user"|"assistant", "content": "..."}]`, a system message only first,
+/// ending with the user's turn (the model writes the next assistant turn).
+fn parse_messages(v: Value) -> Vec<Message> {
+    let bad = |m: String| -> ! {
+        report_sql(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            &format!("invalid messages: {m}"),
+            Some(r#"Pass a JSON array such as '[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello"}]'."#),
+        )
+    };
+    let Value::Array(items) = v else { bad("not a JSON array".into()) };
+    if items.is_empty() {
+        bad("the array is empty".into());
     }
-    let opts: GenerateOptions =
-        serde_json::from_value(options.0).unwrap_or_else(|e| invalid(format!("invalid options: {e}")));
-    opts.validate().or_report();
-    opts
+    let n = items.len();
+    let messages: Vec<Message> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Object(o) = item else { bad(format!("message {} is not an object", i + 1)) };
+            if let Some(k) = o.keys().find(|k| *k != "role" && *k != "content") {
+                bad(format!("message {} has an unknown key \"{k}\"", i + 1));
+            }
+            let (Some(Value::String(role)), Some(Value::String(content))) = (o.get("role"), o.get("content")) else {
+                bad(format!("message {} needs string values for \"role\" and \"content\"", i + 1))
+            };
+            match role.as_str() {
+                "system" if i > 0 => bad(format!("message {} is a system message; only the first may be", i + 1)),
+                "system" | "user" | "assistant" => {}
+                other => bad(format!("message {} has role \"{other}\" (use system, user or assistant)", i + 1)),
+            }
+            if i == n - 1 && role != "user" {
+                bad("the last message must be the user's (the model replies to it)".into());
+            }
+            if role == "user" && content.trim().is_empty() {
+                bad(format!("message {} (user) is empty", i + 1));
+            }
+            Message::new(role, content)
+        })
+        .collect();
+    messages
 }

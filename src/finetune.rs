@@ -74,26 +74,7 @@ fn finetune_create(
     check_model_name(&name);
     let _ = train_config(&options).or_report();
     worker::check_can_run_jobs();
-    let store = ModelStore::new(guc::model_dir(), false);
-    if registry::find_model(&base_model).is_some() {
-        report_sql(
-            ERRCODE_FEATURE_NOT_SUPPORTED,
-            &format!("\"{base_model}\" is a fine-tuned model; fine-tune its base model instead"),
-            None,
-        );
-    }
-    let base_path = store.resolve(&base_model).or_report();
-    if base_path.is_file() {
-        // Reads the header and checks every tensor lies inside the file: a truncated or corrupt base
-        // model fails here rather than in the worker.
-        distill_engine::gguf::GgufFile::open(&base_path).or_report();
-    }
-    if store.resolve(&name).is_ok() || distill_engine::model_store::BUILTIN_MODELS.iter().any(|b| b.name == name) {
-        taken(&name, "a base model");
-    }
-    if registry::model_taken(&name) {
-        taken(&name, "an existing model");
-    }
+    check_new_model(&name, &base_model);
     user_query::check("training_sql", &training_sql);
     if let Some(v) = &validation_sql {
         user_query::check("validation_sql", v);
@@ -112,6 +93,32 @@ fn finetune_create(
         search_path,
     };
     registry::insert_job(&job).unwrap_or_else(|| taken(&name, "a pending fine-tuning job"))
+}
+
+/// A name for a new tuned model of `base_model`: valid, not a base model's, not taken; the base a
+/// readable base model (not a tuned one).
+pub fn check_new_model(name: &str, base_model: &str) {
+    check_model_name(name);
+    let store = ModelStore::new(guc::model_dir(), false);
+    if registry::find_model(base_model).is_some() {
+        report_sql(
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            &format!("\"{base_model}\" is a fine-tuned model; fine-tune its base model instead"),
+            None,
+        );
+    }
+    let base_path = store.resolve(base_model).or_report();
+    if base_path.is_file() {
+        // Reads the header and checks every tensor lies inside the file: a truncated or corrupt base
+        // model fails here rather than in the worker.
+        distill_engine::gguf::GgufFile::open(&base_path).or_report();
+    }
+    if store.resolve(name).is_ok() || distill_engine::model_store::BUILTIN_MODELS.iter().any(|b| b.name == name) {
+        taken(name, "a base model");
+    }
+    if registry::model_taken(name) {
+        taken(name, "an existing model");
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +194,8 @@ pub fn describe(row: &Value) -> Value {
         "id": f("id"),
         "status": f("status"),
         "progress": f("progress"),
+        "progress_bar": crate::job_display::progress_bar(row["progress"].as_f64().unwrap_or(0.0)),
+        "loss_sparkline": recent_losses(row).and_then(|l| crate::job_display::sparkline(&l)),
         "base_model": f("base_model"),
         "model": f("model"),
         "created_on": f("created_on"),
@@ -205,9 +214,14 @@ pub fn describe(row: &Value) -> Value {
         "epochs": f("epochs"),
         "recent_losses": f("recent_losses"),
         "data": f("data"),
+        "validation_metrics": f("validation_metrics"),
         "attempts": f("attempts"),
         "cancel_requested": f("cancel_requested"),
     })
+}
+
+fn recent_losses(row: &Value) -> Option<Vec<f64>> {
+    Some(row["recent_losses"].as_array()?.iter().filter_map(Value::as_f64).collect())
 }
 
 fn summary(row: &Value) -> Value {
@@ -248,7 +262,7 @@ fn no_such_job() -> ! {
     )
 }
 
-fn taken(name: &str, by: &str) -> ! {
+pub fn taken(name: &str, by: &str) -> ! {
     report_sql(
         ERRCODE_DUPLICATE_OBJECT,
         &format!("model name \"{name}\" is already taken by {by}"),

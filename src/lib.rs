@@ -4,26 +4,44 @@
 
 use pgrx::prelude::*;
 
+mod adapter_io;
 mod complete;
 mod errors;
+mod evaluate;
 mod finetune;
 mod guc;
+mod job_display;
 mod model_access;
 mod model_cache;
 mod registry;
 mod training_job;
+mod usage;
 mod user_query;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/views.sql",
+    name = "views",
+    requires = [
+        "registry",
+        job_display::progress_bar,
+        job_display::sparkline_sql,
+        usage::completion_usage,
+        complete::complete,
+        complete::complete_with_options,
+        complete::complete_chat
+    ]
+);
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        usage::init();
         worker::register();
     }
 }

@@ -243,3 +243,30 @@ pub fn drop_model(name: &str) -> Dropped {
         }
     }
 }
+
+/// Whether an unfinished job will create a model called `name`.
+pub fn job_holds_name(name: &str) -> bool {
+    as_owner(|| {
+        one::<bool>(
+            "SELECT EXISTS (SELECT FROM distill.job_registry j WHERE j.model OPERATOR(pg_catalog.=) $1 \
+             AND j.status OPERATOR(pg_catalog.=) ANY ('{PENDING,IN_PROGRESS}'::pg_catalog.text[]))",
+            &[name.into()],
+        )
+    })
+    .unwrap_or(false)
+}
+
+/// Stores an adapter made elsewhere (an import) as a model owned by the caller; false if the name was
+/// taken meanwhile.
+pub fn insert_model(name: &str, base_model: &str, adapter: Vec<u8>, options: serde_json::Value) -> bool {
+    let owner = caller().0;
+    as_owner(|| {
+        one::<bool>(
+            "INSERT INTO distill.model_registry (name, base_model, owner, adapter, options, metrics) \
+             VALUES ($1, $2, $3::pg_catalog.oid::pg_catalog.regrole, $4, $5, '{}') \
+             ON CONFLICT (name) DO NOTHING RETURNING true",
+            &[name.into(), base_model.into(), owner.into(), adapter.into(), JsonB(options).into()],
+        )
+    })
+    .unwrap_or(false)
+}

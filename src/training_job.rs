@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use distill_engine::metrics;
 use distill_engine::train::{self, Progress, TrainObserver};
 use distill_engine::{Example, LoraAdapter, ModelStore, TextModel, TrainConfig, TrainReport, WeightFormat};
 use pgrx::bgworkers::BackgroundWorker;
@@ -34,6 +35,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Step losses kept in the job row for DESCRIBE.
 const RECENT_LOSSES: usize = 50;
+/// Validation rows the finished model answers for DESCRIBE's `validation_metrics` (a bound on the
+/// time added to a job: about a second per row on 2 cores).
+const METRICS_ROWS: usize = 200;
 
 /// A worker's long-lived state: f32 base models (loaded once, reused by later jobs) and the pool.
 pub struct Runner {
@@ -126,14 +130,14 @@ impl Runner {
 
         let started = Instant::now();
         let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), total_steps)?;
-        let (adapter, report) = match outcome {
-            Trained::Done(a, r) => (a, r),
+        let (adapter, report, validation_metrics) = match outcome {
+            Trained::Done(a, r, m) => (a, r, m),
             Trained::Cancelled if shutdown_requested() => return requeue(job),
             Trained::Cancelled => return finish_cancelled(job),
         };
         data["truncated_examples"] = json!(report.truncated);
         data["train_seconds"] = json!(started.elapsed().as_secs_f64());
-        store(job, &model, &adapter, &report, &data)
+        store(job, &model, &adapter, &report, &data, validation_metrics)
     }
 
     /// Trains on an engine thread; meanwhile reports progress and relays CANCEL and shutdown.
@@ -152,7 +156,14 @@ impl Runner {
         let panic_at_step = (guc::inject_fault() == "training_panic").then_some(1);
         let mut observer = ChannelObserver { tx, cancel: cancel.clone(), panic_at_step };
         let handle = distill_engine::threads::spawn("distill-train", move || {
-            pool.install(|| train::train(&model, &train_set, &eval_set, &config, &mut observer))
+            pool.install(|| {
+                let (adapter, report) = train::train(&model, &train_set, &eval_set, &config, &mut observer)?;
+                let metrics = match report.cancelled {
+                    true => None,
+                    false => validation_metrics(&model, &adapter, &eval_set, &observer)?,
+                };
+                Ok::<_, distill_engine::Error>((adapter, report, metrics))
+            })
         })
         .map_err(|e| format!("could not start the training thread: {e}"))?;
 
@@ -188,8 +199,10 @@ impl Runner {
             state.apply(event);
         }
         match handle.join() {
-            Ok(Ok((_, report))) if report.cancelled => Ok(Trained::Cancelled),
-            Ok(Ok((adapter, report))) => Ok(Trained::Done(adapter, report)),
+            Ok(Ok((_, report, _))) if report.cancelled => Ok(Trained::Cancelled),
+            // Cancelled while answering the validation rows: as cancelled as during training.
+            Ok(Ok((_, _, None))) if cancel.load(Ordering::Relaxed) => Ok(Trained::Cancelled),
+            Ok(Ok((adapter, report, metrics))) => Ok(Trained::Done(adapter, report, metrics)),
             Ok(Err(e)) => Err(engine_error(e)),
             Err(panic) => Err(format!("internal error in the training engine: {}", panic_text(&*panic))),
         }
@@ -216,8 +229,38 @@ impl Runner {
     }
 }
 
+/// The tuned model's replies to (up to [`METRICS_ROWS`]) validation rows, scored as `distill.evaluate()`
+/// does; None when there are no validation rows or the job was cancelled meanwhile.
+fn validation_metrics(
+    model: &TextModel,
+    adapter: &LoraAdapter,
+    eval_set: &[Example],
+    observer: &ChannelObserver,
+) -> distill_engine::Result<Option<Value>> {
+    let rows = &eval_set[..eval_set.len().min(METRICS_ROWS)];
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let adapter = adapter.detached();
+    let opts = distill_engine::GenerateOptions {
+        max_tokens: metrics::reply_budget(model, rows.iter().map(|e| e.completion.as_str()))?,
+        ..Default::default()
+    };
+    let mut predicted = Vec::with_capacity(rows.len());
+    for e in rows {
+        if observer.cancelled() {
+            return Ok(None);
+        }
+        predicted.push(model.complete_with(&e.prompt, &opts, Some(&adapter))?.text);
+    }
+    let m = metrics::classification_metrics(rows.iter().map(|e| e.completion.as_str()).zip(predicted.iter().map(String::as_str)));
+    let mut v = serde_json::to_value(m).expect("metrics serialise");
+    v["of_validation_rows"] = json!(eval_set.len());
+    Ok(Some(v))
+}
+
 enum Trained {
-    Done(LoraAdapter, TrainReport),
+    Done(LoraAdapter, TrainReport, Option<Value>),
     Cancelled,
 }
 
@@ -277,11 +320,15 @@ fn as_role<R>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> R) -> R 
 
 /// Adapter and final status in one transaction. A model name taken meanwhile (another job, an
 /// import) fails the job rather than replacing that model.
-fn store(job: &Job, model: &TextModel, adapter: &LoraAdapter, report: &TrainReport, data: &Value) -> Result<(), String> {
-    let peft_base = distill_engine::model_store::BUILTIN_MODELS
-        .iter()
-        .find(|b| b.name == job.base_model)
-        .map_or(job.base_model.as_str(), |b| b.hf_repo);
+fn store(
+    job: &Job,
+    model: &TextModel,
+    adapter: &LoraAdapter,
+    report: &TrainReport,
+    data: &Value,
+    validation_metrics: Option<Value>,
+) -> Result<(), String> {
+    let peft_base = distill_engine::model_store::peft_base_name(&job.base_model);
     let blob = adapter.to_bytes(peft_base, &model.llama.config).map_err(|e| e.to_string())?;
     let training_loss = report.train_loss.last().copied();
     let validation_loss = report.eval_loss.last().copied();
@@ -294,6 +341,7 @@ fn store(job: &Job, model: &TextModel, adapter: &LoraAdapter, report: &TrainRepo
         "steps": report.steps,
         "examples": report.examples,
         "truncated_examples": report.truncated,
+        "validation_metrics": validation_metrics,
     });
     let status = transaction(|| {
         Spi::get_one_with_args::<String>(
@@ -306,7 +354,7 @@ fn store(job: &Job, model: &TextModel, adapter: &LoraAdapter, report: &TrainRepo
                 error = CASE WHEN EXISTS (SELECT FROM m) THEN NULL
                              ELSE format('model name %s was taken while this job ran', quote_literal(j.model)) END,
                 progress = 1, step = $4, trained_tokens = $5, training_loss = $6, validation_loss = $7,
-                epochs = $8, data = $9, eta_seconds = 0, finished_on = now(), updated_on = now(), worker_pid = NULL
+                epochs = $8, data = $9, validation_metrics = $10, eta_seconds = 0, finished_on = now(), updated_on = now(), worker_pid = NULL
              WHERE j.id = $1 RETURNING j.status",
             &[
                 job.id.as_str().into(),
@@ -318,6 +366,7 @@ fn store(job: &Job, model: &TextModel, adapter: &LoraAdapter, report: &TrainRepo
                 validation_loss.into(),
                 JsonB(epochs.clone()).into(),
                 JsonB(data.clone()).into(),
+                validation_metrics.map(JsonB).into(),
             ],
         )
     })?;

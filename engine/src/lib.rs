@@ -1,12 +1,14 @@
 //! pg_distill's model engine: plain Rust, no Postgres. Load a Llama-family GGUF, tokenize with its own
 //! vocabulary, render its chat template and generate. The SQL layer is a thin wrapper over this crate.
 
+pub mod adapter_archive;
 pub mod chat_template;
 pub mod choices;
 pub mod error;
 pub mod generation;
 pub mod gguf;
 pub mod lora;
+pub mod metrics;
 pub mod model_store;
 pub mod models;
 pub mod ops;

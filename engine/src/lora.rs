@@ -279,6 +279,23 @@ impl LoraAdapter {
     }
 
     pub fn from_bytes(bytes: &[u8], model: &Config) -> Result<Self> {
+        Self::from_peft_parts(&Self::blob_config(bytes)?, bytes, model)
+    }
+
+    /// A registry blob as a PEFT zip (see [`crate::adapter_archive`]); the blob itself is PEFT's
+    /// safetensors file (its extra metadata entry is ignored by PEFT).
+    pub fn blob_to_archive(blob: &[u8]) -> Result<Vec<u8>> {
+        let config = Self::blob_config(blob)?;
+        crate::adapter_archive::write_zip(&crate::adapter_archive::AdapterFiles { config, safetensors: blob.to_vec() })
+    }
+
+    /// An adapter from a PEFT zip, checked against the base model's shapes.
+    pub fn from_archive(archive: &[u8], model: &Config) -> Result<Self> {
+        let files = crate::adapter_archive::read_zip(archive)?;
+        Self::from_peft_parts(&files.config, &files.safetensors, model)
+    }
+
+    fn blob_config(bytes: &[u8]) -> Result<serde_json::Value> {
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| Error::InvalidInput(format!("adapter blob is not a safetensors file: {e}")))?;
         let config = meta
@@ -286,9 +303,7 @@ impl LoraAdapter {
             .as_ref()
             .and_then(|m| m.get("adapter_config"))
             .ok_or_else(|| Error::InvalidInput("adapter blob has no adapter_config metadata".into()))?;
-        let config: serde_json::Value =
-            serde_json::from_str(config).map_err(|e| Error::InvalidInput(format!("adapter_config: {e}")))?;
-        Self::from_peft_parts(&config, bytes, model)
+        serde_json::from_str(config).map_err(|e| Error::InvalidInput(format!("adapter_config: {e}")))
     }
 
     /// The base model name recorded in a blob, without loading its tensors.
@@ -327,6 +342,8 @@ impl LoraAdapter {
         let alpha = config["lora_alpha"].as_f64().ok_or_else(|| bad("lora_alpha is missing"))?;
         let dropout = config["lora_dropout"].as_f64().unwrap_or(0.0);
         let targets = match &config["target_modules"] {
+            // PEFT's shorthand for every linear layer but the output head: the seven targets here.
+            serde_json::Value::String(s) if s == "all-linear" => Target::ALL.to_vec(),
             serde_json::Value::Array(a) => a
                 .iter()
                 .map(|v| v.as_str().ok_or_else(|| bad("target_modules must be strings")).and_then(Target::parse))

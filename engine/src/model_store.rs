@@ -24,6 +24,12 @@ pub const BUILTIN_MODELS: &[BuiltinModel] = &[BuiltinModel {
 
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
+/// What an exported adapter names as its base (`base_model_name_or_path`): the Hugging Face repo of a
+/// built-in model, so PEFT finds the checkpoint; any other model's own name.
+pub fn peft_base_name(model: &str) -> &str {
+    BUILTIN_MODELS.iter().find(|b| b.name == model).map_or(model, |b| b.hf_repo)
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     pub dir: PathBuf,

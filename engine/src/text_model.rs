@@ -75,8 +75,24 @@ impl TextModel {
         scores: bool,
         adapter: Option<&LoraAdapter>,
     ) -> Result<crate::choices::Choice> {
-        let ids = self.chat_prompt(&[Message::user(prompt)])?;
+        self.choose_chat(&[Message::user(prompt)], choices, scores, adapter)
+    }
+
+    /// Which of `choices` the assistant's reply to `messages` is.
+    pub fn choose_chat(
+        &self,
+        messages: &[Message],
+        choices: &[String],
+        scores: bool,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<crate::choices::Choice> {
+        let ids = self.chat_prompt(messages)?;
         crate::choices::choose(self, &ids, choices, scores, adapter)
+    }
+
+    /// Tokens of `text` alone (no chat template, no special tokens added).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.tokenizer.encode(text)?.len())
     }
 
     /// [`complete`](Self::complete) through a fine-tuned adapter of this base model.
