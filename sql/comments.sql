@@ -12,7 +12,7 @@ COMMENT ON FUNCTION distill.finetune(text, text) IS
 COMMENT ON FUNCTION distill.finetune(text, text, text, text, text, jsonb) IS
   'finetune(''CREATE'', name, base_model, training_sql [, validation_sql [, options]]): queues a LoRA fine-tuning job and returns its id. Queries must return text columns prompt and completion. Options: max_epochs, learning_rate, lora_r, lora_alpha, lora_dropout, target_modules, max_seq_len, batch_size, seed, validation_fraction.';
 COMMENT ON FUNCTION distill.drop_model(text) IS 'drop_model(name): deletes a fine-tuned model (owner or superuser).';
-COMMENT ON VIEW distill.jobs IS 'Your fine-tuning jobs (all jobs for superusers).';
+COMMENT ON VIEW distill.jobs IS 'Your fine-tuning jobs (all jobs for superusers), with a progress bar, a sparkline of recent step losses and the validation accuracy.';
 COMMENT ON VIEW distill.models IS 'Fine-tuned models: base model, owner, adapter size, options and metrics.';
 COMMENT ON FUNCTION distill.wait(text, double precision) IS
   'wait(job_id [, timeout_seconds]): blocks until the job finishes (NOTICE on progress) and returns its DESCRIBE.';
@@ -20,3 +20,20 @@ COMMENT ON FUNCTION distill.grant_model(text, text) IS 'grant_model(name, role):
 COMMENT ON FUNCTION distill.revoke_model(text, text) IS 'revoke_model(name, role): undoes grant_model.';
 COMMENT ON FUNCTION distill.classify(text, text, text[]) IS
   'classify(model, text, labels): the label the model gives text, always exactly one of labels (constrained decoding).';
+COMMENT ON FUNCTION distill.complete(text, jsonb, jsonb) IS
+  'complete(model, messages [, options]): a chat (array of {role: system|user|assistant, content}, ending with the user''s turn); returns {"choices": [{"messages", "finish_reason"}], "created", "model", "usage": {prompt_tokens, completion_tokens, total_tokens}} like Cortex. Options as for complete(model, prompt, options).';
+COMMENT ON FUNCTION distill.try_complete(text, text) IS 'try_complete(model, prompt): complete(), but NULL instead of an error.';
+COMMENT ON FUNCTION distill.try_complete(text, text, jsonb) IS 'try_complete(model, prompt, options): complete(), but NULL instead of an error.';
+COMMENT ON FUNCTION distill.try_complete(text, jsonb, jsonb) IS 'try_complete(model, messages, options): the chat form of complete(), but NULL instead of an error.';
+COMMENT ON FUNCTION distill.count_tokens(text, text) IS 'count_tokens(model, text): tokens of text in the model''s tokenizer (no chat template).';
+COMMENT ON FUNCTION distill.evaluate(text, text, jsonb) IS
+  'evaluate(model, sql [, options]): runs the model on the query''s prompt column and scores the replies against its completion column: rows, exact_match, accuracy, macro_f1, per_label {precision, recall, f1, support}, confusion. Options as complete(); "choices": true constrains replies to the query''s distinct completions.';
+COMMENT ON FUNCTION distill.export_adapter(text) IS
+  'export_adapter(model): the LoRA adapter of a fine-tuned model you own, as a zip of adapter_config.json + adapter_model.safetensors (Hugging Face PEFT format).';
+COMMENT ON FUNCTION distill.import_adapter(text, text, bytea) IS
+  'import_adapter(name, base_model, archive): serves a PEFT LoRA adapter zip (adapter_config.json + adapter_model.safetensors) as a model you own; checked against the base model''s shapes.';
+COMMENT ON FUNCTION distill.completion_usage() IS 'Completion calls and tokens per model and role since the server started (shared memory); read it through the distill.usage view.';
+COMMENT ON FUNCTION distill.reset_usage() IS 'reset_usage(): zeroes the completion counters of distill.usage (superuser).';
+COMMENT ON FUNCTION distill.progress_bar(double precision) IS 'progress_bar(fraction): a text progress bar, as DESCRIBE and distill.jobs show.';
+COMMENT ON FUNCTION distill.sparkline(jsonb) IS 'sparkline(json array of numbers): one block character per value, lowest to highest (recent losses in distill.jobs).';
+COMMENT ON VIEW distill.usage IS 'Per model and role: fine-tuning jobs, trained tokens and time; completion calls, tokens and time since the server started.';

@@ -100,11 +100,11 @@ fn finetune_create(
 pub fn check_new_model(name: &str, base_model: &str) {
     check_model_name(name);
     let store = ModelStore::new(guc::model_dir(), false);
-    if registry::find_model(base_model).is_some() {
+    if let Some(tuned) = registry::find_model(base_model) {
         report_sql(
             ERRCODE_FEATURE_NOT_SUPPORTED,
-            &format!("\"{base_model}\" is a fine-tuned model; fine-tune its base model instead"),
-            None,
+            &format!("\"{base_model}\" is a fine-tuned model, not a base model"),
+            Some(&format!("Use its base model, \"{}\".", tuned.base_model)),
         );
     }
     let base_path = store.resolve(base_model).or_report();

@@ -18,6 +18,8 @@ mkdir -p "$work/data-files/badmodels"
 head -c 65536 /dev/zero | tr "\\0" x >"$work/data-files/badmodels/garbage.gguf"
 head -c 3000000 models/SmolLM2-135M-Instruct.Q4_1.gguf >"$work/data-files/badmodels/truncated.gguf"
 : >"$work/data-files/badmodels/empty.gguf"
+# Adapter zips for adapters.sql (PEFT's folder layout, a config without weights, another base's, DoRA, bad JSON).
+python3 tests/make_adapter_zips.py "$work/data-files/adapters"
 # A "full disk" for downloads: the write probe in this model dir lands on /dev/full (ENOSPC).
 mkdir -p "$work/data-files/fullmodels/hub" && ln -s /dev/full "$work/data-files/fullmodels/hub/.distill-write-probe"
 chown -R postgres:postgres "$work"

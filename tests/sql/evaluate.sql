@@ -1,0 +1,54 @@
+-- distill.evaluate(): a model's replies to a query's prompts scored against its completions; and the
+-- same metrics in DESCRIBE of the quickstart job (ticket_classifier, from finetune_quickstart.sql).
+\set VERBOSITY default
+SET distill.weight_format = 'q8_0';
+
+-- The tuned model on the 27 held-out tickets, free generation.
+SELECT (e->>'rows')::int AS rows, (e->>'exact_match')::int >= 26 AS exact_match_26_or_more,
+       (e->>'accuracy')::float8 >= 0.95 AS accuracy_at_least_95, (e->>'macro_f1')::float8 >= 0.9 AS macro_f1_at_least_90,
+       (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(e->'per_label') k) AS labels,
+       (SELECT sum((c->>'count')::int) FROM jsonb_array_elements(e->'confusion') c) AS confusion_total,
+       (SELECT sum((v->>'support')::int) FROM jsonb_each(e->'per_label') AS p(k, v)) AS support_total,
+       e->'options' AS options, e->'skipped_rows' AS skipped_rows
+FROM distill.evaluate('ticket_classifier',
+       'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test''') AS e;
+
+-- Per-label metrics have precision, recall, f1 and support.
+SELECT k AS label, v->'support' AS support, (v->>'precision')::float8 BETWEEN 0 AND 1 AS precision_ok,
+       (v->>'recall')::float8 BETWEEN 0 AND 1 AS recall_ok, (v->>'f1')::float8 BETWEEN 0 AND 1 AS f1_ok
+FROM distill.evaluate('ticket_classifier',
+       'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test'' ORDER BY id LIMIT 6',
+       '{"choices": true}') AS e, jsonb_each(e->'per_label') AS p(k, v)
+ORDER BY k;
+
+-- "choices": true constrains the base model to the labels in the query: every reply is a label.
+SELECT e->'options'->'choices' AS choices,
+       (SELECT bool_and(c->>'predicted' IN ('Add new line', 'Closing account', 'Roaming fees', 'Slow data speed'))
+        FROM jsonb_array_elements(e->'confusion') c) AS predictions_within_labels,
+       (e->>'rows')::int AS rows
+FROM distill.evaluate('smollm2-135m',
+       'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test''', '{"choices": true}') AS e;
+
+-- DESCRIBE of the finished job carries the same metrics on its validation rows (here test.csv).
+SELECT (m->>'rows')::int AS rows, (m->>'of_validation_rows')::int AS of_validation_rows,
+       (m->>'accuracy')::float8 >= 0.95 AS accuracy_at_least_95, m ? 'macro_f1' AS has_macro_f1,
+       m ? 'per_label' AS has_per_label, m ? 'confusion' AS has_confusion
+FROM (SELECT distill.finetune('DESCRIBE', id)->'validation_metrics' AS m
+      FROM distill.jobs WHERE model = 'ticket_classifier' AND status = 'SUCCESS') d;
+SELECT validation_accuracy >= 0.95 AS jobs_view_accuracy FROM distill.jobs WHERE model = 'ticket_classifier' AND status = 'SUCCESS';
+
+-- count_tokens() on a tuned model uses its base model's tokenizer.
+SELECT distill.count_tokens('ticket_classifier', 'Roaming fees') = distill.count_tokens('smollm2-135m', 'Roaming fees') AS same_tokenizer;
+
+-- Bad input.
+\set VERBOSITY terse
+SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts WHERE false');
+SELECT distill.evaluate('ticket_classifier', 'SELECT NULL::text AS prompt, label AS completion FROM ticket_prompts');
+SELECT distill.evaluate('ticket_classifier', 'SELECT prompt FROM ticket_prompts');
+SELECT distill.evaluate('ticket_classifier', 'DELETE FROM tickets_test');
+SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM no_such_table');
+SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts', '{"choices": []}');
+SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts', '{"max_tokenz": 3}');
+SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts', '[]');
+SELECT distill.evaluate('no-such-model', 'SELECT prompt, label AS completion FROM ticket_prompts LIMIT 1');
+SELECT distill.evaluate('', 'SELECT prompt, label AS completion FROM ticket_prompts');
