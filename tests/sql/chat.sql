@@ -10,7 +10,7 @@ SELECT jsonb_typeof(r->'choices') AS choices, jsonb_typeof(r->'choices'->0->'mes
        (r->'usage'->>'completion_tokens')::int AS completion_tokens,
        (r->'usage'->>'prompt_tokens')::int + (r->'usage'->>'completion_tokens')::int = (r->'usage'->>'total_tokens')::int AS total_adds_up
 FROM distill.complete('smollm2-135m',
-       '[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Count from one to ten."}]',
+       '[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Count from one to ten."}]'::jsonb,
        '{"max_tokens": 4}') AS r;
 
 -- One user message is the same conversation complete(model, prompt) has.
@@ -24,8 +24,10 @@ SELECT (distill.complete('smollm2-135m', '[{"role": "user", "content": "Hi"}]'::
 -- Choices and scores work in the chat form too.
 SELECT r->'choices'->0->>'messages' IN ('yes', 'no') AS within_choices,
        (SELECT count(*) FROM jsonb_object_keys(r->'choices'->0->'scores')) AS scores
-FROM distill.complete('smollm2-135m', '[{"role": "user", "content": "Is the sky blue? Answer yes or no."}]',
+FROM distill.complete('smollm2-135m', '[{"role": "user", "content": "Is the sky blue? Answer yes or no."}]'::jsonb,
                       '{"choices": ["yes", "no"], "scores": true}') AS r;
+-- A string literal that is not cast is a prompt: the text form wins overload resolution.
+SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "Hi"}]', '{"max_tokens": 1}') IS NOT NULL AS text_form;
 
 -- Malformed messages: each a clear error.
 \set VERBOSITY terse
