@@ -22,7 +22,7 @@ pub fn report(e: Error) -> ! {
     let code = match &e {
         Error::ModelNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
         Error::InvalidModelName(..) | Error::InvalidInput(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-        Error::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        Error::PermissionDenied(_) | Error::DownloadDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
         Error::PromptTooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         Error::HubUnavailable { .. } => ERRCODE_CONNECTION_FAILURE,
         Error::BadModelFile { .. } => ERRCODE_DATA_CORRUPTED,

@@ -107,7 +107,7 @@ impl Runner {
                 limit >> 20
             ));
         }
-        let total_steps = train_set.len().div_ceil(config.batch_size) * config.epochs;
+        let total_steps = config.total_steps(train_set.len());
         let mut data = json!({
             "training_rows": train_set.len(),
             "validation_rows": eval_set.len(),

@@ -9,12 +9,10 @@ work=/tmp/pg_distill-concurrency port=55434 db=distill_conc
 source tests/test_cluster.sh
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+status=$(train_small shared)
+echo "trained: $status"
+[ "$status" = SUCCESS ] || fail "the shared model did not train"
 psql_in <<SQL
-SET client_min_messages = warning;
-SELECT distill.finetune('CREATE', 'shared', 'smollm2-135m',
-       'SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LIMIT 16', NULL,
-       '{"max_epochs": 1, "target_modules": ["q", "v"], "learning_rate": 0.005}') AS job \gset
-SELECT 'trained: ' || (distill.wait(:'job')->>'status');
 -- A long job keeps the worker training while the sessions below run.
 SELECT distill.finetune('CREATE', 'background', 'smollm2-135m',
        'SELECT request AS prompt, label AS completion FROM tickets', NULL, '{"max_epochs": 10}') AS job \gset

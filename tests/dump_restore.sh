@@ -7,13 +7,9 @@ cd "$(dirname "$0")/.."
 work=/tmp/pg_distill-dump port=55433 db=distill_dump
 source tests/test_cluster.sh
 
-psql_in <<SQL
-SET client_min_messages = warning;
-SELECT distill.finetune('CREATE', 'small', 'smollm2-135m',
-       'SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LIMIT 16', NULL,
-       '{"max_epochs": 1, "target_modules": ["q", "v"], "learning_rate": 0.005}') AS job \gset
-SELECT 'status: ' || (distill.wait(:'job')->>'status');
-SQL
+status=$(train_small small)
+echo "status: $status"
+[ "$status" = SUCCESS ] || { echo "FAIL: the small model did not train" >&2; exit 1; }
 
 outputs() {
   psql_db "$1" -c "SELECT string_agg(distill.complete('small', request, '{\"max_tokens\": 6}'), ' | ' ORDER BY id)

@@ -9,11 +9,6 @@ BIN=/usr/lib/postgresql/15/bin
 source tests/test_cluster.sh
 fail() { echo "FAIL: $*" >&2; tail -20 "$work/data/server.log" >&2; exit 1; }
 worker_pid() { psql_in -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_distill worker'"; }
-small_job() { # name -> job id
-  psql_in -c "SELECT distill.finetune('CREATE', '$1', 'smollm2-135m',
-      'SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LIMIT 8', NULL,
-      '{\"max_epochs\": 1, \"target_modules\": [\"q\"], \"learning_rate\": 0.005}')"
-}
 long_job() {
   psql_in -c "SELECT distill.finetune('CREATE', '$1', 'smollm2-135m',
       'SELECT request AS prompt, label AS completion FROM tickets', NULL, '{\"max_epochs\": 10}')"

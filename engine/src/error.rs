@@ -34,6 +34,9 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
 
+    #[error("may not download \"{repo}\" from the Hugging Face Hub: {reason}")]
+    DownloadDenied { repo: String, reason: String },
+
     #[error("prompt is too long: {tokens} tokens, the model's context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
 
@@ -60,7 +63,7 @@ impl Error {
                  or copy the .gguf file in by hand."
                     .into(),
             ),
-            Error::PermissionDenied(m) if m.contains("Hugging Face") => Some(
+            Error::DownloadDenied { .. } => Some(
                 "Ask a superuser to run it once (the file is then cached for everyone), or to copy the .gguf file into distill.model_dir."
                     .into(),
             ),

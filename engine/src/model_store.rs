@@ -109,7 +109,7 @@ impl ModelStore {
         }
         if !self.allow_download {
             return Err(match &self.download_denied {
-                Some(why) => Error::PermissionDenied(format!("may not download \"{repo}\" from the Hugging Face Hub: {why}")),
+                Some(why) => Error::DownloadDenied { repo: repo.to_string(), reason: why.to_string() },
                 None => Error::HubUnavailable { repo, reason: "downloads are disabled (distill.hub_download = off)".into() },
             });
         }

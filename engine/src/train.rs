@@ -66,6 +66,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Optimizer steps of a run over `examples` training examples: one per batch, every epoch.
+    pub fn total_steps(&self, examples: usize) -> usize {
+        examples.div_ceil(self.batch_size) * self.epochs
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidInput(m));
         if !(1..=10).contains(&self.epochs) {
@@ -227,8 +232,7 @@ pub fn train(
         vars.clone(),
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
     )?;
-    let steps_per_epoch = toks.len().div_ceil(config.batch_size);
-    let total_steps = steps_per_epoch * config.epochs;
+    let total_steps = config.total_steps(toks.len());
     let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let mut dropout = Dropout::new(config.lora.dropout, config.seed ^ 0x5eed);

@@ -18,9 +18,7 @@ SELECT length(distill.complete('smollm2-135m', E'\u200B', '{"max_tokens": 2}')) 
 SELECT distill.complete('smollm2-135m', repeat('roaming fees ', 5000));
 -- Options of the wrong type or out of range.
 SELECT distill.complete('smollm2-135m', 'hi', '{"max_tokens": -1}');
-SELECT distill.complete('smollm2-135m', 'hi', '{"max_tokens": "many"}');
 SELECT distill.complete('smollm2-135m', 'hi', '{"temperature": 9}');
-SELECT distill.complete('smollm2-135m', 'hi', '{"top_p": 0}');
 SELECT distill.complete('smollm2-135m', 'hi', '{"stop": "x"}');
 SELECT distill.complete('smollm2-135m', 'hi', 'null');
 
