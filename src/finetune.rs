@@ -293,17 +293,17 @@ fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
         invalid("distill.wait() needs READ COMMITTED isolation: a REPEATABLE READ snapshot never sees the job advance");
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout_seconds.clamp(0.0, 1e7));
-    let mut last_step = -1i64;
+    let mut last = (-1i64, Value::Null);
     loop {
         let Some(row) = registry::job_row(job_id) else { no_such_job() };
         let status = row["status"].as_str().unwrap_or_default().to_string();
         if !matches!(status.as_str(), "PENDING" | "IN_PROGRESS") {
             return JsonB(describe(&row));
         }
-        let step = row["step"].as_i64().unwrap_or(0);
-        if status == "IN_PROGRESS" && step != last_step && step > 0 {
-            last_step = step;
+        let now = (row["step"].as_i64().unwrap_or(0), row["data"]["validation_rows_answered"].clone());
+        if status == "IN_PROGRESS" && now != last && now.0 > 0 {
             notice!("{}", progress_line(&row));
+            last = now;
         }
         if std::time::Instant::now() >= deadline {
             report_sql(
@@ -336,6 +336,9 @@ fn progress_line(row: &Value) -> String {
     );
     if let Some(l) = row["recent_losses"].as_array().and_then(|a| a.last()).and_then(Value::as_f64) {
         s += &format!(", loss {l:.3}");
+    }
+    if let Some(answered) = row["data"]["validation_rows_answered"].as_str() {
+        return s + &format!(", trained; answering validation rows {answered}");
     }
     if let Some(eta) = row["eta_seconds"].as_f64() {
         s += &if eta >= 90.0 { format!(", about {:.0} min left", eta / 60.0) } else { format!(", about {eta:.0} s left") };

@@ -251,6 +251,7 @@ fn validation_metrics(
         if observer.cancelled() {
             return Ok(None);
         }
+        let _ = observer.tx.send(Event::Answered { done: predicted.len(), of: rows.len() });
         predicted.push(model.complete_with(&e.prompt, &opts, Some(&adapter))?.text);
     }
     let m = metrics::classification_metrics(rows.iter().map(|e| e.completion.as_str()).zip(predicted.iter().map(String::as_str)));
@@ -413,6 +414,8 @@ fn epochs_json(report: &TrainReport) -> Value {
 
 enum Event {
     Step(Progress),
+    /// Validation rows the tuned model has answered (for `validation_metrics`).
+    Answered { done: usize, of: usize },
     Epoch { epoch: usize, train_loss: f64, eval_loss: Option<f64> },
 }
 
@@ -452,6 +455,7 @@ struct ProgressState {
     last_train_loss: Option<f64>,
     last_eval_loss: Option<f64>,
     started: Option<Instant>,
+    answered: Option<(usize, usize)>,
 }
 
 impl ProgressState {
@@ -468,6 +472,7 @@ impl ProgressState {
                 self.epoch_sum += p.loss;
                 self.epoch_steps += 1;
             }
+            Event::Answered { done, of } => self.answered = Some((done, of)),
             Event::Epoch { epoch, train_loss, eval_loss } => {
                 self.epochs.push(json!({"epoch": epoch, "training_loss": train_loss, "validation_loss": eval_loss}));
                 self.last_train_loss = Some(train_loss);
@@ -493,7 +498,9 @@ impl ProgressState {
             .or((self.epoch_steps > 0).then(|| self.epoch_sum / self.epoch_steps as f64));
         Spi::get_one_with_args::<bool>(
             "UPDATE distill.job_registry SET progress = $2, step = $3, trained_tokens = $4, recent_losses = $5,
-                    epochs = $6, eta_seconds = $7, training_loss = $8, validation_loss = $9, updated_on = now()
+                    epochs = $6, eta_seconds = $7, training_loss = $8, validation_loss = $9, updated_on = now(),
+                    data = CASE WHEN $10::text IS NULL THEN data
+                                ELSE data || jsonb_build_object('validation_rows_answered', $10::text) END
              WHERE id = $1 RETURNING cancel_requested",
             &[
                 id.into(),
@@ -505,6 +512,7 @@ impl ProgressState {
                 eta.into(),
                 train_loss.into(),
                 self.last_eval_loss.into(),
+                self.answered.map(|(done, of)| format!("{done}/{of}")).into(),
             ],
         )
     }

@@ -69,8 +69,7 @@ pub fn choose(
     if prompt.len() + longest >= context {
         return Err(Error::PromptTooLong { tokens: prompt.len() + longest, context });
     }
-    let mut cache = KvCache::new(&model.llama.config);
-    let logits = model.llama.forward_with(prompt, &mut cache, adapter)?;
+    let (logits, mut cache) = crate::generation::prefill(model, prompt, adapter)?;
     let (index, probs, steps) = if scores {
         let mut logp = vec![f64::NEG_INFINITY; choices.len()];
         let all: Vec<usize> = (0..choices.len()).collect();

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lora::LoraAdapter;
+use candle_core::Tensor;
+
 use crate::models::llama::KvCache;
 use crate::sampling::Sampler;
 use crate::text_model::TextModel;
@@ -67,6 +69,15 @@ pub struct Generation {
     pub finish_reason: FinishReason,
 }
 
+/// Runs `prompt` (all but what the model's [`PrefixCache`](crate::prefix_cache::PrefixCache) already
+/// holds of it); returns the next token's logits and the keys and values of the whole prompt.
+pub fn prefill(model: &TextModel, prompt: &[u32], adapter: Option<&LoraAdapter>) -> Result<(Tensor, KvCache)> {
+    let mut cache = model.prefix.start(&model.llama.config, prompt, adapter)?;
+    let logits = model.llama.forward_with(&prompt[cache.len()..], &mut cache, adapter)?;
+    model.prefix.keep(prompt, &cache, adapter);
+    Ok((logits, cache))
+}
+
 /// Generates after `prompt` (token ids of a fully rendered prompt).
 pub fn generate(model: &TextModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
     generate_with(model, prompt, opts, None)
@@ -85,8 +96,7 @@ pub fn generate_with(
         return Err(Error::PromptTooLong { tokens: prompt.len(), context });
     }
     let mut sampler = Sampler::new(opts.seed, opts.temperature, opts.top_p);
-    let mut cache = KvCache::new(&model.llama.config);
-    let mut logits = model.llama.forward_with(prompt, &mut cache, adapter)?;
+    let (mut logits, mut cache) = prefill(model, prompt, adapter)?;
     let mut tokens = Vec::new();
     // Set when a stop string cut the text; otherwise the text is decoded once at the end.
     let mut cut_text = None;

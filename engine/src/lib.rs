@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model_store;
 pub mod models;
 pub mod ops;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod text_model;
 pub mod threads;

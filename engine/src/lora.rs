@@ -127,6 +127,15 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     /// Per transformer block, the adapted layers.
     pub layers: Vec<BTreeMap<Target, LoraPair>>,
+    /// Tells adapters apart in [`crate::prefix_cache`]; 0 for one still being trained (its weights
+    /// change, so nothing computed with it may be reused).
+    pub(crate) cache_id: u64,
+}
+
+/// A fresh id for an adapter whose weights will not change.
+fn new_cache_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl LoraAdapter {
@@ -151,7 +160,7 @@ impl LoraAdapter {
             }
             layers.push(layer);
         }
-        Ok((Self { config: config.clone(), layers }, vars))
+        Ok((Self { config: config.clone(), layers, cache_id: 0 }, vars))
     }
 
     pub fn get(&self, layer: usize, target: Target) -> Option<&LoraPair> {
@@ -165,7 +174,7 @@ impl LoraAdapter {
             .iter()
             .map(|l| l.iter().map(|(t, p)| (*t, LoraPair { a: p.a.detach(), b: p.b.detach() })).collect())
             .collect();
-        Self { config: self.config.clone(), layers }
+        Self { config: self.config.clone(), layers, cache_id: new_cache_id() }
     }
 
     /// Tensors under PEFT's key names, with q/k `lora_B` rows in Hugging Face order.
@@ -225,7 +234,7 @@ impl LoraAdapter {
         if let Some(extra) = tensors.keys().next() {
             return Err(bad(format!("unexpected tensor {extra} (more layers or modules than the base model has)")));
         }
-        Ok(Self { config, layers })
+        Ok(Self { config, layers, cache_id: new_cache_id() })
     }
 
     /// PEFT's `adapter_config.json`.

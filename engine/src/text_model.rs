@@ -10,12 +10,15 @@ use crate::generation::{generate_with, GenerateOptions, Generation};
 use crate::lora::LoraAdapter;
 use crate::gguf::GgufFile;
 use crate::models::llama::{Llama, WeightFormat};
+use crate::prefix_cache::PrefixCache;
 use crate::tokenizer::Tokenizer;
 
 pub struct TextModel {
     pub llama: Llama,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
+    /// Keys and values of recent prompts, reused by the next prompt's common prefix.
+    pub prefix: PrefixCache,
 }
 
 impl TextModel {
@@ -33,7 +36,7 @@ impl TextModel {
         let source = source.unwrap_or_else(|| CHATML_TEMPLATE.to_string());
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
         let llama = Llama::from_hf_dir(dir, format, device)?;
-        Ok(Self { llama, tokenizer, template })
+        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default() })
     }
 
     pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
@@ -42,7 +45,7 @@ impl TextModel {
         let source = gguf.opt_str("tokenizer.chat_template").unwrap_or(CHATML_TEMPLATE).to_string();
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
         let llama = Llama::from_gguf(&mut gguf, format, device)?;
-        Ok(Self { llama, tokenizer, template })
+        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default() })
     }
 
     /// Token ids of `messages` rendered with the chat template, ready for the assistant's turn.

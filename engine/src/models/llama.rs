@@ -425,6 +425,21 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;
     }
+    /// The first `len` positions only (shares the tensors; later appends make new ones).
+    pub fn truncated(&self, len: usize) -> Result<Self> {
+        if len >= self.len {
+            return Ok(self.clone());
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) if len > 0 => Ok(Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?))),
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, len })
+    }
 }
 
 pub struct Llama {
