@@ -1,0 +1,66 @@
+//! The classification benchmark's engine-only run: greedy replies (max 12 tokens) to a list of
+//! prompts, one after another as `SELECT complete(...) FROM t` runs them, with a time breakdown.
+//!
+//! cargo run -p distill-engine --example classify_rows -- --prompts prompts.json \
+//!     [--format file|q8_0|f32] [--threads 2] [--max-tokens 12] [--no-prefix-cache] [--out FILE]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use distill_engine::{GenerateOptions, Message, ModelStore, TextModel, WeightFormat};
+
+fn main() -> distill_engine::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+    let format = match arg("--format").as_deref() {
+        None | Some("file") => WeightFormat::Quantized,
+        Some("q8_0") => WeightFormat::Q8_0,
+        Some("f32") => WeightFormat::F32,
+        Some(f) => panic!("unknown format {f}"),
+    };
+    let threads: usize = arg("--threads").map(|v| v.parse().unwrap()).unwrap_or(2);
+    let max_tokens: usize = arg("--max-tokens").map(|v| v.parse().unwrap()).unwrap_or(12);
+    let prefix_cache = !args.iter().any(|a| a == "--no-prefix-cache");
+    let prompts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(arg("--prompts").expect("--prompts FILE"))?).expect("JSON list");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = ModelStore::new(root.join("models"), false).resolve("smollm2-135m")?;
+    let pool = distill_engine::threads::pool(threads)?;
+    let loaded = Instant::now();
+    let model = TextModel::load(&path, format, &candle_core::Device::Cpu)?;
+    let load_s = loaded.elapsed().as_secs_f64();
+    let opts = GenerateOptions { max_tokens, ..Default::default() };
+    let (mut prompt_tokens, mut generated) = (0, 0);
+    let started = Instant::now();
+    let outputs: Vec<String> = pool.install(|| {
+        prompts
+            .iter()
+            .map(|p| {
+                if !prefix_cache {
+                    model.prefix.clear();
+                }
+                let g = model.complete(p, &opts)?;
+                prompt_tokens += g.prompt_tokens;
+                generated += g.tokens.len();
+                Ok(g.text.trim().to_string())
+            })
+            .collect::<distill_engine::Result<_>>()
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "format": arg("--format").unwrap_or_else(|| "file".into()),
+        "prefix_cache": prefix_cache,
+        "rows": prompts.len(),
+        "seconds": secs,
+        "rows_per_s": prompts.len() as f64 / secs,
+        "load_seconds": load_s,
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated,
+        "outputs": outputs,
+    });
+    match arg("--out") {
+        Some(f) => std::fs::write(f, report.to_string())?,
+        None => println!("{report}"),
+    }
+    Ok(())
+}
