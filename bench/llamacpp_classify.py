@@ -64,7 +64,7 @@ CHATML = (
 class Peer:
     """The loaded model plus the engine's prompt/stop rules; one per process (or per backend)."""
 
-    def __init__(self, gguf, threads=2, n_ctx=2048, n_batch=512, seed=42):
+    def __init__(self, gguf, threads=2, n_ctx=2048, n_batch=512, seed=42, kv_f32=False):
         import llama_cpp
 
         self.llama_cpp = llama_cpp
@@ -79,6 +79,8 @@ class Peer:
             seed=seed,
             logits_all=False,
             verbose=False,
+            # llama.cpp's default KV cache is F16; --kv-f32 keeps keys/values in F32 (GGML_TYPE_F32 = 0).
+            **({"type_k": 0, "type_v": 0} if kv_f32 else {}),
         )
         md = self.llm.metadata
         self.template = md.get("tokenizer.chat_template") or CHATML
@@ -127,6 +129,7 @@ def main():
     ap.add_argument("--n-batch", type=int, default=512)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-prefix-reuse", action="store_true", help="compute every prompt in full")
+    ap.add_argument("--kv-f32", action="store_true", help="F32 KV cache instead of llama.cpp's default F16")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -136,7 +139,8 @@ def main():
         sys.exit("--prompts must be a JSON list of strings")
 
     t0 = time.perf_counter()
-    peer = Peer(args.gguf, threads=args.threads, n_ctx=args.n_ctx, n_batch=args.n_batch, seed=args.seed)
+    peer = Peer(args.gguf, threads=args.threads, n_ctx=args.n_ctx, n_batch=args.n_batch, seed=args.seed,
+                kv_f32=args.kv_f32)
     load_seconds = time.perf_counter() - t0
 
     outputs, prompt_tokens, completion_tokens = [], 0, 0
@@ -164,6 +168,7 @@ def main():
         "max_tokens": args.max_tokens,
         "threads": args.threads,
         "prefix_reuse": not args.no_prefix_reuse,
+        "kv_cache": "f32" if args.kv_f32 else "f16",
         "add_bos": peer.add_bos,
         "stop_ids": sorted(peer.stop_ids),
         "llama_cpp_python_version": llama_cpp.__version__,

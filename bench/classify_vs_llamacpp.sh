@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# C, classification: ROWS ticket rows (the 151 shipped tickets repeated and shuffled, seeded) with the
+# quickstart's instruction prompt, greedy, at most 12 new tokens, 2 threads each:
+#   pg_distill   SELECT distill.complete('smollm2-135m', prompt, '{"max_tokens": 12}') FROM rows
+#                (one backend, per weight format in FORMATS), and with constrained choices;
+#   llama.cpp    llama-cpp-python on the same GGUF and prompts, a Python loop, and the same loop as a
+#                PL/Python function inside Postgres (what a user would otherwise write).
+# Prints rows/s ratios first, per-process peak RSS, and where outputs disagree with llama.cpp.
+#   bash bench/classify_vs_llamacpp.sh          (ROWS=1000, FORMATS="q8_0 file", OUT=/tmp/... override)
+# Needs the extension installed (cargo pgrx install) and bench/venv_llama.sh's venv (run here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+ROWS=${ROWS:-1000} FORMATS=${FORMATS:-"q8_0 file"} OUT=${OUT:-/tmp/pg_distill-bench-classify}
+gguf=$root/models/SmolLM2-135M-Instruct.Q4_1.gguf
+bash bench/venv_llama.sh
+rm -rf "$OUT" && mkdir -p "$OUT" && chmod 755 "$OUT"
+python3 bench/make_ticket_rows.py "$ROWS" "$OUT" > "$OUT/rows.json"
+
+# A throw-away cluster; PL/Python if the package is there (apt-get install postgresql-plpython3-15).
+work=/tmp/pg_distill-bench port=55460 db=distill_bench
+bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
+rm -rf "$work" && install -d -o postgres -g postgres "$work"
+bash scripts/cluster.sh start "$work/data" $port $db
+trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
+psql_in() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d $db "$@"; }
+sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE $db"
+chmod 644 "$OUT"/* && chown -R postgres "$OUT"
+psql_in -c "CREATE EXTENSION pg_distill" -c "CREATE TABLE rows (row int PRIMARY KEY, id text, label text, prompt text)" \
+        -c "COPY rows FROM '$OUT/rows.csv' WITH (FORMAT csv)"
+
+# One session per run: load the model with one short call, then time the query alone; the
+# backend's peak RSS comes from /proc (VmHWM).
+run_sql() { # name, settings, expression over prompt
+  psql_in >"$OUT/$1.log" <<SQL
+$2
+SELECT distill.complete('smollm2-135m', 'Say yes.', '{"max_tokens": 1}') IS NOT NULL AS warm \gset
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+CREATE TEMP TABLE out AS SELECT row, $3 AS output FROM rows ORDER BY row;
+SELECT extract(epoch FROM clock_timestamp()) - :t0 AS seconds \gset
+\o $OUT/$1.out
+SELECT string_agg(trim(output), E'\n' ORDER BY row) FROM out;
+\o
+SELECT json_build_object('name', '$1', 'seconds', :seconds,
+         'peak_rss_mib', (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'), 'VmHWM:\s+(\d+)'))[1]::int / 1024.0,
+         'accuracy', (SELECT avg((trim(o.output) = r.label)::int) FROM out o JOIN rows r USING (row)));
+SQL
+  tail -1 "$OUT/$1.log" >"$OUT/$1.json"
+}
+labels='{"choices": ["Add new line", "Closing account", "Roaming fees", "Slow data speed"]}'
+for f in $FORMATS; do
+  echo "== pg_distill, weight_format $f" >&2
+  run_sql "pg_distill_$f" "SET distill.weight_format = '$f';" "distill.complete('smollm2-135m', prompt, '{\"max_tokens\": 12}')"
+done
+echo "== pg_distill, q8_0, choices (constrained, stops when the label is determined)" >&2
+run_sql pg_distill_choices "SET distill.weight_format = 'q8_0';" "distill.complete('smollm2-135m', prompt, '$labels')"
+
+echo "== llama.cpp, Python loop" >&2
+bench/.venv-llama/bin/python bench/llamacpp_classify.py --gguf "$gguf" --prompts "$OUT/prompts.json" \
+  --max-tokens 12 --threads 2 --out "$OUT/llamacpp.full.json" >/dev/null
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2],'w').write('\n'.join(d['outputs'])); json.dump({'name':'llamacpp_python','seconds':d['seconds'],'peak_rss_mib':d['peak_rss_mib']}, open(sys.argv[3],'w'))" \
+  "$OUT/llamacpp.full.json" "$OUT/llamacpp_python.out" "$OUT/llamacpp_python.json"
+
+if psql_in -c "CREATE EXTENSION plpython3u" 2>/dev/null; then
+  echo "== llama.cpp, PL/Python function" >&2
+  psql_in -f bench/plpython_llamacpp.sql >/dev/null
+  run_sql llamacpp_plpython "SET bench.llamacpp_dir = '$root/bench'; SET bench.llamacpp_gguf = '$gguf';" "bench_llamacpp_complete(prompt)"
+else
+  echo "(PL/Python not installed: apt-get install postgresql-plpython3-15 to add that peer)" >&2
+fi
+
+python3 - "$OUT" "$ROWS" <<'PY'
+import json, os, sys
+out, rows = sys.argv[1], int(sys.argv[2])
+meta = json.load(open(f"{out}/rows.json"))
+runs = {}
+for f in sorted(os.listdir(out)):
+    if f.endswith(".json") and f not in ("rows.json", "llamacpp.full.json"):
+        d = json.load(open(f"{out}/{f}")); runs[d["name"]] = d
+ref = open(f"{out}/llamacpp_python.out").read().split("\n")
+base = rows / runs["llamacpp_python"]["seconds"]
+print(f"C, classification: {rows} rows ({meta['distinct_prompts']} distinct prompts), greedy, max 12 tokens, 2 threads")
+print(f"{'runner':<26} {'vs llama.cpp':>12} {'rows/s':>8} {'seconds':>8} {'peak RSS':>9} {'same as llama.cpp':>18}")
+for name, d in runs.items():
+    outs = open(f"{out}/{name}.out").read().split("\n")
+    same = sum(a == b for a, b in zip(outs, ref))
+    rps = rows / d["seconds"]
+    print(f"{name:<26} {rps / base:>11.2f}x {rps:>8.2f} {d['seconds']:>8.1f} {d['peak_rss_mib']:>6.0f}MiB {same:>8}/{len(ref)}")
+for name in runs:
+    if name.startswith("pg_distill_") and name != "pg_distill_choices":
+        outs = open(f"{out}/{name}.out").read().split("\n")
+        diff = sorted({(b, a) for a, b in zip(outs, ref) if a != b})
+        for b, a in diff[:5]:
+            print(f"  {name} differs: llama.cpp {b!r} vs {a!r}")
+acc = {n: d["accuracy"] for n, d in runs.items() if d.get("accuracy") is not None}
+print("accuracy vs the tickets' labels (base model, no fine-tuning): " + ", ".join(f"{n} {a:.3f}" for n, a in acc.items()))
+PY
