@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use distill_engine::{GenerateOptions, Message, ModelStore, TextModel, WeightFormat};
+use distill_engine::{GenerateOptions, ModelStore, TextModel, WeightFormat};
 
 fn main() -> distill_engine::Result<()> {
     let args: Vec<String> = std::env::args().collect();
