@@ -37,17 +37,3 @@ pub fn sparkline(values: &[f64]) -> Option<String> {
             .collect(),
     )
 }
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    #[pgrx::pg_test]
-    fn bar_and_sparkline() {
-        assert_eq!(super::progress_bar(0.0), "[--------------------]   0%");
-        assert_eq!(super::progress_bar(0.456), "[#########-----------]  45%");
-        assert_eq!(super::progress_bar(2.0), "[####################] 100%");
-        assert_eq!(super::sparkline(&[3.0, 2.0, 1.0, 1.0]).unwrap(), "█▅▁▁");
-        assert_eq!(super::sparkline(&[0.5, 0.5]).unwrap(), "▄▄");
-        assert_eq!(super::sparkline(&[]), None);
-    }
-}

@@ -93,6 +93,17 @@ mod tests {
     }
 
     #[pg_test]
+    fn progress_bar_and_sparkline() {
+        use crate::job_display::{progress_bar, sparkline};
+        assert_eq!(progress_bar(0.0), "[--------------------]   0%");
+        assert_eq!(progress_bar(0.456), "[#########-----------]  45%");
+        assert_eq!(progress_bar(2.0), "[####################] 100%");
+        assert_eq!(sparkline(&[3.0, 2.0, 1.0, 1.0]).unwrap(), "█▅▁▁");
+        assert_eq!(sparkline(&[0.5, 0.5]).unwrap(), "▄▄");
+        assert_eq!(sparkline(&[]), None);
+    }
+
+    #[pg_test]
     fn version_names_the_engine() {
         let v = Spi::get_one::<String>("SELECT distill.version()").unwrap().unwrap();
         assert!(v.starts_with("pg_distill 0.1.0"), "{v}");
