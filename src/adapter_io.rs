@@ -17,17 +17,7 @@ use crate::{finetune, registry};
 /// Owner (or superuser) only: the weights are the model; a grant lets a role use it, not copy it.
 #[pg_extern(volatile, parallel_safe)]
 fn export_adapter(model: &str) -> Vec<u8> {
-    match registry::owns_model(model) {
-        None => report_sql(
-            ERRCODE_UNDEFINED_OBJECT,
-            &format!("fine-tuned model \"{model}\" does not exist"),
-            Some("Only fine-tuned models have an adapter; SELECT name FROM distill.models lists them."),
-        ),
-        Some(false) => {
-            report_sql(ERRCODE_INSUFFICIENT_PRIVILEGE, &format!("must be the owner of model \"{model}\" to export it"), None)
-        }
-        Some(true) => {}
-    }
+    crate::model_access::check_owner(model, "export it");
     let tuned = registry::find_model(model).expect("exists: checked above");
     let blob = registry::adapter_blob(model, tuned.version)
         .unwrap_or_else(|| report_sql(ERRCODE_OBJECT_IN_USE, &format!("model \"{model}\" was replaced while exporting; retry"), None));
@@ -44,8 +34,7 @@ fn import_adapter(name: &str, base_model: &str, archive: &[u8]) -> JsonB {
         Ok((adapter.config, blob))
     });
     let (config, blob) = blob.or_report();
-    let mut targets: Vec<&str> = config.targets.iter().map(|t| t.hf_name()).collect();
-    targets.sort();
+    let targets = config.target_names();
     let summary = json!({
         "model": name,
         "base_model": base_model,

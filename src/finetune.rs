@@ -195,7 +195,7 @@ pub fn describe(row: &Value) -> Value {
         "status": f("status"),
         "progress": f("progress"),
         "progress_bar": crate::job_display::progress_bar(row["progress"].as_f64().unwrap_or(0.0)),
-        "loss_sparkline": recent_losses(row).and_then(|l| crate::job_display::sparkline(&l)),
+        "loss_sparkline": crate::job_display::sparkline_json(&row["recent_losses"]),
         "base_model": f("base_model"),
         "model": f("model"),
         "created_on": f("created_on"),
@@ -218,10 +218,6 @@ pub fn describe(row: &Value) -> Value {
         "attempts": f("attempts"),
         "cancel_requested": f("cancel_requested"),
     })
-}
-
-fn recent_losses(row: &Value) -> Option<Vec<f64>> {
-    Some(row["recent_losses"].as_array()?.iter().filter_map(Value::as_f64).collect())
 }
 
 fn summary(row: &Value) -> Value {

@@ -18,7 +18,12 @@ pub fn progress_bar(progress: f64) -> String {
 /// One character per value, from ▁ (lowest) to █ (highest); NULL for no values.
 #[pg_extern(immutable, parallel_safe, name = "sparkline")]
 fn sparkline_sql(values: JsonB) -> Option<String> {
-    let values: Vec<f64> = values.0.as_array()?.iter().filter_map(|v| v.as_f64()).collect();
+    sparkline_json(&values.0)
+}
+
+/// [`sparkline`] of the numbers in a JSON array (non-numbers are skipped); None for a non-array.
+pub fn sparkline_json(values: &serde_json::Value) -> Option<String> {
+    let values: Vec<f64> = values.as_array()?.iter().filter_map(|v| v.as_f64()).collect();
     sparkline(&values)
 }
 

@@ -34,7 +34,9 @@ fn revoke_model(name: &str, role: &str) {
     registry::set_grant(name, grantee, false);
 }
 
-fn check_owner(name: &str, what: &str) {
+/// The caller owns model `name` (or is a superuser); otherwise an ERROR saying it does not exist
+/// or that only its owner may `what`.
+pub fn check_owner(name: &str, what: &str) {
     match registry::owns_model(name) {
         None => no_such_model(name),
         Some(false) => not_owner(name, what),

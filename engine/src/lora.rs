@@ -93,6 +93,13 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// The targets by their Hugging Face module names, sorted (PEFT's `target_modules`).
+    pub fn target_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&str> = self.targets.iter().map(|t| t.hf_name()).collect();
+        names.sort();
+        names
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(1..=256).contains(&self.r) {
             return Err(Error::InvalidInput(format!("lora_r must be between 1 and 256, got {}", self.r)));
@@ -239,8 +246,7 @@ impl LoraAdapter {
 
     /// PEFT's `adapter_config.json`.
     pub fn peft_config_json(&self, base_model: &str) -> serde_json::Value {
-        let mut targets: Vec<&str> = self.config.targets.iter().map(|t| t.hf_name()).collect();
-        targets.sort();
+        let targets = self.config.target_names();
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
