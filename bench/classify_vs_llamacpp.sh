@@ -39,11 +39,11 @@ SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
 CREATE TEMP TABLE out AS SELECT row, $3 AS output FROM rows ORDER BY row;
 SELECT extract(epoch FROM clock_timestamp()) - :t0 AS seconds \gset
 \o $OUT/$1.out
-SELECT string_agg(trim(output), E'\n' ORDER BY row) FROM out;
+SELECT json_agg(btrim(output, E' \t\r\n') ORDER BY row) FROM out;
 \o
 SELECT json_build_object('name', '$1', 'seconds', :seconds,
          'peak_rss_mib', (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'), 'VmHWM:\s+(\d+)'))[1]::int / 1024.0,
-         'accuracy', (SELECT avg((trim(o.output) = r.label)::int) FROM out o JOIN rows r USING (row)));
+         'accuracy', (SELECT avg((btrim(o.output, E' \t\r\n') = r.label)::int) FROM out o JOIN rows r USING (row)));
 SQL
   tail -1 "$OUT/$1.log" >"$OUT/$1.json"
 }
@@ -58,8 +58,16 @@ run_sql pg_distill_choices "SET distill.weight_format = 'q8_0';" "distill.comple
 echo "== llama.cpp, Python loop" >&2
 bench/.venv-llama/bin/python bench/llamacpp_classify.py --gguf "$gguf" --prompts "$OUT/prompts.json" \
   --max-tokens 12 --threads 2 --out "$OUT/llamacpp.full.json" >/dev/null
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2],'w').write('\n'.join(d['outputs'])); json.dump({'name':'llamacpp_python','seconds':d['seconds'],'peak_rss_mib':d['peak_rss_mib']}, open(sys.argv[3],'w'))" \
-  "$OUT/llamacpp.full.json" "$OUT/llamacpp_python.out" "$OUT/llamacpp_python.json"
+python3 - "$OUT" <<'PY'
+import csv, json, sys
+out = sys.argv[1]
+d = json.load(open(f"{out}/llamacpp.full.json"))
+replies = [o.strip() for o in d["outputs"]]
+labels = [r[2] for r in csv.reader(open(f"{out}/rows.csv", newline=""))]
+json.dump(replies, open(f"{out}/llamacpp_python.out", "w"))
+json.dump({"name": "llamacpp_python", "seconds": d["seconds"], "peak_rss_mib": d["peak_rss_mib"],
+           "accuracy": sum(a == b for a, b in zip(replies, labels)) / len(labels)}, open(f"{out}/llamacpp_python.json", "w"))
+PY
 
 if psql_in -c "CREATE EXTENSION plpython3u" 2>/dev/null; then
   echo "== llama.cpp, PL/Python function" >&2
@@ -69,29 +77,4 @@ else
   echo "(PL/Python not installed: apt-get install postgresql-plpython3-15 to add that peer)" >&2
 fi
 
-python3 - "$OUT" "$ROWS" <<'PY'
-import json, os, sys
-out, rows = sys.argv[1], int(sys.argv[2])
-meta = json.load(open(f"{out}/rows.json"))
-runs = {}
-for f in sorted(os.listdir(out)):
-    if f.endswith(".json") and f not in ("rows.json", "llamacpp.full.json"):
-        d = json.load(open(f"{out}/{f}")); runs[d["name"]] = d
-ref = open(f"{out}/llamacpp_python.out").read().split("\n")
-base = rows / runs["llamacpp_python"]["seconds"]
-print(f"C, classification: {rows} rows ({meta['distinct_prompts']} distinct prompts), greedy, max 12 tokens, 2 threads")
-print(f"{'runner':<26} {'vs llama.cpp':>12} {'rows/s':>8} {'seconds':>8} {'peak RSS':>9} {'same as llama.cpp':>18}")
-for name, d in runs.items():
-    outs = open(f"{out}/{name}.out").read().split("\n")
-    same = sum(a == b for a, b in zip(outs, ref))
-    rps = rows / d["seconds"]
-    print(f"{name:<26} {rps / base:>11.2f}x {rps:>8.2f} {d['seconds']:>8.1f} {d['peak_rss_mib']:>6.0f}MiB {same:>8}/{len(ref)}")
-for name in runs:
-    if name.startswith("pg_distill_") and name != "pg_distill_choices":
-        outs = open(f"{out}/{name}.out").read().split("\n")
-        diff = sorted({(b, a) for a, b in zip(outs, ref) if a != b})
-        for b, a in diff[:5]:
-            print(f"  {name} differs: llama.cpp {b!r} vs {a!r}")
-acc = {n: d["accuracy"] for n, d in runs.items() if d.get("accuracy") is not None}
-print("accuracy vs the tickets' labels (base model, no fine-tuning): " + ", ".join(f"{n} {a:.3f}" for n, a in acc.items()))
-PY
+python3 bench/report.py classify "$OUT"

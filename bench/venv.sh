@@ -12,7 +12,7 @@ stamp="$venv/.requirements.sha256"
 PY="${PYTHON:-python3}"
 
 want="$(sha256sum "$req" | cut -d' ' -f1)"
-smoke='import torch, transformers, peft, gguf, numpy; torch.set_num_threads(2); assert torch.get_num_threads() == 2; (torch.ones(4, 4, requires_grad=True) @ torch.ones(4, 4)).sum().backward()'
+smoke='import torch, transformers, peft, gguf, numpy, sklearn; torch.set_num_threads(2); assert torch.get_num_threads() == 2; (torch.ones(4, 4, requires_grad=True) @ torch.ones(4, 4)).sum().backward()'
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
     && "$venv/bin/python" -W ignore -c "$smoke" >/dev/null 2>&1; then

@@ -131,6 +131,10 @@ pub struct TrainReport {
     /// Examples cut to max_seq_len.
     pub truncated: usize,
     pub cancelled: bool,
+    /// Seconds spent training (tokenizing and optimizer steps), without the evaluation passes.
+    pub train_seconds: f64,
+    /// Seconds spent on the per-epoch evaluation loss.
+    pub eval_seconds: f64,
 }
 
 /// An example as token ids: the whole sequence and where its completion starts.
@@ -220,6 +224,7 @@ pub fn train(
     if train.is_empty() {
         return Err(Error::InvalidInput("no training examples".into()));
     }
+    let started = std::time::Instant::now();
     let mut report = TrainReport { examples: train.len(), ..Default::default() };
     let mut toks = Vec::with_capacity(train.len());
     for e in train {
@@ -277,12 +282,15 @@ pub fn train(
         }
         let train_loss = epoch_loss / epoch_tokens.max(1) as f64;
         report.train_loss.push(train_loss);
+        let evaluating = std::time::Instant::now();
         let eval_loss = if eval.is_empty() { None } else { Some(evaluate_loss(model, &adapter, eval, config)?) };
+        report.eval_seconds += evaluating.elapsed().as_secs_f64();
         if let Some(l) = eval_loss {
             report.eval_loss.push(l);
         }
         observer.epoch_end(epoch + 1, train_loss, eval_loss);
     }
+    report.train_seconds = started.elapsed().as_secs_f64() - report.eval_seconds;
     Ok((adapter.detached(), report))
 }
 

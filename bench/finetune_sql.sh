@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# T through SQL and A, accuracy: fine-tune with distill.finetune() on a throw-away cluster and evaluate
+# the tuned model on the test split with distill.evaluate(), for each data set in SETS:
+#   10intent   banking77_10intent train (982 rows) -> test (400 rows); the instruction lists the 10 labels,
+#              exactly the prompts of engine/examples/bench_train.rs, so the job is benchmark T's
+#              "through distill.finetune()" row (same token ids, r, alpha, batch, optimizer, seed).
+#   banking77  BANKING77, 77 intents: a stratified subsample, the first B77_TRAIN_PER rows of each intent
+#              in file order for training and B77_TEST_PER per intent of the test split (full data
+#              is 10,003 train rows: ~40 min per epoch at this engine's speed on 2 cores; the README
+#              of the results says which subsample was used). The instruction names no labels.
+# Writes OUT/<set>.json: the job's DESCRIBE, the worker's peak RSS and evaluate()'s metrics.
+#   bash bench/finetune_sql.sh        (SETS, EPOCHS_10, EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER, OUT override;
+#                                      B10_TRAIN_ROWS and B10_TEST_ROWS shrink the 10intent set for a smoke run)
+# Needs the extension installed (cargo pgrx install) and the model (scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+SETS=${SETS:-"10intent banking77"} OUT=${OUT:-/tmp/pg_distill-bench-finetune}
+EPOCHS_10=${EPOCHS_10:-1} EPOCHS_77=${EPOCHS_77:-1} B77_TRAIN_PER=${B77_TRAIN_PER:-20} B77_TEST_PER=${B77_TEST_PER:-5}
+B10_TRAIN_ROWS=${B10_TRAIN_ROWS:-100000} B10_TEST_ROWS=${B10_TEST_ROWS:-100000}
+b77=${B77_DIR:-$root/../shared/data/banking77}
+if [[ " $SETS " == *" banking77 "* && ! -f "$b77/train.csv" ]]; then
+  echo "BANKING77 not found in $b77 (set B77_DIR to the folder with train.csv and test.csv)" >&2; exit 1
+fi
+mkdir -p "$OUT"
+
+work=/tmp/pg_distill-bench-ft port=55461 db=distill_bench
+bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
+rm -rf "$work" && install -d -o postgres -g postgres "$work"
+bash scripts/cluster.sh start "$work/data" $port $db
+trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
+psql_in() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d $db "$@"; }
+sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE $db"
+psql_in -c "CREATE EXTENSION pg_distill" -c "ALTER SYSTEM SET distill.training_threads = 2" \
+        -c "ALTER SYSTEM SET distill.threads = 2"
+# The workers read distill.training_threads when they start.
+bash scripts/cluster.sh stop "$work/data" && bash scripts/cluster.sh start "$work/data" $port $db
+
+# split table: n keeps the file order (bench_train takes the first rows of test.csv as its eval set).
+load() { # table, csv
+  cp "$2" "$work/$1.csv" && chown postgres "$work/$1.csv"
+  psql_in -c "CREATE TABLE $1 (n serial, id text, text text, label text)" \
+          -c "COPY $1 (id, text, label) FROM '$work/$1.csv' WITH (FORMAT csv, HEADER true)"
+}
+
+# The job's options: benchmark T's settings (r 8, alpha 16, all seven targets, batch 8, AdamW lr 1e-3).
+options() { echo "{\"max_epochs\": $1, \"lora_r\": 8, \"lora_alpha\": 16, \"batch_size\": 8, \"learning_rate\": 0.001,
+  \"target_modules\": [\"q\", \"k\", \"v\", \"o\", \"gate\", \"up\", \"down\"], \"seed\": 42}"; }
+
+run_set() { # name (results file), SQL prefix of its views, the views' SQL, epochs
+  local name=$1 t=$2 epochs=$4
+  psql_in -c "$3"
+  echo "== $name: distill.finetune() ($(psql_in -c "SELECT count(*) FROM ${t}_train") training rows, $epochs epoch(s))" >&2
+  local id
+  id=$(psql_in -c "SELECT distill.finetune('CREATE', '${t}_model', 'smollm2-135m',
+        'SELECT prompt, completion FROM ${t}_train', 'SELECT prompt, completion FROM ${t}_valid',
+        '$(options "$epochs")')")
+  local status
+  status=$(psql_in -c "SET client_min_messages = warning" -c "SELECT distill.wait('$id', 86400)->>'status'")
+  if [ "$status" != SUCCESS ]; then
+    psql_in -c "SELECT distill.finetune('DESCRIBE', '$id')" >&2
+    echo "job $id ended $status" >&2; exit 1
+  fi
+  echo "== $name: distill.evaluate() on $(psql_in -c "SELECT count(*) FROM ${t}_test") test rows" >&2
+  # The worker's peak RSS (VmHWM). Workers live on across sets: for the second set it is the larger of both jobs.
+  psql_in >"$OUT/$name.json" <<SQL
+SELECT json_build_object(
+  'set', '$name',
+  'describe', distill.finetune('DESCRIBE', '$id'),
+  'worker_peak_rss_mib', (SELECT max((regexp_match(pg_read_file('/proc/' || pid || '/status'), 'VmHWM:\s+(\d+)'))[1]::int) / 1024.0
+                          FROM pg_stat_activity WHERE backend_type LIKE 'pg_distill worker%'),
+  'train_rows', (SELECT count(*) FROM ${t}_train),
+  'test_rows', (SELECT count(*) FROM ${t}_test),
+  'labels', (SELECT count(DISTINCT completion) FROM ${t}_train),
+  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test'));
+SQL
+  psql_in -c "SELECT distill.finetune('DESCRIBE', '$id')->'training_result'" >&2
+  python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['evaluate']; print('accuracy', e['accuracy'], 'macro_f1', e['macro_f1'], 'seconds', e['seconds'])" "$OUT/$name.json" >&2
+}
+
+for set in $SETS; do
+  case $set in
+    10intent)
+      load raw10_train data/banking77_10intent/train.csv
+      load raw10_test data/banking77_10intent/test.csv
+      # bench_train.rs's instruction: the labels in byte order, then the request.
+      run_set 10intent b10 "
+        CREATE VIEW b10_prompts AS SELECT 'Classify this customer request into one of: '
+          || (SELECT string_agg(label, ', ' ORDER BY label COLLATE \"C\") FROM (SELECT DISTINCT label FROM raw10_train) l)
+          || '. Reply with the category only.' || chr(10) || 'Request: ' AS head;
+        CREATE VIEW b10_train AS SELECT head || text AS prompt, label AS completion FROM raw10_train, b10_prompts WHERE n <= $B10_TRAIN_ROWS ORDER BY n;
+        CREATE VIEW b10_valid AS SELECT head || text AS prompt, label AS completion FROM raw10_test, b10_prompts WHERE n <= least(200, $B10_TEST_ROWS) ORDER BY n;
+        CREATE VIEW b10_test AS SELECT head || text AS prompt, label AS completion FROM raw10_test, b10_prompts WHERE n <= $B10_TEST_ROWS ORDER BY n;" \
+        "$EPOCHS_10"
+      ;;
+    banking77)
+      load raw77_train "$b77/train.csv"
+      load raw77_test "$b77/test.csv"
+      # Stratified: the first rows of each intent in file order; the validation set (per-epoch loss
+      # and DESCRIBE's metrics) is 2 more training-split rows per intent, not test rows.
+      run_set banking77 b77 "
+        CREATE VIEW b77_ranked AS SELECT *, row_number() OVER (PARTITION BY label ORDER BY n) AS k FROM raw77_train;
+        CREATE VIEW b77_ranked_test AS SELECT *, row_number() OVER (PARTITION BY label ORDER BY n) AS k FROM raw77_test;
+        CREATE VIEW b77_train AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
+          || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked WHERE k <= $B77_TRAIN_PER ORDER BY n;
+        CREATE VIEW b77_valid AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
+          || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked WHERE k > $B77_TRAIN_PER AND k <= $B77_TRAIN_PER + 2 ORDER BY n;
+        CREATE VIEW b77_test AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
+          || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked_test WHERE k <= $B77_TEST_PER ORDER BY n;" \
+        "$EPOCHS_77"
+      ;;
+    *) echo "unknown set $set (10intent, banking77)" >&2; exit 2 ;;
+  esac
+done
