@@ -19,12 +19,7 @@ python3 bench/make_ticket_rows.py "$ROWS" "$OUT" > "$OUT/rows.json"
 
 # A throw-away cluster; PL/Python if the package is there (apt-get install postgresql-plpython3-15).
 work=/tmp/pg_distill-bench port=55460 db=distill_bench
-bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
-rm -rf "$work" && install -d -o postgres -g postgres "$work"
-bash scripts/cluster.sh start "$work/data" $port $db
-trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
-psql_in() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d $db "$@"; }
-sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE $db"
+source scripts/fresh_cluster.sh
 chmod 644 "$OUT"/* && chown -R postgres "$OUT"
 psql_in -c "CREATE EXTENSION pg_distill" -c "CREATE TABLE rows (row int PRIMARY KEY, id text, label text, prompt text)" \
         -c "COPY rows FROM '$OUT/rows.csv' WITH (FORMAT csv)"

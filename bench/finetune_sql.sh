@@ -25,12 +25,7 @@ fi
 mkdir -p "$OUT"
 
 work=/tmp/pg_distill-bench-ft port=55461 db=distill_bench
-bash scripts/cluster.sh stop "$work/data" 2>/dev/null || true
-rm -rf "$work" && install -d -o postgres -g postgres "$work"
-bash scripts/cluster.sh start "$work/data" $port $db
-trap 'bash "$root/scripts/cluster.sh" stop "$work/data"' EXIT
-psql_in() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/data" -p $port -d $db "$@"; }
-sudo -u postgres psql -X -q -h "$work/data" -p $port -d postgres -c "CREATE DATABASE $db"
+source scripts/fresh_cluster.sh
 psql_in -c "CREATE EXTENSION pg_distill" -c "ALTER SYSTEM SET distill.training_threads = 2" \
         -c "ALTER SYSTEM SET distill.threads = 2"
 # The workers read distill.training_threads when they start.

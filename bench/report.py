@@ -195,7 +195,8 @@ def markdown(res):
                 "model `smollm2-135m` (`bench/classify_vs_llamacpp.sh`). Rows/s over the whole query in one backend "
                 "after one warm-up call; llama.cpp is llama-cpp-python on the same GGUF with the same token ids, as a "
                 "Python loop and as a PL/Python function. `pg_distill_choices` is the constrained form "
-                "(`\"choices\"`: the 4 labels), not the same task as free text.", "", table(h, rows, True), ""]
+                "(`\"choices\"`: the 4 labels), not the same task as free text, so not in the summary. Label accuracy is "
+                "against the tickets' keyword-rule labels (the base model is not tuned here).", "", table(h, rows, True), ""]
         d = disagreements(c)
         if d:
             out += ["Some of the replies that differ from llama.cpp's:", ""] + [f"- `{x}`" for x in d] + [""]
