@@ -2,6 +2,7 @@
 //! vocabulary, render its chat template and generate. The SQL layer is a thin wrapper over this crate.
 
 pub mod adapter_archive;
+pub mod amx;
 pub mod chat_template;
 pub mod choices;
 pub mod error;
