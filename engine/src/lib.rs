@@ -3,11 +3,13 @@
 
 pub mod adapter_archive;
 pub mod amx;
+pub mod attention;
 pub mod chat_template;
 pub mod choices;
 pub mod error;
 pub mod generation;
 pub mod gguf;
+pub mod heap;
 pub mod lora;
 pub mod metrics;
 pub mod model_store;

@@ -12,12 +12,15 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, D,
 };
 use rayon::prelude::*;
+use std::sync::Arc;
 
-trait Float: WithDType + num_traits::Float + Send + Sync {}
+use crate::amx;
+
+pub(crate) trait Float: WithDType + num_traits::Float + Send + Sync + 'static {}
 impl Float for f32 {}
 impl Float for f64 {}
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => bail!("custom op needs a contiguous input"),
@@ -40,11 +43,77 @@ macro_rules! dispatch_float {
 /// `x W^T` where `W (out, in)` is frozen: the backward returns the input gradient and never computes
 /// the weight gradient that candle's matmul backward would.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenLinear { w: w.clone() })))
+    frozen_linear_packed(x, w, None)
+}
+
+/// [`frozen_linear`] that runs both matmuls on AMX bf16 tiles when `packed` is given and the input is
+/// f32 (see `amx.rs`); f64 inputs (the gradient checks) take the f32/f64 path.
+pub fn frozen_linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<FrozenBf16>>) -> Result<Tensor> {
+    x.apply_op1_arc(Arc::new(Box::new(FrozenLinear { w: w.clone(), packed: packed.cloned() })))
+}
+
+/// A frozen weight `W (out, in)` packed for AMX twice: as `Wᵀ` for the forward `x Wᵀ` and as `W` for
+/// the input gradient `g W`.
+#[derive(Debug)]
+pub struct FrozenBf16 {
+    forward: amx::PackedB,
+    backward: amx::PackedB,
+}
+
+impl FrozenBf16 {
+    pub fn new(w: &Tensor) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self {
+            forward: amx::PackedB::new(&data, out_dim, in_dim, true),
+            backward: amx::PackedB::new(&data, out_dim, in_dim, false),
+        })
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.forward.size_bytes() + self.backward.size_bytes()
+    }
 }
 
 struct FrozenLinear {
     w: Tensor,
+    packed: Option<Arc<FrozenBf16>>,
+}
+
+/// `x Wᵀ` for a contiguous `x (.., in)`: `(m, out)` and the output shape.
+fn frozen_forward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (out_dim, in_dim) = w.dims2()?;
+    let dims = l.shape().dims();
+    if dims.last() != Some(&in_dim) || !l.is_contiguous() {
+        bail!("frozen-linear: input {:?} (contiguous: {}) vs weight ({out_dim}, {in_dim})", dims, l.is_contiguous());
+    }
+    let m = l.shape().elem_count() / in_dim;
+    let mut out = dims.to_vec();
+    *out.last_mut().unwrap() = out_dim;
+    if let (Some(p), CpuStorage::F32(_)) = (packed, s) {
+        let y = amx::matmul(contiguous::<f32>(s, l)?, m, &p.forward);
+        return Ok((CpuStorage::F32(y), Shape::from(out)));
+    }
+    let x_layout = Layout::contiguous_with_offset((m, in_dim), l.start_offset());
+    let wt = w.t()?;
+    let (w_storage, wt_layout) = wt.storage_and_layout();
+    let Storage::Cpu(w_storage) = &*w_storage else { bail!("frozen-linear: weight is not on the CPU") };
+    let y = s.matmul(w_storage, (1, m, out_dim, in_dim), &x_layout, wt_layout)?;
+    Ok((y, Shape::from(out)))
+}
+
+/// The input gradient `g W` as `(m, in)`.
+fn frozen_backward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, grad: &Tensor) -> Result<Tensor> {
+    let (out_dim, in_dim) = w.dims2()?;
+    let m = grad.elem_count() / out_dim;
+    if let (Some(p), DType::F32, true) = (packed, grad.dtype(), grad.device().is_cpu()) {
+        let g = grad.contiguous()?.flatten_all()?;
+        let (storage, layout) = g.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else { bail!("frozen-linear: gradient is not on the CPU") };
+        let dx = amx::matmul(contiguous::<f32>(storage, layout)?, m, &p.backward);
+        return Tensor::from_vec(dx, (m, in_dim), grad.device());
+    }
+    grad.contiguous()?.reshape((m, out_dim))?.matmul(w)
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -53,27 +122,89 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (out_dim, in_dim) = self.w.dims2()?;
-        let dims = l.shape().dims();
-        if dims.last() != Some(&in_dim) || !l.is_contiguous() {
-            bail!("frozen-linear: input {:?} (contiguous: {}) vs weight ({out_dim}, {in_dim})", dims, l.is_contiguous());
-        }
-        let m = l.shape().elem_count() / in_dim;
-        let x_layout = Layout::contiguous_with_offset((m, in_dim), l.start_offset());
-        let wt = self.w.t()?;
-        let (w_storage, wt_layout) = wt.storage_and_layout();
-        let Storage::Cpu(w_storage) = &*w_storage else { bail!("frozen-linear: weight is not on the CPU") };
-        let y = s.matmul(w_storage, (1, m, out_dim, in_dim), &x_layout, wt_layout)?;
-        let mut out = dims.to_vec();
-        *out.last_mut().unwrap() = out_dim;
-        Ok((y, Shape::from(out)))
+        frozen_forward(&self.w, self.packed.as_ref(), s, l)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (out_dim, _) = self.w.dims2()?;
-        let m = grad.elem_count() / out_dim;
-        let g = grad.contiguous()?.reshape((m, out_dim))?.matmul(&self.w)?;
-        Ok(Some(g.reshape(arg.shape())?))
+        Ok(Some(frozen_backward(&self.w, self.packed.as_ref(), grad)?.reshape(arg.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// LoRA linear layer: y = x W^T + scale (x A^T) B^T, W frozen, A and B trained.
+
+/// A frozen linear layer with a LoRA adapter beside it, as one op: built from candle ops it was six
+/// graph nodes (two matmuls, a transpose, a scale, an add, the frozen matmul), each allocating an
+/// output the size of `y` or of its gradient. The backward returns gradients for x, A and B.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&Arc<FrozenBf16>>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraLinear { w: w.clone(), packed: packed.cloned(), scale })
+}
+
+struct LoraLinear {
+    w: Tensor,
+    packed: Option<Arc<FrozenBf16>>,
+    scale: f64,
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (mut y, shape) = frozen_forward(&self.w, self.packed.as_ref(), x, xl)?;
+        let ((r, k), (n, r2)) = (al.shape().dims2()?, bl.shape().dims2()?);
+        if r != r2 || k != *xl.dims().last().unwrap() || n != self.w.dim(0)? {
+            bail!("lora-linear: x {:?}, A {:?}, B {:?}, W {:?}", xl.dims(), al.dims(), bl.dims(), self.w.dims());
+        }
+        let m = xl.shape().elem_count() / k;
+        // u = x Aᵀ (m, r), then z = u Bᵀ (m, n), added into y scaled.
+        let u = x.matmul(a, (1, m, r, k), &Layout::contiguous_with_offset((m, k), xl.start_offset()), &al.transpose(0, 1)?)?;
+        let z = u.matmul(b, (1, m, n, r), &Layout::contiguous((m, r)), &bl.transpose(0, 1)?)?;
+        match (&mut y, &z) {
+            (CpuStorage::F32(y), CpuStorage::F32(z)) => {
+                let s = self.scale as f32;
+                y.iter_mut().zip(z).for_each(|(y, z)| *y += s * z);
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(z)) => y.iter_mut().zip(z).for_each(|(y, z)| *y += self.scale * z),
+            _ => bail!("lora-linear: unsupported dtype {:?}", x.dtype()),
+        }
+        Ok((y, shape))
+    }
+
+    /// dx = g W + s (g B) A;  dA = s (g B)ᵀ x;  dB = s gᵀ (x Aᵀ).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = (b.dim(0)?, a.dim(1)?);
+        let m = grad.elem_count() / n;
+        let g = grad.contiguous()?.reshape((m, n))?;
+        let xm = x.reshape((m, k))?;
+        let gb = (g.matmul(b)? * self.scale)?;
+        let dx = (frozen_backward(&self.w, self.packed.as_ref(), &g)? + gb.matmul(a)?)?;
+        let da = gb.t()?.matmul(&xm)?;
+        let db = (g.t()?.matmul(&xm.matmul(&a.t()?)?)? * self.scale)?;
+        Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
     }
 }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraAdapter, LoraPair, Target};
-use crate::ops;
+use crate::attention::{packed_attention, PackedAttention};
+use crate::{amx, ops};
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -257,6 +259,9 @@ pub enum WeightFormat {
 pub struct Linear {
     weight: QMatMul,
     bias: Option<Tensor>,
+    /// The f32 weight packed for AMX, made by the first training step that needs it (inference never
+    /// does) and shared by clones of the model.
+    amx: Arc<OnceLock<Arc<ops::FrozenBf16>>>,
 }
 
 impl Linear {
@@ -275,7 +280,11 @@ impl Linear {
             }
             (_, w) => QMatMul::Tensor(w.dense(device)?),
         };
-        Ok(Self { weight, bias })
+        Ok(Self::from_parts(weight, bias))
+    }
+
+    fn from_parts(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        Self { weight, bias, amx: Arc::default() }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -304,20 +313,34 @@ impl Linear {
         }
     }
 
+    /// The f32 weight and, where the CPU has AMX, its bf16 packing (made on first use).
+    fn frozen_parts(&self) -> Result<(&Tensor, Option<&Arc<ops::FrozenBf16>>)> {
+        let w = self.dense()?;
+        if !amx::available() || !w.device().is_cpu() {
+            return Ok((w, None));
+        }
+        if self.amx.get().is_none() {
+            let _ = self.amx.set(Arc::new(ops::FrozenBf16::new(w)?));
+        }
+        Ok((w, self.amx.get()))
+    }
+
     /// Training forward: frozen weight (input gradient only) plus the adapter's trainable update.
     fn forward_train(&self, x: &Tensor, lora: Option<(&LoraPair, f64)>, dropout: &mut Dropout) -> Result<Tensor> {
-        let y = ops::frozen_linear(x, self.dense()?)?;
-        let y = match &self.bias {
+        let (w, packed) = self.frozen_parts()?;
+        let y = match lora {
+            None => ops::frozen_linear_packed(x, w, packed)?,
+            Some((p, scale)) if dropout.p <= 0.0 => ops::lora_linear(x, w, packed, &p.a, &p.b, scale)?,
+            Some((p, scale)) => {
+                let y = ops::frozen_linear_packed(x, w, packed)?;
+                let x = dropout.apply(x)?;
+                (y + (x.broadcast_matmul(&p.a.t()?)?.broadcast_matmul(&p.b.t()?)? * scale)?)?
+            }
+        };
+        Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        };
-        match lora {
-            None => Ok(y),
-            Some((p, scale)) => {
-                let x = dropout.apply(x)?;
-                Ok((y + (x.broadcast_matmul(&p.a.t()?)?.broadcast_matmul(&p.b.t()?)? * scale)?)?)
-            }
-        }
+        })
     }
 }
 
@@ -506,7 +529,7 @@ impl Llama {
                 // Tied and dense (training, or a dense checkpoint): the head is the embedding table itself.
                 let dense = w.dense(device)?;
                 let head = match format {
-                    WeightFormat::F32 => Linear { weight: QMatMul::Tensor(dense.clone()), bias: None },
+                    WeightFormat::F32 => Linear::from_parts(QMatMul::Tensor(dense.clone()), None),
                     _ => Linear::new(Weight::Dense(dense.clone()), None, format, device)?,
                 };
                 (dense, head)
@@ -534,7 +557,7 @@ impl Llama {
                 QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
             };
             let w = (w + (p.b.matmul(&p.a)? * scale)?)?;
-            Ok(Linear { weight: QMatMul::Tensor(w), bias: l.bias.clone() })
+            Ok(Linear::from_parts(QMatMul::Tensor(w), l.bias.clone()))
         };
         let blocks = self
             .blocks
@@ -650,38 +673,29 @@ impl Llama {
     pub fn forward_train(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
-        let total = batch.ids.len();
         let ids = Tensor::new(batch.ids.as_slice(), dev)?;
         let positions = Tensor::new(batch.positions.as_slice(), dev)?;
-        let cos = self.cos.index_select(&positions, 0)?.unsqueeze(0)?;
-        let sin = self.sin.index_select(&positions, 0)?.unsqueeze(0)?;
-        let masks: Vec<Tensor> =
-            batch.segments.iter().map(|&(_, n)| causal_mask(n, 0, dev)).collect::<Result<_>>()?;
+        let angles = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.index_select(&positions, 0)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+        };
+        let att = Arc::new(PackedAttention {
+            segments: batch.segments.clone(),
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            cos: angles(&self.cos)?,
+            sin: angles(&self.sin)?,
+            interleaved: c.rope_interleaved,
+        });
         let scale = adapter.config.scale();
-        let n_rep = c.num_attention_heads / c.num_key_value_heads;
-        let mut x = self.token_embd.index_select(&ids, 0)?.unsqueeze(0)?;
+        let mut x = self.token_embd.index_select(&ids, 0)?;
         for (i, b) in self.blocks.iter().enumerate() {
             let lora = |t: Target| adapter.get(i, t).map(|p| (p, scale));
             let h = b.attn_norm.forward_train(&x)?;
-            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-                Ok(t.reshape((1, total, n, c.head_dim))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = heads(b.attn_q.forward_train(&h, lora(Target::Q), dropout)?, c.num_attention_heads)?;
-            let k = heads(b.attn_k.forward_train(&h, lora(Target::K), dropout)?, c.num_key_value_heads)?;
-            let v = heads(b.attn_v.forward_train(&h, lora(Target::V), dropout)?, c.num_key_value_heads)?;
-            let q = ops::rope(&q, &cos, &sin, c.rope_interleaved)?;
-            let k = ops::rope(&k, &cos, &sin, c.rope_interleaved)?;
-            // Attention per packed sequence: no compute spent across sequence boundaries.
-            let mut outs = Vec::with_capacity(batch.segments.len());
-            for (&(start, n), mask) in batch.segments.iter().zip(&masks) {
-                let qs = q.narrow(2, start, n)?;
-                let ks = repeat_kv(k.narrow(2, start, n)?.contiguous()?, n_rep)?;
-                let vs = repeat_kv(v.narrow(2, start, n)?.contiguous()?, n_rep)?;
-                let scores = (qs.contiguous()?.matmul(&ks.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?;
-                let probs = ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
-                outs.push(probs.matmul(&vs)?);
-            }
-            let y = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((1, total, c.num_attention_heads * c.head_dim))?;
+            let q = b.attn_q.forward_train(&h, lora(Target::Q), dropout)?;
+            let k = b.attn_k.forward_train(&h, lora(Target::K), dropout)?;
+            let v = b.attn_v.forward_train(&h, lora(Target::V), dropout)?;
+            let y = packed_attention(&q, &k, &v, &att)?;
             x = (x + b.attn_output.forward_train(&y, lora(Target::O), dropout)?)?;
             let h = b.ffn_norm.forward_train(&x)?;
             let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?.silu()?;
@@ -690,9 +704,10 @@ impl Llama {
         }
         // Logits only where the loss needs them: the vocabulary projection is the largest matmul.
         let picked = Tensor::new(batch.loss_positions.as_slice(), dev)?;
-        let h = x.squeeze(0)?.index_select(&picked, 0)?;
+        let h = x.index_select(&picked, 0)?;
         let h = self.output_norm.forward_train(&h)?;
-        let logits = ops::frozen_linear(&h, self.output.dense()?)?;
+        let (w, packed) = self.output.frozen_parts()?;
+        let logits = ops::frozen_linear_packed(&h, w, packed)?;
         Ok(match &self.output.bias {
             Some(b) => logits.broadcast_add(b)?,
             None => logits,

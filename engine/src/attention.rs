@@ -1,0 +1,259 @@
+//! Causal self-attention over a packed batch, rotary embedding included, as one differentiable op.
+//!
+//! Built from candle ops, each layer's training attention was some twenty graph nodes per packed
+//! sequence (head reshapes and copies, RoPE, grouped-query repeats, scores, mask, softmax, a matmul,
+//! concatenation), each one allocating, and each with its own backward and gradient accumulation.
+//! Here the forward and backward are written out per (sequence, head) with the matmuls on the gemm
+//! crate (the kernels candle itself uses) and softmax probabilities recomputed in the backward rather
+//! than stored. Inputs and output stay in the `(tokens, heads * head_dim)` layout of the projections,
+//! so no transposes are needed around it. `engine/tests/grad_check.rs` checks it against finite
+//! differences and against the composition of candle ops it replaces.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use crate::ops::{contiguous, Float};
+
+/// What the op needs to know about the packed batch: the sequences, the heads, and each token's
+/// rotary angles.
+#[derive(Debug)]
+pub struct PackedAttention {
+    /// `(first token, length)` of each sequence in the packed token axis.
+    pub segments: Vec<(usize, usize)>,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// `(tokens, head_dim / 2)` cosines and sines of each token's rotary angles.
+    pub cos: Vec<f64>,
+    pub sin: Vec<f64>,
+    /// Rotary pairs are `(2i, 2i+1)` (GGUF Llama) rather than `(i, i + head_dim/2)` (Hugging Face).
+    pub interleaved: bool,
+}
+
+/// `q (tokens, heads * head_dim)`, `k` and `v (tokens, kv_heads * head_dim)`, all un-rotated, to the
+/// attention output `(tokens, heads * head_dim)`; each sequence attends causally within itself.
+pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, att: &Arc<PackedAttention>) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Op(att.clone()))
+}
+
+struct Op(Arc<PackedAttention>);
+
+/// `u`, `v`, `w` below are raw pointers shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T);
+unsafe impl<T> Send for Out<T> {}
+unsafe impl<T> Sync for Out<T> {}
+
+impl PackedAttention {
+    fn rep(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// Rotates the `d` values at `x` for token `t` into `y`, times `scale`; `inverse` rotates back
+    /// (the transpose of a rotation, used by the backward).
+    fn rotate<T: Float>(&self, x: &[T], t: usize, scale: T, inverse: bool, y: &mut [T]) {
+        let half = self.head_dim / 2;
+        for i in 0..half {
+            let c = T::from(self.cos[t * half + i]).unwrap();
+            let s = T::from(self.sin[t * half + i]).unwrap();
+            let s = if inverse { -s } else { s };
+            let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (xa, xb) = (x[a], x[b]);
+            y[a] = (xa * c - xb * s) * scale;
+            y[b] = (xa * s + xb * c) * scale;
+        }
+    }
+
+    /// Rotated copies `(n, d)` of one head's rows of a sequence, times `scale`.
+    fn rotated<T: Float>(&self, x: &[T], row: usize, head: usize, (start, n): (usize, usize), scale: T) -> Vec<T> {
+        let d = self.head_dim;
+        let mut y = vec![T::zero(); n * d];
+        for i in 0..n {
+            let at = (start + i) * row + head * d;
+            self.rotate(&x[at..at + d], start + i, scale, false, &mut y[i * d..(i + 1) * d]);
+        }
+        y
+    }
+
+    /// Causal softmax of `qr krᵀ` (already scaled), `(n, n)` with zeros above the diagonal.
+    fn probabilities<T: Float>(&self, qr: &[T], kr: &[T], n: usize) -> Vec<T> {
+        let d = self.head_dim;
+        let mut p = vec![T::zero(); n * n];
+        // SAFETY: p is n x n, qr and kr are n x d, all row-major.
+        unsafe {
+            gemm(n, n, d, p.as_mut_ptr(), 1, n as isize, false, qr.as_ptr(), 1, d as isize, kr.as_ptr(), d as isize, 1,
+                T::zero(), T::one(), false, false, false, Parallelism::None);
+        }
+        for i in 0..n {
+            let row = &mut p[i * n..(i + 1) * n];
+            let max = row[..=i].iter().fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
+            let mut sum = T::zero();
+            for v in &mut row[..=i] {
+                *v = (*v - max).exp();
+                sum = sum + *v;
+            }
+            row[..=i].iter_mut().for_each(|v| *v = *v / sum);
+            row[i + 1..].iter_mut().for_each(|v| *v = T::zero());
+        }
+        p
+    }
+
+    fn forward<T: Float>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let (d, hq, hk) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let tokens = q.len() / hq;
+        let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
+        let mut out = vec![T::zero(); tokens * hq];
+        let o = Out(out.as_mut_ptr());
+        let tasks: Vec<(usize, usize)> =
+            (0..self.segments.len()).flat_map(|s| (0..self.heads).map(move |h| (s, h))).collect();
+        tasks.into_par_iter().for_each(|(s, h)| {
+            let o = o;
+            let seg @ (start, n) = self.segments[s];
+            let g = h / self.rep();
+            let qr = self.rotated(q, hq, h, seg, scale);
+            let kr = self.rotated(k, hk, g, seg, T::one());
+            let p = self.probabilities(&qr, &kr, n);
+            // out[seg, head h] = p · v[seg, kv head g]. SAFETY: each (sequence, head) block of the
+            // output is written by this task only; strides stay inside the buffers.
+            unsafe {
+                gemm(n, d, n, o.0.add(start * hq + h * d), 1, hq as isize, false, p.as_ptr(), 1, n as isize,
+                    v.as_ptr().add(start * hk + g * d), 1, hk as isize, T::zero(), T::one(), false, false, false,
+                    Parallelism::None);
+            }
+        });
+        out
+    }
+
+    /// Gradients for q, k and v given the output's gradient `go`.
+    fn backward<T: Float>(&self, q: &[T], k: &[T], v: &[T], go: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (d, hq, hk) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let tokens = q.len() / hq;
+        let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
+        let (mut dq, mut dk, mut dv) = (vec![T::zero(); tokens * hq], vec![T::zero(); tokens * hk], vec![T::zero(); tokens * hk]);
+        let (pq, pk, pv) = (Out(dq.as_mut_ptr()), Out(dk.as_mut_ptr()), Out(dv.as_mut_ptr()));
+        // One task per (sequence, kv head): the query heads sharing a kv head add into its dk, dv.
+        let tasks: Vec<(usize, usize)> =
+            (0..self.segments.len()).flat_map(|s| (0..self.kv_heads).map(move |g| (s, g))).collect();
+        tasks.into_par_iter().for_each(|(s, g)| {
+            let (pq, pk, pv) = (pq, pk, pv);
+            let seg @ (start, n) = self.segments[s];
+            let kr = self.rotated(k, hk, g, seg, T::one());
+            let (mut dkr, mut dvs) = (vec![T::zero(); n * d], vec![T::zero(); n * d]);
+            let (mut dp, mut dqr) = (vec![T::zero(); n * n], vec![T::zero(); n * d]);
+            let vs = unsafe { v.as_ptr().add(start * hk + g * d) };
+            for h in g * self.rep()..(g + 1) * self.rep() {
+                let qr = self.rotated(q, hq, h, seg, scale);
+                let p = self.probabilities(&qr, &kr, n);
+                let gos = unsafe { go.as_ptr().add(start * hq + h * d) };
+                // SAFETY (all gemm calls): row-major buffers of the stated shapes; go and v are read
+                // through their (tokens, heads * d) strides.
+                unsafe {
+                    // dv += pᵀ go
+                    gemm(n, d, n, dvs.as_mut_ptr(), 1, d as isize, true, p.as_ptr(), n as isize, 1, gos, 1, hq as isize,
+                        T::one(), T::one(), false, false, false, Parallelism::None);
+                    // dp = go vᵀ
+                    gemm(n, n, d, dp.as_mut_ptr(), 1, n as isize, false, gos, 1, hq as isize, vs, hk as isize, 1,
+                        T::zero(), T::one(), false, false, false, Parallelism::None);
+                }
+                // ds = p (dp - rowsum(p dp)), in place of dp.
+                for i in 0..n {
+                    let (pr, dr) = (&p[i * n..i * n + i + 1], &mut dp[i * n..(i + 1) * n]);
+                    let dot = pr.iter().zip(dr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
+                    for j in 0..=i {
+                        dr[j] = pr[j] * (dr[j] - dot);
+                    }
+                    dr[i + 1..].iter_mut().for_each(|x| *x = T::zero());
+                }
+                unsafe {
+                    // dqr = ds kr;  dkr += dsᵀ qr
+                    gemm(n, d, n, dqr.as_mut_ptr(), 1, d as isize, false, dp.as_ptr(), 1, n as isize, kr.as_ptr(), 1,
+                        d as isize, T::zero(), T::one(), false, false, false, Parallelism::None);
+                    gemm(n, d, n, dkr.as_mut_ptr(), 1, d as isize, true, dp.as_ptr(), n as isize, 1, qr.as_ptr(), 1,
+                        d as isize, T::one(), T::one(), false, false, false, Parallelism::None);
+                }
+                // dq = scale * rotate⁻¹(dqr). SAFETY: this task owns rows seg of head h in dq.
+                for i in 0..n {
+                    let dst = unsafe { std::slice::from_raw_parts_mut(pq.0.add((start + i) * hq + h * d), d) };
+                    self.rotate(&dqr[i * d..(i + 1) * d], start + i, scale, true, dst);
+                }
+            }
+            // SAFETY: this task owns rows seg of kv head g in dk and dv.
+            for i in 0..n {
+                let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * hk + g * d), d) };
+                self.rotate(&dkr[i * d..(i + 1) * d], start + i, T::one(), true, dst);
+                let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * hk + g * d), d) };
+                dst.copy_from_slice(&dvs[i * d..(i + 1) * d]);
+            }
+        });
+        (dq, dk, dv)
+    }
+
+    fn check(&self, q: &Layout, k: &Layout, v: &Layout) -> Result<()> {
+        let tokens = self.cos.len() / (self.head_dim / 2);
+        let (hq, hk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        if q.dims() != [tokens, hq] || k.dims() != [tokens, hk] || v.dims() != [tokens, hk] {
+            bail!("packed attention: q {:?}, k {:?}, v {:?} for {tokens} tokens, {hq}/{hk} columns", q.dims(), k.dims(), v.dims());
+        }
+        if self.heads % self.kv_heads != 0 || self.head_dim % 2 != 0 {
+            bail!("packed attention: {} heads, {} kv heads, head_dim {}", self.heads, self.kv_heads, self.head_dim);
+        }
+        if self.segments.iter().any(|&(s, n)| n == 0 || s + n > tokens) {
+            bail!("packed attention: a sequence lies outside the {tokens} tokens");
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for Op {
+    fn name(&self) -> &'static str {
+        "packed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.check(ql, kl, vl)?;
+        let out = match q.dtype() {
+            DType::F32 => CpuStorage::F32(self.0.forward::<f32>(contiguous(q, ql)?, contiguous(k, kl)?, contiguous(v, vl)?)),
+            DType::F64 => CpuStorage::F64(self.0.forward::<f64>(contiguous(q, ql)?, contiguous(k, kl)?, contiguous(v, vl)?)),
+            d => bail!("packed attention: unsupported dtype {d:?}"),
+        };
+        Ok((out, ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        fn host<T: Float>(t: &Tensor) -> Result<Vec<T>> {
+            t.contiguous()?.flatten_all()?.to_vec1::<T>()
+        }
+        let dev = q.device();
+        let (dq, dk, dv) = match q.dtype() {
+            DType::F32 => {
+                let (a, b, c) = self.0.backward::<f32>(&host(q)?, &host(k)?, &host(v)?, &host(grad)?);
+                (Tensor::from_vec(a, q.shape(), dev)?, Tensor::from_vec(b, k.shape(), dev)?, Tensor::from_vec(c, v.shape(), dev)?)
+            }
+            DType::F64 => {
+                let (a, b, c) = self.0.backward::<f64>(&host(q)?, &host(k)?, &host(v)?, &host(grad)?);
+                (Tensor::from_vec(a, q.shape(), dev)?, Tensor::from_vec(b, k.shape(), dev)?, Tensor::from_vec(c, v.shape(), dev)?)
+            }
+            d => bail!("packed attention: unsupported dtype {d:?}"),
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
