@@ -9,7 +9,6 @@ pub mod choices;
 pub mod error;
 pub mod generation;
 pub mod gguf;
-pub mod heap;
 pub mod lora;
 pub mod metrics;
 pub mod model_store;

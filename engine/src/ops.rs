@@ -3,7 +3,8 @@
 //! candle's fused `rms_norm`, `softmax_last_dim` and `rope_i` have no backward (they silently stop
 //! gradients), and its matmul backward also computes the gradient of a frozen weight, which training
 //! then throws away. These custom ops compute the same forward on the CPU and a backward written by
-//! hand; `engine/tests/grad_check.rs` checks each against finite differences.
+//! hand; `engine/tests/grad_check.rs` checks each against finite differences. Attention (softmax and
+//! RoPE included) is one op of its own, in `attention.rs`.
 //!
 //! Forwards are generic over f32 and f64 so the gradient checks can run in double precision.
 
@@ -256,128 +257,5 @@ impl CustomOp2 for RmsNorm {
         let dot = (x * &gw)?.mean_keepdim(D::Minus1)?;
         let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
         Ok((Some(dx), None))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Softmax over the last dimension.
-
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
-}
-
-struct Softmax;
-
-fn softmax_fwd<T: Float>(x: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
-    let x = contiguous::<T>(x, l)?;
-    let d = *l.dims().last().unwrap();
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
-        let max = x.iter().fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
-        let mut sum = T::zero();
-        for i in 0..d {
-            // A row masked entirely to -inf stays all zero instead of NaN.
-            y[i] = if max == T::neg_infinity() { T::zero() } else { (x[i] - max).exp() };
-            sum = sum + y[i];
-        }
-        if sum > T::zero() {
-            y.iter_mut().for_each(|v| *v = *v / sum);
-        }
-    });
-    Ok(y)
-}
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "softmax-trainable"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = dispatch_float!(s.dtype(), softmax_fwd(s, l));
-        Ok((y, l.shape().clone()))
-    }
-
-    /// dx = p (g - sum(g p)).
-    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((p * g.broadcast_sub(&dot)?)?))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Rotary position embedding with a position per token.
-
-/// Rotates `x (batch, heads, seq, head_dim)` by the angles whose cos/sin are `(batch, seq, head_dim/2)`.
-/// `interleaved` pairs (2i, 2i+1) (GGUF Llama); otherwise (i, i + head_dim/2) (Hugging Face).
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { interleaved })
-}
-
-struct Rope {
-    interleaved: bool,
-}
-
-fn rope_fwd<T: Float>(
-    x: &CpuStorage,
-    xl: &Layout,
-    cos: &CpuStorage,
-    cl: &Layout,
-    sin: &CpuStorage,
-    sl: &Layout,
-    interleaved: bool,
-) -> Result<Vec<T>> {
-    let (b, h, t, d) = xl.shape().dims4()?;
-    if cl.dims() != [b, t, d / 2] || sl.dims() != [b, t, d / 2] {
-        bail!("rope: x {:?}, cos {:?}, sin {:?}", xl.dims(), cl.dims(), sl.dims());
-    }
-    let x = contiguous::<T>(x, xl)?;
-    let cos = contiguous::<T>(cos, cl)?;
-    let sin = contiguous::<T>(sin, sl)?;
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).enumerate().for_each(|(bh, (y, x))| {
-        let bi = bh / h;
-        for ti in 0..t {
-            let row = (bi * t + ti) * (d / 2);
-            let (xr, yr) = (&x[ti * d..(ti + 1) * d], &mut y[ti * d..(ti + 1) * d]);
-            for i in 0..d / 2 {
-                let (c, s) = (cos[row + i], sin[row + i]);
-                let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + d / 2) };
-                yr[a] = xr[a] * c - xr[b] * s;
-                yr[b] = xr[a] * s + xr[b] * c;
-            }
-        }
-    });
-    Ok(y)
-}
-
-impl CustomOp3 for Rope {
-    fn name(&self) -> &'static str {
-        "rope-trainable"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        c: &CpuStorage,
-        cl: &Layout,
-        s: &CpuStorage,
-        sl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = dispatch_float!(x.dtype(), rope_fwd(x, xl, c, cl, s, sl, self.interleaved));
-        Ok((y, xl.shape().clone()))
-    }
-
-    /// A rotation's transpose is the rotation by the opposite angle: dx = rope(g, cos, -sin).
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = g.contiguous()?.apply_op3_no_bwd(cos, &sin.neg()?, &Rope { interleaved: self.interleaved })?;
-        Ok((Some(dx), None, None))
     }
 }

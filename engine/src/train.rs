@@ -224,7 +224,6 @@ pub fn train(
     if train.is_empty() {
         return Err(Error::InvalidInput("no training examples".into()));
     }
-    let _heap = crate::heap::KeepFreedMemory::new();
     let started = std::time::Instant::now();
     let mut report = TrainReport { examples: train.len(), ..Default::default() };
     let mut toks = Vec::with_capacity(train.len());

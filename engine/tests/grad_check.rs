@@ -1,7 +1,10 @@
 //! Every custom op's backward against central finite differences (in f64), and its forward against
-//! candle's fused op (in f32).
+//! the candle ops it replaces (in f32).
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use std::sync::Arc;
+
+use distill_engine::attention::{packed_attention, PackedAttention};
 use distill_engine::ops;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -72,34 +75,88 @@ fn rms_norm_gradient_and_forward() {
     assert!(max_diff(&ops::rms_norm(&x, &w, 1e-5).unwrap(), &fused) < 1e-5);
 }
 
-#[test]
-fn softmax_gradient_and_forward() {
-    check("softmax", &(randn(&[2, 3, 5], 5) * 3.0).unwrap(), |x| ops::softmax_last_dim(x).unwrap());
-    let x = randn(&[2, 3, 5], 5).to_dtype(DType::F32).unwrap();
-    assert!(max_diff(&ops::softmax_last_dim(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap()) < 1e-6);
+/// Random angles for `tokens` positions as the attention op takes them: `(tokens, 2)` cos and sin.
+fn angles(tokens: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let a: Vec<f64> = (randn(&[tokens, 2], seed) * 3.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    (a.iter().map(|x| x.cos()).collect(), a.iter().map(|x| x.sin()).collect())
+}
+
+/// Four query heads over two kv heads, head_dim 4.
+fn attention(segments: Vec<(usize, usize)>, tokens: usize, interleaved: bool) -> Arc<PackedAttention> {
+    let (cos, sin) = angles(tokens, 11);
+    Arc::new(PackedAttention { segments, heads: 4, kv_heads: 2, head_dim: 4, cos, sin, interleaved })
 }
 
 #[test]
-fn softmax_of_a_masked_causal_row_ignores_future() {
-    let x = Tensor::new(&[[1f32, f32::NEG_INFINITY], [1.0, 2.0]], &Device::Cpu).unwrap();
-    let p = ops::softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
-    assert_eq!(p[0], vec![1.0, 0.0]);
-    assert!((p[1][0] + p[1][1] - 1.0).abs() < 1e-6);
-}
-
-#[test]
-fn rope_gradient_and_forward() {
-    let angles = (randn(&[2, 3, 2], 6) * 3.0).unwrap();
-    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+fn packed_attention_gradient() {
+    // Two packed sequences, grouped-query heads.
+    let (q, k, v) = (randn(&[7, 16], 12), randn(&[7, 8], 13), randn(&[7, 8], 14));
     for interleaved in [true, false] {
-        check("rope", &randn(&[2, 2, 3, 4], 7), |x| ops::rope(x, &cos, &sin, interleaved).unwrap());
+        let att = attention(vec![(0, 3), (3, 4)], 7, interleaved);
+        check("attention dq", &q, |q| packed_attention(q, &k, &v, &att).unwrap());
+        check("attention dk", &k, |k| packed_attention(&q, k, &v, &att).unwrap());
+        check("attention dv", &v, |v| packed_attention(&q, &k, v, &att).unwrap());
     }
-    // Same rotation as candle's fused kernels (batch 1, per-position tables).
-    let x = randn(&[1, 2, 3, 4], 7).to_dtype(DType::F32).unwrap();
-    let (c, s) = (cos.narrow(0, 0, 1).unwrap().to_dtype(DType::F32).unwrap(), sin.narrow(0, 0, 1).unwrap().to_dtype(DType::F32).unwrap());
-    let (c2, s2) = (c.squeeze(0).unwrap(), s.squeeze(0).unwrap());
-    assert!(max_diff(&ops::rope(&x, &c, &s, true).unwrap(), &candle_nn::rotary_emb::rope_i(&x, &c2, &s2).unwrap()) < 1e-6);
-    assert!(max_diff(&ops::rope(&x, &c, &s, false).unwrap(), &candle_nn::rotary_emb::rope(&x, &c2, &s2).unwrap()) < 1e-6);
+}
+
+#[test]
+fn packed_attention_matches_candle_ops() {
+    // The composition it replaced: per sequence, candle's RoPE, repeated kv heads, a causal mask and
+    // softmax, in f32.
+    let f32 = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+    let (q, k, v) = (f32(randn(&[7, 16], 12)), f32(randn(&[7, 8], 13)), f32(randn(&[7, 8], 14)));
+    for interleaved in [true, false] {
+        let att = attention(vec![(0, 3), (3, 4)], 7, interleaved);
+        let got = packed_attention(&q, &k, &v, &att).unwrap();
+        let table = |t: &[f64]| Tensor::from_vec(t.iter().map(|&x| x as f32).collect::<Vec<_>>(), (7, 2), &Device::Cpu).unwrap();
+        let (cos, sin) = (table(&att.cos), table(&att.sin));
+        let rope = if interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
+        let heads = |t: &Tensor, n: usize, s: usize, len: usize| {
+            t.narrow(0, s, len).unwrap().reshape((1, len, n, 4)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+        };
+        let mut outs = vec![];
+        for &(s, n) in &att.segments {
+            let (c, si) = (cos.narrow(0, s, n).unwrap(), sin.narrow(0, s, n).unwrap());
+            let qs = rope(&heads(&q, 4, s, n), &c, &si).unwrap();
+            // kv head g serves query heads 2g and 2g+1.
+            let repeat = |t: Tensor| Tensor::cat(&[&t, &t], 2).unwrap().reshape((1, 4, n, 4)).unwrap();
+            let ks = repeat(rope(&heads(&k, 2, s, n), &c, &si).unwrap());
+            let vs = repeat(heads(&v, 2, s, n));
+            let mask: Vec<f32> = (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+            let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu).unwrap();
+            let scores = (qs.matmul(&ks.t().unwrap()).unwrap() * 0.5).unwrap().broadcast_add(&mask).unwrap();
+            let y = candle_nn::ops::softmax_last_dim(&scores).unwrap().matmul(&vs).unwrap();
+            outs.push(y.transpose(1, 2).unwrap().reshape((n, 16)).unwrap());
+        }
+        let want = Tensor::cat(&outs, 0).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "interleaved {interleaved}: {}", max_diff(&got, &want));
+    }
+}
+
+#[test]
+fn lora_linear_gradient_and_forward() {
+    let (w, a, b) = (randn(&[5, 4], 15), randn(&[2, 4], 16), randn(&[5, 2], 17));
+    let x = randn(&[2, 3, 4], 18);
+    check("lora dx", &x, |x| ops::lora_linear(x, &w, None, &a, &b, 1.5).unwrap());
+    check("lora dA", &a, |a| ops::lora_linear(&x, &w, None, a, &b, 1.5).unwrap());
+    check("lora dB", &b, |b| ops::lora_linear(&x, &w, None, &a, b, 1.5).unwrap());
+    let lora = x.broadcast_matmul(&a.t().unwrap()).unwrap().broadcast_matmul(&b.t().unwrap()).unwrap();
+    let want = (x.broadcast_matmul(&w.t().unwrap()).unwrap() + (lora * 1.5).unwrap()).unwrap();
+    let got = ops::lora_linear(&x, &w, None, &a, &b, 1.5).unwrap();
+    assert!(max_diff(&got.to_dtype(DType::F32).unwrap(), &want.to_dtype(DType::F32).unwrap()) < 1e-6);
+}
+
+#[test]
+fn lora_linear_computes_no_gradient_for_the_frozen_weight() {
+    let w = Var::from_tensor(&randn(&[5, 4], 15)).unwrap();
+    let (a, b) = (Var::from_tensor(&randn(&[2, 4], 16)).unwrap(), Var::from_tensor(&randn(&[5, 2], 17)).unwrap());
+    let x = Var::from_tensor(&randn(&[3, 4], 18)).unwrap();
+    let y = ops::lora_linear(x.as_tensor(), w.as_tensor(), None, a.as_tensor(), b.as_tensor(), 2.0).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    for t in [&x, &a, &b] {
+        assert!(grads.get(t.as_tensor()).is_some());
+    }
+    assert!(grads.get(w.as_tensor()).is_none(), "a frozen weight must not get a gradient");
 }
 
 #[test]
@@ -110,7 +167,9 @@ fn composed_attention_block_gradient() {
     check("norm+linear+softmax", &randn(&[3, 4], 10), |x| {
         let h = ops::rms_norm(x, &norm, 1e-5).unwrap();
         let q = ops::frozen_linear(&h, &w).unwrap();
-        ops::softmax_last_dim(&q.matmul(&h.t().unwrap()).unwrap()).unwrap().sum_keepdim(D::Minus1).unwrap()
+        let att = attention(vec![(0, 1), (1, 2)], 3, true);
+        let kv = Tensor::cat(&[&q, &h], 1).unwrap();
+        packed_attention(&Tensor::cat(&[&q, &h, &q, &h], 1).unwrap(), &kv, &kv, &att).unwrap().sum_keepdim(D::Minus1).unwrap()
             .broadcast_mul(&q).unwrap()
     });
 }

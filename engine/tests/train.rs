@@ -47,10 +47,22 @@ fn training_forward_matches_inference_and_packing_is_exact() {
     // token's logits, i.e. the second-to-last position of each; compare with inference at that prefix.
     let logits = model.llama.forward_train(&batch, &adapter, &mut Dropout::new(0.0, 0)).unwrap();
     assert_eq!(logits.dims()[0], 2);
-    let want_a = inference(&a[..a.len() - 1]);
-    let want_b = inference(&b[..b.len() - 1]);
-    assert!(max_diff(&logits.get(0).unwrap(), &want_a) < 2e-3, "{}", max_diff(&logits.get(0).unwrap(), &want_a));
-    assert!(max_diff(&logits.get(1).unwrap(), &want_b) < 2e-3);
+    // Packing is exact: each sequence gives the same logits alone as packed beside the other.
+    for (i, ids) in [&a, &b].into_iter().enumerate() {
+        let mut alone = PackedBatch::default();
+        alone.push(ids, ids.len() - 1);
+        let want = model.llama.forward_train(&alone, &adapter, &mut Dropout::new(0.0, 0)).unwrap();
+        assert!(max_diff(&logits.get(i).unwrap(), &want.get(0).unwrap()) < 1e-4);
+    }
+    // The training forward computes what inference does: exactly in f32; on AMX its matmuls round
+    // their inputs to bf16 (8-bit mantissa), which moves logits by about 1% of their range.
+    let tolerance = if distill_engine::amx::available() { 0.02 } else { 1e-4 };
+    for (i, ids) in [&a, &b].into_iter().enumerate() {
+        let want = inference(&ids[..ids.len() - 1]);
+        let range = want.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let diff = max_diff(&logits.get(i).unwrap(), &want);
+        assert!(diff < tolerance * range, "sequence {i}: max difference {diff}, logit range {range}");
+    }
 }
 
 #[test]
