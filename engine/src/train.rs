@@ -355,8 +355,11 @@ pub struct MemoryEstimate {
 
 /// Peak memory of [`train`] on these examples: f32 base weights, the activations the backward pass
 /// keeps for the largest batch, per-example attention scores and completion logits, plus a fixed
-/// allowance for the runtime. Calibrated on SmolLM2-135M (banking77, batch 8: measured 5.3 GB with
-/// all seven targets, 3.7 GB with q,v; the estimate, ~5.1 GB, assumes all seven).
+/// allowance for the runtime. Calibrated on SmolLM2-135M before attention and the LoRA layers became
+/// single ops (banking77, batch 8: measured 5.3 GB with all seven targets, 3.7 GB with q,v; the
+/// estimate, ~5.1 GB, assumes all seven). Those ops keep less (3.4 GB measured on 96 rows of
+/// banking77_10intent, bf16 weight packing for AMX included), so the estimate now errs high, which is
+/// the safe side for the memory guard that uses it.
 pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainConfig) -> Result<MemoryEstimate> {
     let c = &model.llama.config;
     let mut lens = Vec::with_capacity(examples.len());
