@@ -20,6 +20,7 @@ pub mod text_model;
 pub mod threads;
 pub mod tokenizer;
 pub mod train;
+pub mod vnni;
 
 pub use chat_template::Message;
 pub use error::{Error, Result};

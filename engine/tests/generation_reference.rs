@@ -13,12 +13,55 @@ fn chat_template_renders_reference_prompt() {
     assert_eq!(ids.len() as u64, fixture["prompt_token_count"].as_u64().unwrap());
 }
 
+/// Teacher-forced along llama.cpp's greedy continuations (tests/fixtures/smollm2_llamacpp_greedy.json,
+/// written by bench/llamacpp_reference.py, 9 prompts, 205 steps): the same prompt token ids; at every
+/// step the gap between llama.cpp's top two tokens in our logits within 1.0 of llama.cpp's own gap
+/// (0.13 on average, measured alike for candle's Q4_1 kernel and ours: llama.cpp keeps its KV cache in
+/// f16), and so the same argmax wherever llama.cpp's gap is over 1.0. Below that, which token wins is
+/// summation order: llama.cpp's own gap at the old reference prompt's 11th token is 0.0065.
 #[test]
-fn greedy_output_matches_llama_cpp() {
+fn greedy_choices_match_llama_cpp_where_it_is_decided() {
+    let model = common::smollm2();
+    let fixture = common::fixture("smollm2_llamacpp_greedy.json");
+    let (mut decided, mut deviation, mut steps) = (0, 0f64, 0);
+    for case in fixture["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let rendered = model.chat_prompt(&[Message::user(case["user_message"].as_str().unwrap())]).unwrap();
+        assert_eq!(rendered, ids, "prompt token ids");
+        let nums = |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        let (tokens, runner_up, margins) = (nums("tokens"), nums("runner_up"), nums("margins"));
+        let mut cache = distill_engine::models::llama::KvCache::new(&model.llama.config);
+        let mut logits = model.llama.forward(&ids, &mut cache).unwrap();
+        for (step, &want) in tokens.iter().enumerate() {
+            let at = format!("{:?} step {step} (llama.cpp gap {})", case["user_message"], margins[step]);
+            let ours = logits.to_vec1::<f32>().unwrap();
+            let gap = (ours[want as usize] - ours[runner_up[step] as usize]) as f64;
+            assert!((gap - margins[step]).abs() <= 1.0, "{at}: our gap {gap}");
+            deviation += (gap - margins[step]).abs();
+            steps += 1;
+            if margins[step] > 1.0 {
+                decided += 1;
+                assert_eq!(logits.argmax(0).unwrap().to_scalar::<u32>().unwrap() as f64, want, "{at}");
+            }
+            logits = model.llama.forward(&[want as u32], &mut cache).unwrap();
+        }
+    }
+    let mean = deviation / steps as f64;
+    eprintln!("{steps} steps, {decided} decided; mean |gap - llama.cpp's| {mean:.3}");
+    assert!(decided >= 100 && mean < 0.25, "{decided} decided steps; mean gap deviation {mean}");
+}
+
+/// The whole greedy generation path (template, prefill, sampling, stop token) on the old reference prompt,
+/// up to its knife's edge: llama.cpp's top two at the 11th token are 0.0065 apart.
+#[test]
+fn greedy_completion_follows_llama_cpp_to_its_knife_edge() {
     let model = common::smollm2();
     let fixture = common::fixture("smollm2_greedy_reference.json");
     let out = model.complete(fixture["user_message"].as_str().unwrap(), &GenerateOptions::default()).unwrap();
-    assert_eq!(out.text, fixture["expected_greedy_output"].as_str().unwrap());
+    let expected = fixture["expected_greedy_output"].as_str().unwrap();
+    let edge = "The support ticket is a classic example of a \"";
+    assert!(expected.starts_with(edge) && out.text.starts_with(edge), "{:?}", out.text);
+    assert!(out.text[edge.len()..].starts_with("Cl") || out.text[edge.len()..].starts_with("R"), "{:?}", out.text);
     assert_eq!(out.finish_reason, distill_engine::FinishReason::Stop);
 }
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraAdapter, LoraPair, Target};
 use crate::attention::{packed_attention, PackedAttention};
-use crate::{amx, ops};
+use crate::{amx, ops, vnni};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,19 +245,28 @@ impl WeightSource for HfWeights {
 /// How the weights of linear layers are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WeightFormat {
-    /// As stored in the file (Q4_1, Q8_0, ...): least memory; matmuls quantize activations on the fly.
+    /// As stored in the file (Q4_1, Q8_0, ...): least memory; matmuls quantize activations on the fly
+    /// (llama.cpp's arithmetic). Q4_1 and Q8_0 run on the VNNI kernels (`vnni.rs`) where the CPU has them.
     #[default]
     Quantized,
     /// Dequantized to f32: about 4x the memory, exact activations, and the path training uses.
     F32,
-    /// Requantized to Q8_0 at load: candle's Q8_0 matmul has SIMD kernels its Q4_1 lacks.
+    /// Requantized to 8 bits per weight (blocks of 32) at load.
     Q8_0,
+}
+
+/// Where a linear layer's weight lives and which kernel multiplies by it.
+#[derive(Debug, Clone)]
+enum Weights {
+    Candle(QMatMul),
+    /// Blocks laid out for the AVX-512 VNNI kernel; shared with the embedding lookup of a tied head.
+    Vnni(Arc<vnni::QuantWeight>),
 }
 
 /// A linear layer `y = x W^T (+ b)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weights,
     bias: Option<Tensor>,
     /// The f32 weight packed for AMX, made by the first training step that needs it (inference never
     /// does) and shared by clones of the model.
@@ -266,6 +275,11 @@ pub struct Linear {
 
 impl Linear {
     fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
+        if format != WeightFormat::F32 && device.is_cpu() && vnni::available() && w.cols()? % vnni::BLOCK == 0 {
+            if let Some(q) = vnni_weight(&w, format, device)? {
+                return Ok(Self { weight: Weights::Vnni(Arc::new(q)), bias, amx: Arc::default() });
+            }
+        }
         let weight = match (format, w) {
             (WeightFormat::Quantized, Weight::Quantized(q)) => QMatMul::from_qtensor(q)?,
             (WeightFormat::Q8_0, Weight::Quantized(q)) if q.dtype() == candle_core::quantized::GgmlDType::Q8_0 => {
@@ -284,11 +298,14 @@ impl Linear {
     }
 
     fn from_parts(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, amx: Arc::default() }
+        Self { weight: Weights::Candle(weight), bias, amx: Arc::default() }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Weights::Candle(w) => w.forward(x)?,
+            Weights::Vnni(w) => vnni_forward(x, w)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -308,7 +325,7 @@ impl Linear {
     /// The f32 weight, for training (requires [`WeightFormat::F32`]).
     fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
-            QMatMul::Tensor(t) => Ok(t),
+            Weights::Candle(QMatMul::Tensor(t)) => Ok(t),
             _ => Err(Error::InvalidInput("training needs a model loaded with f32 weights".into())),
         }
     }
@@ -341,6 +358,64 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// The VNNI form of a weight, where there is one: the file's Q4_1/Q8_0 blocks as they are (`Quantized`),
+/// or 8-bit blocks (`Q8_0`, and dense checkpoints served quantized). Other ggml types keep candle's kernels.
+fn vnni_weight(w: &Weight, format: WeightFormat, device: &Device) -> Result<Option<vnni::QuantWeight>> {
+    use candle_core::quantized::GgmlDType;
+    let dense = |t: Tensor| -> Result<vnni::QuantWeight> {
+        let (n, k) = t.dims2()?;
+        Ok(vnni::QuantWeight::quantize(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, n, k))
+    };
+    Ok(match (format, w) {
+        (_, Weight::Quantized(q)) => {
+            let (n, k) = q.shape().dims2()?;
+            match (format, q.dtype()) {
+                (WeightFormat::Quantized, GgmlDType::Q4_1) => Some(vnni::QuantWeight::from_q4_1(&q.data()?, n, k)),
+                (_, GgmlDType::Q8_0) => Some(vnni::QuantWeight::from_q8_0(&q.data()?, n, k)),
+                (WeightFormat::Q8_0, _) => Some(dense(q.dequantize(device)?)?),
+                _ => None,
+            }
+        }
+        (_, Weight::Dense(t)) => Some(dense(t.clone())?),
+    })
+}
+
+/// `x Wᵀ` on the VNNI kernel for f32 `x (.., k)`.
+fn vnni_forward(x: &Tensor, w: &vnni::QuantWeight) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let mut dims = x.dims().to_vec();
+    let m = x.elem_count() / w.k();
+    let y = {
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*storage else {
+            return Err(Error::InvalidInput("VNNI weights need CPU tensors".into()));
+        };
+        vnni::matmul(ops::contiguous::<f32>(storage, layout)?, m, w)
+    };
+    *dims.last_mut().unwrap() = w.n();
+    Ok(Tensor::from_vec(y, dims, x.device())?)
+}
+
+/// The token embedding table: dense, or the rows of a tied output head held in VNNI blocks (no second
+/// f32 copy of the largest matrix).
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Rows(Arc<vnni::QuantWeight>),
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
+            Embedding::Rows(q) => {
+                let rows: Vec<f32> = ids.iter().flat_map(|&i| q.row(i as usize)).collect();
+                Ok(Tensor::from_vec(rows, (ids.len(), q.k()), device)?)
+            }
+        }
     }
 }
 
@@ -467,7 +542,7 @@ impl KvCache {
 
 pub struct Llama {
     pub config: Config,
-    token_embd: Tensor,
+    token_embd: Embedding,
     blocks: Vec<Block>,
     output_norm: RmsNorm,
     output: Linear,
@@ -523,7 +598,12 @@ impl Llama {
             // Generating reads the whole head for every token: its quantized form is the fast one.
             (Weight::Quantized(q), WeightFormat::Quantized | WeightFormat::Q8_0, true) => {
                 let dense = q.dequantize(device)?;
-                (dense, Linear::new(Weight::Quantized(q), None, format, device)?)
+                let head = Linear::new(Weight::Quantized(q), None, format, device)?;
+                match &head.weight {
+                    // Lookups read the head's own blocks: exact for the file's Q4_1/Q8_0.
+                    Weights::Vnni(w) if format == WeightFormat::Quantized => (Embedding::Rows(w.clone()), head),
+                    _ => (Embedding::Dense(dense), head),
+                }
             }
             (w, _, true) => {
                 // Tied and dense (training, or a dense checkpoint): the head is the embedding table itself.
@@ -532,9 +612,11 @@ impl Llama {
                     WeightFormat::F32 => Linear::from_parts(QMatMul::Tensor(dense.clone()), None),
                     _ => Linear::new(Weight::Dense(dense.clone()), None, format, device)?,
                 };
-                (dense, head)
+                (Embedding::Dense(dense), head)
             }
-            (w, _, false) => (w.dense(device)?, Linear::new(src.weight("output.weight", device)?, None, format, device)?),
+            (w, _, false) => {
+                (Embedding::Dense(w.dense(device)?), Linear::new(src.weight("output.weight", device)?, None, format, device)?)
+            }
         };
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, device: device.clone() })
@@ -552,9 +634,10 @@ impl Llama {
         let merge = |l: &Linear, pair: Option<&LoraPair>| -> Result<Linear> {
             let Some(p) = pair else { return Ok(l.clone()) };
             let w = match &l.weight {
-                QMatMul::QTensor(q) => q.dequantize(&self.device)?,
-                QMatMul::Tensor(t) => t.clone(),
-                QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+                Weights::Candle(QMatMul::QTensor(q)) => q.dequantize(&self.device)?,
+                Weights::Candle(QMatMul::Tensor(t)) => t.clone(),
+                Weights::Candle(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
+                Weights::Vnni(q) => Tensor::from_vec(q.dequantize(), (q.n(), q.k()), &self.device)?,
             };
             let w = (w + (p.b.matmul(&p.a)? * scale)?)?;
             Ok(Linear::from_parts(QMatMul::Tensor(w), l.bias.clone()))
@@ -606,8 +689,7 @@ impl Llama {
         if pos + seq_len > self.config.max_position_embeddings {
             return Err(Error::PromptTooLong { tokens: pos + seq_len, context: self.config.max_position_embeddings });
         }
-        let input = Tensor::new(ids, &self.device)?;
-        let mut x = self.token_embd.index_select(&input, 0)?.unsqueeze(0)?;
+        let mut x = self.token_embd.lookup(ids, &self.device)?.unsqueeze(0)?;
         let mask = if seq_len > 1 { Some(causal_mask(seq_len, pos, &self.device)?) } else { None };
         let cos = self.cos.narrow(0, pos, seq_len)?;
         let sin = self.sin.narrow(0, pos, seq_len)?;
@@ -673,7 +755,6 @@ impl Llama {
     pub fn forward_train(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
-        let ids = Tensor::new(batch.ids.as_slice(), dev)?;
         let positions = Tensor::new(batch.positions.as_slice(), dev)?;
         let angles = |t: &Tensor| -> Result<Vec<f64>> {
             Ok(t.index_select(&positions, 0)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
@@ -688,7 +769,7 @@ impl Llama {
             interleaved: c.rope_interleaved,
         });
         let scale = adapter.config.scale();
-        let mut x = self.token_embd.index_select(&ids, 0)?;
+        let mut x = self.token_embd.lookup(&batch.ids, dev)?;
         for (i, b) in self.blocks.iter().enumerate() {
             let lora = |t: Target| adapter.get(i, t).map(|p| (p, scale));
             let h = b.attn_norm.forward_train(&x)?;

@@ -1,0 +1,123 @@
+//! The VNNI quantized matmul against a reference computed from the same codes in f64, and against
+//! candle's own quantized kernels on Q4_1 and Q8_0 weights. Without AVX-512 VNNI these tests say so
+//! and check only the layout (dequantization), which does not need the instructions.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use distill_engine::vnni::{self, QuantWeight};
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Shapes with rows off the 16-row grid, one token, a few tokens off the 4-token tile, and the model's.
+const SHAPES: [(usize, usize, usize); 5] = [(1, 32, 5), (2, 64, 16), (7, 64, 37), (5, 576, 192), (33, 1536, 576)];
+
+/// `x Wᵀ` in f64 from W's dequantized values and x quantized as the kernel does (per block of 32,
+/// round half to even of x * 127 / max|x|, scale rounded to f16).
+fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f64> {
+    let mut xq = vec![0f64; m * k];
+    for (xb, qb) in x.chunks(32).zip(xq.chunks_mut(32)) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let d = half::f16::from_f32(amax / 127.0).to_f32() as f64;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as f64 * d;
+        }
+    }
+    (0..m).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| (0..k).map(|c| xq[i * k + c] * w[j * k + c] as f64).sum()).collect()
+}
+
+fn skip() -> bool {
+    if !vnni::available() {
+        eprintln!("no AVX-512 VNNI on this CPU (or DISTILL_NO_VNNI is set): kernel not checked");
+    }
+    !vnni::available()
+}
+
+#[test]
+fn quantize_rounds_each_weight_to_its_block_grid() {
+    let (n, k) = (37, 96);
+    let w = values(n * k, 3);
+    let q = QuantWeight::quantize(&w, n, k);
+    let back = q.dequantize();
+    for r in 0..n {
+        for b in 0..k / 32 {
+            let block = &w[r * k + b * 32..r * k + b * 32 + 32];
+            let step = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            for (i, v) in block.iter().enumerate() {
+                let got = back[r * k + b * 32 + i];
+                assert!((got - v).abs() <= step * 0.5 + 1e-6, "row {r} col {}: {got} vs {v}", b * 32 + i);
+            }
+        }
+    }
+    assert_eq!(q.row(5), back[5 * k..6 * k].to_vec());
+}
+
+#[test]
+fn ggml_blocks_are_taken_over_exactly() {
+    let (n, k) = (37, 128);
+    let w = Tensor::from_vec(values(n * k, 4), (n, k), &Device::Cpu).unwrap();
+    for (dtype, from) in [
+        (GgmlDType::Q4_1, QuantWeight::from_q4_1 as fn(&[u8], usize, usize) -> QuantWeight),
+        (GgmlDType::Q8_0, QuantWeight::from_q8_0),
+    ] {
+        let qt = QTensor::quantize(&w, dtype).unwrap();
+        let ours = from(&qt.data().unwrap(), n, k).dequantize();
+        let theirs = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(ours, theirs, "{dtype:?}");
+    }
+}
+
+#[test]
+fn matmul_matches_f64_reference_on_8_bit_codes() {
+    if skip() {
+        return;
+    }
+    for &(m, k, n) in &SHAPES {
+        let (x, w) = (values(m * k, 1), values(n * k, 2));
+        let q = QuantWeight::quantize(&w, n, k);
+        let got = vnni::matmul(&x, m, &q);
+        let want = reference(&x, m, &q.dequantize(), n, k);
+        assert_eq!(got.len(), m * n);
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            // Exact integer sums; f32 only in the per-block scaling and the accumulation.
+            assert!((*g as f64 - r).abs() <= 1e-5 * (k as f64).sqrt() + 1e-5 * r.abs(), "({m},{k},{n}) [{i}]: {g} vs {r}");
+        }
+    }
+}
+
+#[test]
+fn matmul_on_q4_1_matches_candle_and_the_reference() {
+    if skip() {
+        return;
+    }
+    // candle's Q4_1 kernel wants an even number of blocks.
+    for &(m, k, n) in SHAPES.iter().filter(|s| s.1 % 64 == 0) {
+        let (x, w) = (values(m * k, 5), values(n * k, 6));
+        let qt = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
+        let q = QuantWeight::from_q4_1(&qt.data().unwrap(), n, k);
+        let got = vnni::matmul(&x, m, &q);
+        // The offset term uses llama.cpp's f16 `s`, so this agrees with the exact reference to f16 rounding.
+        let want = reference(&x, m, &q.dequantize(), n, k);
+        let candle = QMatMul::from_qtensor(qt)
+            .unwrap()
+            .forward(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        for i in 0..m * n {
+            assert!((got[i] as f64 - want[i]).abs() <= 2e-3 * scale, "({m},{k},{n}) [{i}]: {} vs {}", got[i], want[i]);
+            assert!((got[i] - candle[i]).abs() as f64 <= 2e-3 * scale, "({m},{k},{n}) [{i}]: {} vs candle {}", got[i], candle[i]);
+        }
+    }
+}
