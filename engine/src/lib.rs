@@ -8,6 +8,7 @@ pub mod chat_template;
 pub mod choices;
 pub mod error;
 pub mod generation;
+pub mod infer_ops;
 pub mod gguf;
 pub mod lora;
 pub mod metrics;

@@ -232,25 +232,52 @@ impl QuantActivations {
         let mut q = vec![0i8; m * k];
         let (mut d, mut sum, mut s) = (vec![0f32; blocks], vec![0i32; blocks], vec![0f32; blocks]);
         let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+        let simd = available();
         let quantize = |((((xb, qb), d), sum), s): ((((&[f32], &mut [i8]), &mut f32), &mut i32), &mut f32)| {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let mut total = 0i32;
-            for (o, v) in qb.iter_mut().zip(xb) {
-                let c = (v * id).round_ties_even() as i32;
-                total += c;
-                *o = c as i8;
-            }
+            let (amax, total) = if simd {
+                // SAFETY: available() checked AVX-512; both blocks hold 32 elements.
+                unsafe { quantize_block(xb.as_ptr(), qb.as_mut_ptr()) }
+            } else {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                let mut total = 0i32;
+                for (o, v) in qb.iter_mut().zip(xb) {
+                    let c = (v * id).round_ties_even() as i32;
+                    total += c;
+                    *o = c as i8;
+                }
+                (amax, total)
+            };
             let d32 = amax / 127.0;
             *d = f16(d32);
             *sum = total;
             *s = f16(d32 * total as f32);
         };
         let it = x.par_chunks(BLOCK).zip(q.par_chunks_mut(BLOCK)).zip(d.par_iter_mut()).zip(sum.par_iter_mut());
-        // Per-token work is a few microseconds: only long prompts are worth splitting.
+        // Per-token work is well under a microsecond: only long prompts are worth splitting.
         it.zip(s.par_iter_mut()).with_min_len(4096).for_each(quantize);
         Self { q, d, sum, s }
     }
+}
+
+/// One block of 32: codes `round-half-even(x * 127 / max|x|)` (the default rounding of `vcvtps2dq`);
+/// returns `max|x|` and the sum of the codes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let (v0, v1) = (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    let id = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+    _mm_storeu_si128(q as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(q.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+    (amax, _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn quantize_block(_: *const f32, _: *mut i8) -> (f32, i32) {
+    unreachable!("available() is false off x86_64")
 }
 
 /// `x Wᵀ` for a row-major `x (m, k)`: returns `(m, n)` row-major. Requires [`available`].
@@ -308,6 +335,7 @@ unsafe fn group(_: &QuantWeight, _: usize, _: &QuantActivations, _: usize, _: *m
 /// 4-byte groups broadcast), then for 8-bit codes (`w = d (code - 128)`)
 /// `acc += (sums - 128 sum(xq)) * d_w d_x`, and for 4-bit ones (`w = d code + m`, Q4_1)
 /// `acc += sums * d_w d_x + m_w s_x` as llama.cpp computes it.
+/// Written with every index constant after unrolling so that codes and sums stay in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
@@ -315,46 +343,77 @@ unsafe fn tile<const T: usize, const U4: bool>(w: &QuantWeight, g: usize, x: &Qu
     use std::arch::x86_64::*;
     let (k, kb, n) = (w.k, w.blocks, w.n);
     let bytes = w.codes.block_bytes();
-    let mut acc = [_mm512_setzero_ps(); T];
+    assert!(T == 1 || T == 4);
+    let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     let nibble = _mm512_set1_epi8(0x0f);
+    let xq = x.q.as_ptr().add(t0 * k) as *const i32;
     for b in 0..kb {
         let blk = g * kb + b;
-        let base = w.data.as_ptr().add(blk * bytes);
-        let mut wv = [_mm512_setzero_si512(); 8];
-        if U4 {
-            for j in 0..4 {
-                let v = _mm512_loadu_si512(base.add(j * 64) as *const _);
-                wv[j] = _mm512_and_si512(v, nibble);
-                wv[j + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
-            }
+        let base = w.data.as_ptr().add(blk * bytes) as *const __m512i;
+        let wv: [__m512i; 8] = if U4 {
+            let (v0, v1, v2, v3) =
+                (_mm512_loadu_si512(base), _mm512_loadu_si512(base.add(1)), _mm512_loadu_si512(base.add(2)), _mm512_loadu_si512(base.add(3)));
+            [
+                _mm512_and_si512(v0, nibble),
+                _mm512_and_si512(v1, nibble),
+                _mm512_and_si512(v2, nibble),
+                _mm512_and_si512(v3, nibble),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v0), nibble),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v1), nibble),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v2), nibble),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v3), nibble),
+            ]
         } else {
-            for (i, r) in wv.iter_mut().enumerate() {
-                *r = _mm512_loadu_si512(base.add(i * 64) as *const _);
-            }
-        }
+            [
+                _mm512_loadu_si512(base),
+                _mm512_loadu_si512(base.add(1)),
+                _mm512_loadu_si512(base.add(2)),
+                _mm512_loadu_si512(base.add(3)),
+                _mm512_loadu_si512(base.add(4)),
+                _mm512_loadu_si512(base.add(5)),
+                _mm512_loadu_si512(base.add(6)),
+                _mm512_loadu_si512(base.add(7)),
+            ]
+        };
         let wd = _mm512_loadu_ps(w.d.as_ptr().add(blk * ROWS));
         let wm = if U4 { _mm512_loadu_ps(w.m.as_ptr().add(blk * ROWS)) } else { _mm512_setzero_ps() };
-        for (t, a) in acc.iter_mut().enumerate() {
-            let row = t0 + t;
-            let xp = x.q.as_ptr().add(row * k + b * BLOCK) as *const i32;
-            let mut s = _mm512_setzero_si512();
-            for (i, wi) in wv.iter().enumerate() {
-                s = _mm512_dpbusd_epi32(s, *wi, _mm512_set1_epi32(xp.add(i).read_unaligned()));
-            }
-            let xi = row * kb + b;
-            let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x.d.get_unchecked(xi)));
-            if U4 {
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
-                *a = _mm512_fmadd_ps(wm, _mm512_set1_ps(*x.s.get_unchecked(xi)), *a);
-            } else {
-                s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *x.sum.get_unchecked(xi)));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
-            }
+        // One token's step, as a macro: closures here would not be inlined with the target features
+        // (the intrinsics become calls), and a loop over tokens would keep its accumulators on the stack.
+        macro_rules! step {
+            ($acc:ident, $t:expr) => {{
+                // Token t's 32 codes of block b: eight 4-byte groups, each broadcast to all 16 rows.
+                let xp = xq.add($t * k / 4 + b * BLOCK / 4);
+                // Two chains of four: half the latency of one chain of eight.
+                let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], _mm512_set1_epi32(xp.read_unaligned()));
+                let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[4], _mm512_set1_epi32(xp.add(4).read_unaligned()));
+                s0 = _mm512_dpbusd_epi32(s0, wv[1], _mm512_set1_epi32(xp.add(1).read_unaligned()));
+                s1 = _mm512_dpbusd_epi32(s1, wv[5], _mm512_set1_epi32(xp.add(5).read_unaligned()));
+                s0 = _mm512_dpbusd_epi32(s0, wv[2], _mm512_set1_epi32(xp.add(2).read_unaligned()));
+                s1 = _mm512_dpbusd_epi32(s1, wv[6], _mm512_set1_epi32(xp.add(6).read_unaligned()));
+                s0 = _mm512_dpbusd_epi32(s0, wv[3], _mm512_set1_epi32(xp.add(3).read_unaligned()));
+                s1 = _mm512_dpbusd_epi32(s1, wv[7], _mm512_set1_epi32(xp.add(7).read_unaligned()));
+                let sums = _mm512_add_epi32(s0, s1);
+                let xi = (t0 + $t) * kb + b;
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x.d.get_unchecked(xi)));
+                if U4 {
+                    $acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, $acc);
+                    $acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(*x.s.get_unchecked(xi)), $acc);
+                } else {
+                    let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(128 * *x.sum.get_unchecked(xi)));
+                    $acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, $acc);
+                }
+            }};
+        }
+        step!(a0, 0);
+        if T == 4 {
+            step!(a1, 1);
+            step!(a2, 2);
+            step!(a3, 3);
         }
     }
     let valid = ROWS.min(n - g * ROWS);
     let mask: __mmask16 = if valid == ROWS { 0xffff } else { (1u16 << valid) - 1 };
-    for (t, a) in acc.iter().enumerate() {
+    for (t, a) in [a0, a1, a2, a3].iter().take(T).enumerate() {
         _mm512_mask_storeu_ps(out.add((t0 + t) * n + g * ROWS), mask, *a);
     }
 }

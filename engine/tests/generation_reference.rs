@@ -51,18 +51,18 @@ fn greedy_choices_match_llama_cpp_where_it_is_decided() {
     assert!(decided >= 100 && mean < 0.25, "{decided} decided steps; mean gap deviation {mean}");
 }
 
-/// The whole greedy generation path (template, prefill, sampling, stop token) on the old reference prompt,
-/// up to its knife's edge: llama.cpp's top two at the 11th token are 0.0065 apart.
+/// The whole greedy generation path (template, prefill, sampling, detokenizing) on the old reference
+/// prompt, up to its knife's edge: llama.cpp's top two at the 11th token are 0.0065 apart, and what
+/// follows depends on which side of it an implementation falls.
 #[test]
 fn greedy_completion_follows_llama_cpp_to_its_knife_edge() {
     let model = common::smollm2();
     let fixture = common::fixture("smollm2_greedy_reference.json");
-    let out = model.complete(fixture["user_message"].as_str().unwrap(), &GenerateOptions::default()).unwrap();
-    let expected = fixture["expected_greedy_output"].as_str().unwrap();
-    let edge = "The support ticket is a classic example of a \"";
-    assert!(expected.starts_with(edge) && out.text.starts_with(edge), "{:?}", out.text);
-    assert!(out.text[edge.len()..].starts_with("Cl") || out.text[edge.len()..].starts_with("R"), "{:?}", out.text);
-    assert_eq!(out.finish_reason, distill_engine::FinishReason::Stop);
+    let opts = GenerateOptions { max_tokens: 10, ..Default::default() };
+    let out = model.complete(fixture["user_message"].as_str().unwrap(), &opts).unwrap();
+    assert_eq!(out.text, "The support ticket is a classic example of a \"");
+    assert!(fixture["expected_greedy_output"].as_str().unwrap().starts_with(&out.text));
+    assert_eq!(out.finish_reason, distill_engine::FinishReason::Length);
 }
 
 /// Dequantized f32 weights, and Q4_1 requantized to Q8_0, skip the Q8 rounding of activations that

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraAdapter, LoraPair, Target};
 use crate::attention::{packed_attention, PackedAttention};
-use crate::{amx, ops, vnni};
+use crate::{amx, infer_ops, ops, vnni};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,6 +322,37 @@ impl Linear {
         }
     }
 
+    /// [`Linear::forward_lora`] on `m` plain rows (the CPU inference path).
+    fn forward_rows(&self, x: &[f32], m: usize, lora: Option<(&LoraPair, f64)>) -> Result<Vec<f32>> {
+        let mut y = match &self.weight {
+            Weights::Vnni(w) => vnni::matmul(x, m, w),
+            Weights::Candle(w) => {
+                let k = x.len() / m;
+                w.forward(&Tensor::from_slice(x, (m, k), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?
+            }
+        };
+        let n = y.len() / m;
+        if let Some(b) = &self.bias {
+            with_cpu_f32(b, |b| y.chunks_mut(n).for_each(|row| infer_ops::add_in_place(row, b)))?;
+        }
+        if let Some((p, scale)) = lora {
+            // y += scale * (x Aᵀ) Bᵀ, row by row: rank r is small, so two short loops beat two matmul calls.
+            let k = x.len() / m;
+            with_cpu_f32(&p.a, |a| {
+                with_cpu_f32(&p.b, |b| {
+                    let r = a.len() / k;
+                    for (xr, yr) in x.chunks(k).zip(y.chunks_mut(n)) {
+                        let t: Vec<f32> = a.chunks(k).map(|ar| ar.iter().zip(xr).map(|(u, v)| u * v).sum::<f32>() * scale as f32).collect();
+                        for (yv, br) in yr.iter_mut().zip(b.chunks(r)) {
+                            *yv += br.iter().zip(&t).map(|(u, v)| u * v).sum::<f32>();
+                        }
+                    }
+                })
+            })??;
+        }
+        Ok(y)
+    }
+
     /// The f32 weight, for training (requires [`WeightFormat::F32`]).
     fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
@@ -381,6 +412,16 @@ fn vnni_weight(w: &Weight, format: WeightFormat, device: &Device) -> Result<Opti
         }
         (_, Weight::Dense(t)) => Some(dense(t.clone())?),
     })
+}
+
+/// Calls `f` with a CPU f32 tensor's elements, borrowed.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        return Err(Error::InvalidInput("expected a CPU tensor".into()));
+    };
+    Ok(f(ops::contiguous::<f32>(storage, layout)?))
 }
 
 /// `x Wᵀ` on the VNNI kernel for f32 `x (.., k)`.
@@ -475,6 +516,8 @@ impl PackedBatch {
 #[derive(Debug, Clone)]
 struct RmsNorm {
     weight: Tensor,
+    /// The same weight as plain values, for the CPU inference path.
+    values: Vec<f32>,
     eps: f32,
 }
 
@@ -501,16 +544,18 @@ struct Block {
     ffn_down: Linear,
 }
 
-/// Keys and values of the positions seen so far, per layer: `(batch, kv_heads, positions, head_dim)`.
+/// Keys and values of the positions seen so far, per layer: as tensors `(batch, kv_heads, positions,
+/// head_dim)` on a GPU, as rows of `kv_heads * head_dim` that grow in place on the CPU.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    rows: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(config: &Config) -> Self {
-        Self { layers: vec![None; config.num_hidden_layers], len: 0 }
+        Self { layers: vec![None; config.num_hidden_layers], rows: vec![Default::default(); config.num_hidden_layers], len: 0 }
     }
     /// Number of positions already in the cache.
     pub fn len(&self) -> usize {
@@ -521,6 +566,10 @@ impl KvCache {
     }
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
+        self.rows.iter_mut().for_each(|(k, v)| {
+            k.clear();
+            v.clear();
+        });
         self.len = 0;
     }
     /// The first `len` positions only (shares the tensors; later appends make new ones).
@@ -536,7 +585,9 @@ impl KvCache {
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
-        Ok(Self { layers, len })
+        let keep = |r: &Vec<f32>| r[..r.len() / self.len * len].to_vec();
+        let rows = self.rows.iter().map(|(k, v)| (keep(k), keep(v))).collect();
+        Ok(Self { layers, rows, len })
     }
 }
 
@@ -548,6 +599,8 @@ pub struct Llama {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// `cos`/`sin` as plain values, for the CPU inference path.
+    rope_values: Arc<(Vec<f32>, Vec<f32>)>,
     device: Device,
 }
 
@@ -566,7 +619,8 @@ impl Llama {
     pub fn load(config: Config, src: &mut dyn WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
         let eps = config.rms_norm_eps as f32;
         let norm = |src: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm { weight: src.weight(name, device)?.dense(device)?, eps })
+            let weight = src.weight(name, device)?.dense(device)?;
+            Ok(RmsNorm { values: weight.to_dtype(DType::F32)?.to_vec1::<f32>()?, weight, eps })
         };
         let output_norm = norm(src, "output_norm.weight")?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -619,7 +673,9 @@ impl Llama {
             }
         };
         let (cos, sin) = rope_tables(&config, device)?;
-        Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, device: device.clone() })
+        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let rope_values = Arc::new((values(&cos)?, values(&sin)?));
+        Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, rope_values, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -669,6 +725,7 @@ impl Llama {
             output: self.output.clone(),
             cos: self.cos.clone(),
             sin: self.sin.clone(),
+            rope_values: self.rope_values.clone(),
             device: self.device.clone(),
         })
     }
@@ -689,6 +746,9 @@ impl Llama {
         if pos + seq_len > self.config.max_position_embeddings {
             return Err(Error::PromptTooLong { tokens: pos + seq_len, context: self.config.max_position_embeddings });
         }
+        if self.device.is_cpu() {
+            return self.forward_rows(ids, cache, adapter);
+        }
         let mut x = self.token_embd.lookup(ids, &self.device)?.unsqueeze(0)?;
         let mask = if seq_len > 1 { Some(causal_mask(seq_len, pos, &self.device)?) } else { None };
         let cos = self.cos.narrow(0, pos, seq_len)?;
@@ -706,6 +766,39 @@ impl Llama {
         let last = x.narrow(1, seq_len - 1, 1)?;
         let logits = self.output.forward(&self.output_norm.forward(&last)?)?;
         Ok(logits.flatten_all()?)
+    }
+
+    /// [`Llama::forward_with`] on the CPU: activations as plain rows between the matmuls (see
+    /// `infer_ops.rs` for why).
+    fn forward_rows(&self, ids: &[u32], cache: &mut KvCache, adapter: Option<&LoraAdapter>) -> Result<Tensor> {
+        let c = &self.config;
+        let (m, pos, d) = (ids.len(), cache.len, c.head_dim);
+        let (cos, sin) = (&self.rope_values.0, &self.rope_values.1);
+        let mut x = self.token_embd.lookup(ids, &self.device)?.flatten_all()?.to_vec1::<f32>()?;
+        for (i, (b, (kc, vc))) in self.blocks.iter().zip(cache.rows.iter_mut()).enumerate() {
+            let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
+            let h = infer_ops::rms_norm(&x, &b.attn_norm.values, b.attn_norm.eps);
+            let mut q = b.attn_q.forward_rows(&h, m, lora(Target::Q))?;
+            let mut k = b.attn_k.forward_rows(&h, m, lora(Target::K))?;
+            let v = b.attn_v.forward_rows(&h, m, lora(Target::V))?;
+            infer_ops::rope(&mut q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
+            infer_ops::rope(&mut k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
+            kc.extend_from_slice(&k);
+            vc.extend_from_slice(&v);
+            let y = infer_ops::attention(&q, kc, vc, m, pos, c.num_attention_heads, c.num_key_value_heads, d);
+            infer_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
+            let h = infer_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
+            let gate = b.ffn_gate.forward_rows(&h, m, lora(Target::Gate))?;
+            let up = b.ffn_up.forward_rows(&h, m, lora(Target::Up))?;
+            let a = infer_ops::silu_mul(&gate, &up);
+            infer_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
+        }
+        cache.len += m;
+        let last = &x[(m - 1) * c.hidden_size..];
+        let h = infer_ops::rms_norm(last, &self.output_norm.values, self.output_norm.eps);
+        let logits = self.output.forward_rows(&h, 1, None)?;
+        let n = logits.len();
+        Ok(Tensor::from_vec(logits, n, &self.device)?)
     }
 
     #[allow(clippy::too_many_arguments)]
