@@ -15,13 +15,11 @@ fn chat_template_renders_reference_prompt() {
 
 /// Teacher-forced along llama.cpp's greedy continuations (tests/fixtures/smollm2_llamacpp_greedy.json,
 /// written by bench/llamacpp_reference.py, 9 prompts, 205 steps): the same prompt token ids; at every
-/// step the gap between llama.cpp's top two tokens in our logits within 1.0 of llama.cpp's own gap
-/// (0.13 on average, measured alike for candle's Q4_1 kernel and ours: llama.cpp keeps its KV cache in
-/// f16), and so the same argmax wherever llama.cpp's gap is over 1.0. Below that, which token wins is
-/// summation order: llama.cpp's own gap at the old reference prompt's 11th token is 0.0065.
-#[test]
-fn greedy_choices_match_llama_cpp_where_it_is_decided() {
-    let model = common::smollm2();
+/// step the gap between llama.cpp's top two tokens in our logits within `tolerance` of llama.cpp's own
+/// gap, and so the same argmax wherever llama.cpp's gap is wider than that. Below it, which token wins
+/// is summation order: llama.cpp's own gap at the old reference prompt's 11th token is 0.0065.
+/// Returns the mean deviation of the gaps.
+fn teacher_forced_against_llama_cpp(model: &distill_engine::TextModel, tolerance: f64) -> f64 {
     let fixture = common::fixture("smollm2_llamacpp_greedy.json");
     let (mut decided, mut deviation, mut steps) = (0, 0f64, 0);
     for case in fixture["cases"].as_array().unwrap() {
@@ -36,10 +34,10 @@ fn greedy_choices_match_llama_cpp_where_it_is_decided() {
             let at = format!("{:?} step {step} (llama.cpp gap {})", case["user_message"], margins[step]);
             let ours = logits.to_vec1::<f32>().unwrap();
             let gap = (ours[want as usize] - ours[runner_up[step] as usize]) as f64;
-            assert!((gap - margins[step]).abs() <= 1.0, "{at}: our gap {gap}");
+            assert!((gap - margins[step]).abs() <= tolerance, "{at}: our gap {gap}");
             deviation += (gap - margins[step]).abs();
             steps += 1;
-            if margins[step] > 1.0 {
+            if margins[step] > tolerance {
                 decided += 1;
                 assert_eq!(logits.argmax(0).unwrap().to_scalar::<u32>().unwrap() as f64, want, "{at}");
             }
@@ -48,7 +46,26 @@ fn greedy_choices_match_llama_cpp_where_it_is_decided() {
     }
     let mean = deviation / steps as f64;
     eprintln!("{steps} steps, {decided} decided; mean |gap - llama.cpp's| {mean:.3}");
-    assert!(decided >= 100 && mean < 0.25, "{decided} decided steps; mean gap deviation {mean}");
+    assert!(decided >= 90, "only {decided} decided steps");
+    mean
+}
+
+/// The file's Q4_1 weights, as llama.cpp runs them: gaps within 1.0 of llama.cpp's, 0.13 apart on
+/// average (measured alike for candle's Q4_1 kernel and ours; llama.cpp keeps its KV cache in f16).
+#[test]
+fn greedy_choices_match_llama_cpp_where_it_is_decided() {
+    let mean = teacher_forced_against_llama_cpp(common::smollm2(), 1.0);
+    assert!(mean < 0.25, "mean gap deviation {mean}");
+}
+
+/// Dequantized f32 weights skip the activation rounding, and Q8_0 requantizes the Q4_1 weights; both
+/// stay as close to llama.cpp (mean gap deviation 0.11 and 0.15-0.19 with either kernel).
+#[test]
+fn other_weight_formats_agree_with_llama_cpp_where_it_is_decided() {
+    for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+        let mean = teacher_forced_against_llama_cpp(&common::smollm2_with(format), 1.0);
+        assert!(mean < 0.25, "{format:?}: mean gap deviation {mean}");
+    }
 }
 
 /// The whole greedy generation path (template, prefill, sampling, detokenizing) on the old reference
@@ -63,22 +80,6 @@ fn greedy_completion_follows_llama_cpp_to_its_knife_edge() {
     assert_eq!(out.text, "The support ticket is a classic example of a \"");
     assert!(fixture["expected_greedy_output"].as_str().unwrap().starts_with(&out.text));
     assert_eq!(out.finish_reason, distill_engine::FinishReason::Length);
-}
-
-/// Dequantized f32 weights, and Q4_1 requantized to Q8_0, skip the Q8 rounding of activations that
-/// the Q4_1 matmul does (as llama.cpp's does). This reference prompt sits on a knife's edge at its 11th
-/// token ("Closing account" vs "Raving fees"), where the formats part; they must agree up to there.
-#[test]
-fn other_weight_formats_agree_with_the_file_format() {
-    let fixture = common::fixture("smollm2_greedy_reference.json");
-    let opts = GenerateOptions { max_tokens: 10, ..Default::default() };
-    let prompt = fixture["user_message"].as_str().unwrap();
-    let quant = common::smollm2().complete(prompt, &opts).unwrap();
-    for format in [WeightFormat::F32, WeightFormat::Q8_0] {
-        let other = common::smollm2_with(format).complete(prompt, &opts).unwrap();
-        assert_eq!(other.tokens, quant.tokens, "{format:?}");
-        assert!(fixture["expected_greedy_output"].as_str().unwrap().starts_with(&other.text));
-    }
 }
 
 #[test]
