@@ -62,7 +62,8 @@ impl Codes {
 ///
 /// U8 block: 8 runs of 64 bytes; run `i` holds, for rows 0..16, the 4 codes of columns `4i..4i+4`
 /// (the operand layout of `vpdpbusd`). U4 block: 4 runs; run `j` holds run `j` in its low nibbles and
-/// run `j + 4` in its high ones. Scales `d` and offsets `m`: 16 f32 per block, in the same order.
+/// run `j + 4` in its high ones. Scales `d` and offsets `m`: 16 f16 per block, in the same order (f16 as
+/// in the file: generating one token reads every weight, and f32 scales were a third of the bytes).
 #[derive(Clone)]
 pub struct QuantWeight {
     n: usize,
@@ -71,8 +72,8 @@ pub struct QuantWeight {
     groups: usize,
     codes: Codes,
     data: Vec<u8>,
-    d: Vec<f32>,
-    m: Vec<f32>,
+    d: Vec<u16>,
+    m: Vec<u16>,
 }
 
 impl std::fmt::Debug for QuantWeight {
@@ -92,8 +93,8 @@ impl QuantWeight {
             groups,
             codes,
             data: vec![0; groups * blocks * codes.block_bytes()],
-            d: vec![0.0; groups * blocks * ROWS],
-            m: vec![0.0; groups * blocks * ROWS],
+            d: vec![0; groups * blocks * ROWS],
+            m: vec![0; groups * blocks * ROWS],
         }
     }
 
@@ -110,8 +111,8 @@ impl QuantWeight {
 
     fn set_scale(&mut self, r: usize, b: usize, d: f32, m: f32) {
         let i = ((r / ROWS) * self.blocks + b) * ROWS + r % ROWS;
-        self.d[i] = d;
-        self.m[i] = m;
+        self.d[i] = half::f16::from_f32(d).to_bits();
+        self.m[i] = half::f16::from_f32(m).to_bits();
     }
 
     fn code(&self, r: usize, c: usize) -> u8 {
@@ -124,8 +125,8 @@ impl QuantWeight {
         }
     }
 
-    /// Quantizes a row-major f32 `w (n, k)` to 8 bits per weight, symmetric per block of 32 (Q8_0's
-    /// rounding: `d = max|w| / 127`, `code = round(w / d) + 128`).
+    /// Quantizes a row-major f32 `w (n, k)` to 8 bits per weight, symmetric per block of 32, exactly as
+    /// ggml's Q8_0 does (`d = max|w| / 127` stored in f16, `code = round(w / d) + 128`).
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
         let mut q = Self::empty(n, k, Codes::U8);
@@ -138,6 +139,7 @@ impl QuantWeight {
                 for (i, v) in block.iter().enumerate() {
                     q.put(r, b * BLOCK + i, ((v * id).round().clamp(-127.0, 127.0) as i32 + 128) as u8);
                 }
+                let d = half::f16::from_f32(d).to_f32();
                 q.set_scale(r, b, d, -128.0 * d);
             }
         }
@@ -193,7 +195,7 @@ impl QuantWeight {
 
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
-        self.data.len() + 4 * (self.d.len() + self.m.len())
+        self.data.len() + 2 * (self.d.len() + self.m.len())
     }
 
     /// Row `r` in f32 (embedding lookups of a tied head).
@@ -201,7 +203,8 @@ impl QuantWeight {
         (0..self.k)
             .map(|c| {
                 let i = ((r / ROWS) * self.blocks + c / BLOCK) * ROWS + r % ROWS;
-                self.d[i] * self.code(r, c) as f32 + self.m[i]
+                let f = |h: u16| half::f16::from_bits(h).to_f32();
+                f(self.d[i]) * self.code(r, c) as f32 + f(self.m[i])
             })
             .collect()
     }
@@ -375,8 +378,12 @@ unsafe fn tile<const T: usize, const U4: bool>(w: &QuantWeight, g: usize, x: &Qu
                 _mm512_loadu_si512(base.add(7)),
             ]
         };
-        let wd = _mm512_loadu_ps(w.d.as_ptr().add(blk * ROWS));
-        let wm = if U4 { _mm512_loadu_ps(w.m.as_ptr().add(blk * ROWS)) } else { _mm512_setzero_ps() };
+        let wd = _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(blk * ROWS) as *const __m256i));
+        let wm = if U4 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(blk * ROWS) as *const __m256i))
+        } else {
+            _mm512_setzero_ps()
+        };
         // One token's step, as a macro: closures here would not be inlined with the target features
         // (the intrinsics become calls), and a loop over tokens would keep its accumulators on the stack.
         macro_rules! step {

@@ -50,7 +50,8 @@ fn quantize_rounds_each_weight_to_its_block_grid() {
     for r in 0..n {
         for b in 0..k / 32 {
             let block = &w[r * k + b * 32..r * k + b * 32 + 32];
-            let step = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            // Half a step, plus the f16 rounding of the scale (2^-11 relative) times up to 127 steps.
+            let step = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0 * (1.0 + 127.0 / 2048.0 * 2.0);
             for (i, v) in block.iter().enumerate() {
                 let got = back[r * k + b * 32 + i];
                 assert!((got - v).abs() <= step * 0.5 + 1e-6, "row {r} col {}: {got} vs {v}", b * 32 + i);
@@ -73,6 +74,10 @@ fn ggml_blocks_are_taken_over_exactly() {
         let theirs = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(ours, theirs, "{dtype:?}");
     }
+    // Requantizing f32 gives ggml's own Q8_0 values.
+    let flat = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let theirs = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap().dequantize(&Device::Cpu).unwrap();
+    assert_eq!(QuantWeight::quantize(&flat, n, k).dequantize(), theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap());
 }
 
 #[test]

@@ -336,19 +336,23 @@ impl Linear {
             with_cpu_f32(b, |b| y.chunks_mut(n).for_each(|row| infer_ops::add_in_place(row, b)))?;
         }
         if let Some((p, scale)) = lora {
-            // y += scale * (x Aᵀ) Bᵀ, row by row: rank r is small, so two short loops beat two matmul calls.
             let k = x.len() / m;
-            with_cpu_f32(&p.a, |a| {
-                with_cpu_f32(&p.b, |b| {
-                    let r = a.len() / k;
-                    for (xr, yr) in x.chunks(k).zip(y.chunks_mut(n)) {
-                        let t: Vec<f32> = a.chunks(k).map(|ar| ar.iter().zip(xr).map(|(u, v)| u * v).sum::<f32>() * scale as f32).collect();
-                        for (yv, br) in yr.iter_mut().zip(b.chunks(r)) {
+            if m > 1 {
+                // A prompt: two small matmuls.
+                let delta = (Tensor::from_slice(x, (m, k), &Device::Cpu)?.matmul(&p.a.t()?)?.matmul(&p.b.t()?)? * scale)?;
+                with_cpu_f32(&delta, |d| infer_ops::add_in_place(&mut y, d))?;
+            } else {
+                // One generated token: y += scale * B (A x) as two short loops, cheaper than two matmul calls.
+                with_cpu_f32(&p.a, |a| {
+                    with_cpu_f32(&p.b, |b| {
+                        let r = a.len() / k;
+                        let t: Vec<f32> = a.chunks(k).map(|ar| ar.iter().zip(x).map(|(u, v)| u * v).sum::<f32>() * scale as f32).collect();
+                        for (yv, br) in y.iter_mut().zip(b.chunks(r)) {
                             *yv += br.iter().zip(&t).map(|(u, v)| u * v).sum::<f32>();
                         }
-                    }
-                })
-            })??;
+                    })
+                })??;
+            }
         }
         Ok(y)
     }
