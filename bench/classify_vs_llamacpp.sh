@@ -6,12 +6,12 @@
 #   llama.cpp    llama-cpp-python on the same GGUF and prompts, a Python loop, and the same loop as a
 #                PL/Python function inside Postgres (what a user would otherwise write).
 # Prints rows/s ratios first, per-process peak RSS, and where outputs disagree with llama.cpp.
-#   bash bench/classify_vs_llamacpp.sh          (ROWS=1000, FORMATS="q8_0 file", OUT=/tmp/... override)
+#   bash bench/classify_vs_llamacpp.sh          (ROWS=1000, FORMATS="file q8_0", OUT=/tmp/... override)
 # Needs the extension installed (cargo pgrx install) and bench/venv_llama.sh's venv (run here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-ROWS=${ROWS:-1000} FORMATS=${FORMATS:-"q8_0 file"} OUT=${OUT:-/tmp/pg_distill-bench-classify}
+ROWS=${ROWS:-1000} FORMATS=${FORMATS:-"file q8_0"} OUT=${OUT:-/tmp/pg_distill-bench-classify}
 gguf=$root/models/SmolLM2-135M-Instruct.Q4_1.gguf
 bash bench/venv_llama.sh
 rm -rf "$OUT" && mkdir -p "$OUT" && chmod 755 "$OUT"
@@ -47,8 +47,8 @@ for f in $FORMATS; do
   echo "== pg_distill, weight_format $f" >&2
   run_sql "pg_distill_$f" "SET distill.weight_format = '$f';" "distill.complete('smollm2-135m', prompt, '{\"max_tokens\": 12}')"
 done
-echo "== pg_distill, q8_0, choices (constrained, stops when the label is determined)" >&2
-run_sql pg_distill_choices "SET distill.weight_format = 'q8_0';" "distill.complete('smollm2-135m', prompt, '$labels')"
+echo "== pg_distill, file weights, choices (constrained, stops when the label is determined)" >&2
+run_sql pg_distill_choices "SET distill.weight_format = 'file';" "distill.complete('smollm2-135m', prompt, '$labels')"
 
 echo "== llama.cpp, Python loop" >&2
 bench/.venv-llama/bin/python bench/llamacpp_classify.py --gguf "$gguf" --prompts "$OUT/prompts.json" \

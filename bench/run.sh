@@ -15,7 +15,7 @@
 # bench/.venv-llama (llama-cpp-python built from source; bench/venv_llama.sh). PL/Python joins when
 # postgresql-plpython3-15 can be installed. Run it on an otherwise idle machine: the timings are
 # meaningless under load (llama.cpp's spinning threads slow ~15x).
-# Overrides: C_ROWS (default 1000), FORMATS (C, "q8_0"), T_ROWS (982), T_TARGETS (T, "all"; "q,v all"
+# Overrides: C_ROWS (default 1000), FORMATS (C, "file"), T_ROWS (982), T_TARGETS (T, "all"; "q,v all"
 # adds q,v), EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER (A on BANKING77: a stratified subsample, see
 # finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
 set -euo pipefail
@@ -73,7 +73,7 @@ for phase in $phases; do
     C)
       log "C: classification"
       dir=$(fresh C) tmp=/tmp/pg_distill-bench-classify
-      OUT=$tmp ROWS=${C_ROWS:-1000} FORMATS=${FORMATS:-q8_0} bash bench/classify_vs_llamacpp.sh
+      OUT=$tmp ROWS=${C_ROWS:-1000} FORMATS=${FORMATS:-file} bash bench/classify_vs_llamacpp.sh
       cp "$tmp"/{*.json,*.out,*.log} "$dir/" && rm -f "$dir/prompts.json" "$dir/llamacpp.full.json" && keep C
       ;;
     A)

@@ -4,8 +4,9 @@ CREATE EXTENSION pg_distill;
 
 SELECT distill.version() LIKE 'pg_distill 0.1.0 (engine 0.1.0, %)' AS version_ok;
 
--- Greedy output equals llama.cpp's on the same GGUF (tests/fixtures/smollm2_greedy_reference.json).
-SELECT distill.complete('smollm2-135m', E'Classify this support ticket into one of: Roaming fees, Slow data speed, Lost phone, Add new line, Closing account. Reply with the category only.\nTicket: I was charged extra while travelling in Spain last week.');
+-- Greedy output equals llama.cpp's on the same GGUF (tests/fixtures/smollm2_greedy_reference.json) up to
+-- its 11th token, where llama.cpp's top two are 0.0065 logit apart and summation order decides.
+SELECT distill.complete('smollm2-135m', E'Classify this support ticket into one of: Roaming fees, Slow data speed, Lost phone, Add new line, Closing account. Reply with the category only.\nTicket: I was charged extra while travelling in Spain last week.', '{"max_tokens": 10}');
 
 -- Options.
 SELECT distill.complete('smollm2-135m', 'Count from one to ten.', '{"max_tokens": 4}');
