@@ -57,13 +57,16 @@ mod tests {
     }
 
     #[pg_test]
-    fn greedy_completion_matches_llama_cpp() {
+    fn greedy_completion_follows_llama_cpp_to_its_knife_edge() {
+        // llama.cpp's top two at the 11th token are 0.0065 logit apart (engine/tests/generation_reference.rs).
         let f = fixture("smollm2_greedy_reference.json");
         let got = Spi::get_one_with_args::<String>(
-            "SELECT distill.complete('smollm2-135m', $1)",
+            "SELECT distill.complete('smollm2-135m', $1, '{\"max_tokens\": 10}')",
             &[f["user_message"].as_str().unwrap().into()],
         );
-        assert_eq!(got.unwrap().unwrap(), f["expected_greedy_output"].as_str().unwrap());
+        let got = got.unwrap().unwrap();
+        assert_eq!(got, "The support ticket is a classic example of a \"");
+        assert!(f["expected_greedy_output"].as_str().unwrap().starts_with(&got));
     }
 
     #[pg_test]
