@@ -250,12 +250,116 @@ impl CustomOp2 for RmsNorm {
         Ok((y, xl.shape().clone()))
     }
 
-    /// dx = r (g w) - x r^3 mean(x g w); the scale w is frozen, so no gradient for it.
+    /// dx = r (g w) - x r^3 mean(x g w); the scale w is frozen, so no gradient for it. One pass per
+    /// row on the CPU: composed from candle ops it was eight tensors the size of x per norm.
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        let gw = g.broadcast_mul(w)?;
-        let dot = (x * &gw)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        if !x.device().is_cpu() {
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+            let gw = g.broadcast_mul(w)?;
+            let dot = (x * &gw)?.mean_keepdim(D::Minus1)?;
+            let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+            return Ok((Some(dx), None));
+        }
+        let dx = match x.dtype() {
+            DType::F32 => rms_norm_bwd::<f32>(x, w, g, self.eps)?,
+            DType::F64 => rms_norm_bwd::<f64>(x, w, g, self.eps)?,
+            d => bail!("rms-norm: unsupported dtype {d:?}"),
+        };
         Ok((Some(dx), None))
+    }
+}
+
+fn rms_norm_bwd<T: Float>(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+    let (xv, wv, gv) = (cpu_values::<T>(x)?, cpu_values::<T>(w)?, cpu_values::<T>(g)?);
+    let d = wv.len();
+    let (eps, n) = (T::from(eps).unwrap(), T::from(d).unwrap());
+    let mut dx = vec![T::zero(); xv.len()];
+    dx.par_chunks_mut(d).zip(xv.par_chunks(d).zip(gv.par_chunks(d))).for_each(|(dx, (x, g))| {
+        let (mut ss, mut dot) = (T::zero(), T::zero());
+        for i in 0..d {
+            ss = ss + x[i] * x[i];
+            dot = dot + x[i] * g[i] * wv[i];
+        }
+        let r = (ss / n + eps).sqrt().recip();
+        let c = r * r * r * dot / n;
+        for i in 0..d {
+            dx[i] = r * g[i] * wv[i] - x[i] * c;
+        }
+    });
+    Tensor::from_vec(dx, x.shape(), x.device())
+}
+
+/// A CPU tensor's values in row-major order (a copy; one pass, far cheaper than the ops it replaces).
+fn cpu_values<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// SwiGLU gating: y = silu(gate) * up, as one op.
+
+/// `silu(gate) * up`: the feed-forward gating. As candle ops (silu, then mul) its backward was about
+/// a dozen element-wise tensors the size of the hidden layer; here forward and backward are one pass.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !gate.device().is_cpu() {
+        return gate.silu()? * up;
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+struct SiluMul;
+
+fn sigmoid<T: Float>(x: T) -> T {
+    (T::one() + (-x).exp()).recip()
+}
+
+fn silu_mul_fwd<T: Float>(g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> Result<Vec<T>> {
+    let (g, u) = (contiguous::<T>(g, gl)?, contiguous::<T>(u, ul)?);
+    let mut y = vec![T::zero(); g.len()];
+    y.par_chunks_mut(4096).zip(g.par_chunks(4096).zip(u.par_chunks(4096))).for_each(|(y, (g, u))| {
+        for i in 0..y.len() {
+            y[i] = g[i] * sigmoid(g[i]) * u[i];
+        }
+    });
+    Ok(y)
+}
+
+/// d gate = grad up s (1 + gate (1 - s)) with s = sigmoid(gate); d up = grad silu(gate).
+fn silu_mul_bwd<T: Float>(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (g, u, dy) = (cpu_values::<T>(gate)?, cpu_values::<T>(up)?, cpu_values::<T>(grad)?);
+    let mut dg = vec![T::zero(); g.len()];
+    let mut du = vec![T::zero(); g.len()];
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(dy.par_chunks(4096)))
+        .for_each(|((dg, du), ((g, u), dy))| {
+            for i in 0..dg.len() {
+                let s = sigmoid(g[i]);
+                dg[i] = dy[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
+                du[i] = dy[i] * g[i] * s;
+            }
+        });
+    Ok((Tensor::from_vec(dg, gate.shape(), gate.device())?, Tensor::from_vec(du, up.shape(), up.device())?))
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(&self, g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
+        if gl.shape() != ul.shape() {
+            bail!("silu-mul: gate {:?} vs up {:?}", gl.dims(), ul.dims());
+        }
+        let y = dispatch_float!(g.dtype(), silu_mul_fwd(g, gl, u, ul));
+        Ok((y, gl.shape().clone()))
+    }
+
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = match gate.dtype() {
+            DType::F32 => silu_mul_bwd::<f32>(gate, up, grad)?,
+            DType::F64 => silu_mul_bwd::<f64>(gate, up, grad)?,
+            d => bail!("silu-mul: unsupported dtype {d:?}"),
+        };
+        Ok((Some(dg), Some(du)))
     }
 }

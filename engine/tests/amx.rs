@@ -2,26 +2,17 @@
 //! On a CPU without AMX-BF16 these tests say so and check nothing else (the f32 path is what runs
 //! there, and grad_check.rs covers it).
 
+mod common;
+
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 use distill_engine::{amx, ops};
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use common::values;
 
 fn skip() -> bool {
-    if !amx::available() {
-        eprintln!("no AMX-BF16 on this CPU (or DISTILL_NO_AMX is set): nothing to check");
-    }
-    !amx::available()
+    common::skip_without(amx::available(), "AMX-BF16")
 }
 
 #[test]

@@ -75,6 +75,17 @@ fn rms_norm_gradient_and_forward() {
     assert!(max_diff(&ops::rms_norm(&x, &w, 1e-5).unwrap(), &fused) < 1e-5);
 }
 
+#[test]
+fn silu_mul_gradient_and_forward() {
+    let up = randn(&[3, 5], 11);
+    check("silu_mul d gate", &randn(&[3, 5], 12), |g| ops::silu_mul(g, &up).unwrap());
+    let gate = randn(&[3, 5], 12);
+    check("silu_mul d up", &up, |u| ops::silu_mul(&gate, u).unwrap());
+    let (gate, up) = (gate.to_dtype(DType::F32).unwrap(), up.to_dtype(DType::F32).unwrap());
+    let composed = (gate.silu().unwrap() * &up).unwrap();
+    assert!(max_diff(&ops::silu_mul(&gate, &up).unwrap(), &composed) < 1e-6);
+}
+
 /// Random angles for `tokens` positions as the attention op takes them: `(tokens, 2)` cos and sin.
 fn angles(tokens: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let a: Vec<f64> = (randn(&[tokens, 2], seed) * 3.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();

@@ -2,19 +2,13 @@
 //! candle's own quantized kernels on Q4_1 and Q8_0 weights. Without AVX-512 VNNI these tests say so
 //! and check only the layout (dequantization), which does not need the instructions.
 
+mod common;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use distill_engine::vnni::{self, QuantWeight};
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use common::values;
 
 /// Shapes with rows off the 16-row grid, one token, a few tokens off the 4-token tile, and the model's.
 const SHAPES: [(usize, usize, usize); 5] = [(1, 32, 5), (2, 64, 16), (7, 64, 37), (5, 576, 192), (33, 1536, 576)];
@@ -35,10 +29,7 @@ fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f64> {
 }
 
 fn skip() -> bool {
-    if !vnni::available() {
-        eprintln!("no AVX-512 VNNI on this CPU (or DISTILL_NO_VNNI is set): kernel not checked");
-    }
-    !vnni::available()
+    common::skip_without(vnni::available(), "AVX-512 VNNI")
 }
 
 #[test]

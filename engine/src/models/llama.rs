@@ -876,9 +876,9 @@ impl Llama {
             let y = packed_attention(&q, &k, &v, &att)?;
             x = (x + b.attn_output.forward_train(&y, lora(Target::O), dropout)?)?;
             let h = b.ffn_norm.forward_train(&x)?;
-            let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?.silu()?;
+            let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?;
             let up = b.ffn_up.forward_train(&h, lora(Target::Up), dropout)?;
-            x = (x + b.ffn_down.forward_train(&(gate * up)?, lora(Target::Down), dropout)?)?;
+            x = (x + b.ffn_down.forward_train(&ops::silu_mul(&gate, &up)?, lora(Target::Down), dropout)?)?;
         }
         // Logits only where the loss needs them: the vocabulary projection is the largest matmul.
         let picked = Tensor::new(batch.loss_positions.as_slice(), dev)?;

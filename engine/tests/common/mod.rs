@@ -33,3 +33,22 @@ pub fn smollm2_with(format: WeightFormat) -> TextModel {
         .unwrap_or_else(|e| panic!("{e}: {:?} (run scripts/setup.sh first)", e.hint()));
     TextModel::load_gguf(&path, format, &candle_core::Device::Cpu).unwrap()
 }
+
+/// Deterministic values in [-1, 1) (an LCG): test inputs without a random-number crate.
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// True (after saying why) when a kernel's CPU features are missing, so its test checks nothing more.
+pub fn skip_without(available: bool, what: &str) -> bool {
+    if !available {
+        eprintln!("no {what} on this CPU (or its DISTILL_NO_* variable is set): kernel not checked");
+    }
+    !available
+}
