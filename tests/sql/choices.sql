@@ -12,7 +12,9 @@ FROM ticket_prompts WHERE split = 'test';
 SELECT count(*) AS tickets,
        count(*) FILTER (WHERE base IN ('Add new line', 'Closing account', 'Roaming fees', 'Slow data speed')) AS base_within_labels,
        count(*) FILTER (WHERE tuned IN ('Add new line', 'Closing account', 'Roaming fees', 'Slow data speed')) AS tuned_within_labels,
-       round(avg((base = label)::int), 3) AS base_accuracy,
+       -- The untuned model is near chance (4 labels); its exact count turns on near-ties that CPU kernels
+       -- (AVX-512 VNNI, AVX2) settle differently: 7, 8 or 9 of 27 so far.
+       avg((base = label)::int) < 0.5 AS base_accuracy_below_half,
        avg((tuned = label)::int) >= 0.95 AS tuned_accuracy_at_least_95
 FROM constrained;
 
