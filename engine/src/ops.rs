@@ -308,6 +308,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SiluMul;
 
+/// Elements per rayon task: enough work per task to amortise the scheduling, and 2+ tasks per layer.
+const SILU_CHUNK: usize = 4096;
+
 fn sigmoid<T: Float>(x: T) -> T {
     (T::one() + (-x).exp()).recip()
 }
@@ -315,7 +318,7 @@ fn sigmoid<T: Float>(x: T) -> T {
 fn silu_mul_fwd<T: Float>(g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> Result<Vec<T>> {
     let (g, u) = (contiguous::<T>(g, gl)?, contiguous::<T>(u, ul)?);
     let mut y = vec![T::zero(); g.len()];
-    y.par_chunks_mut(4096).zip(g.par_chunks(4096).zip(u.par_chunks(4096))).for_each(|(y, (g, u))| {
+    y.par_chunks_mut(SILU_CHUNK).zip(g.par_chunks(SILU_CHUNK).zip(u.par_chunks(SILU_CHUNK))).for_each(|(y, (g, u))| {
         for i in 0..y.len() {
             y[i] = g[i] * sigmoid(g[i]) * u[i];
         }
@@ -328,9 +331,9 @@ fn silu_mul_bwd<T: Float>(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(
     let (g, u, dy) = (cpu_values::<T>(gate)?, cpu_values::<T>(up)?, cpu_values::<T>(grad)?);
     let mut dg = vec![T::zero(); g.len()];
     let mut du = vec![T::zero(); g.len()];
-    dg.par_chunks_mut(4096)
-        .zip(du.par_chunks_mut(4096))
-        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(dy.par_chunks(4096)))
+    dg.par_chunks_mut(SILU_CHUNK)
+        .zip(du.par_chunks_mut(SILU_CHUNK))
+        .zip(g.par_chunks(SILU_CHUNK).zip(u.par_chunks(SILU_CHUNK)).zip(dy.par_chunks(SILU_CHUNK)))
         .for_each(|((dg, du), ((g, u), dy))| {
             for i in 0..dg.len() {
                 let s = sigmoid(g[i]);
