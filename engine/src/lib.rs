@@ -16,12 +16,13 @@ pub mod model_store;
 pub mod models;
 pub mod ops;
 pub mod prefix_cache;
+pub mod quant_matmul;
 pub mod sampling;
 pub mod text_model;
 pub mod threads;
 pub mod tokenizer;
 pub mod train;
-pub mod vnni;
+
 
 pub use chat_template::Message;
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraAdapter, LoraPair, Target};
 use crate::attention::{packed_attention, PackedAttention};
-use crate::{amx, infer_ops, ops, vnni};
+use crate::{amx, infer_ops, ops, quant_matmul};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,7 +246,8 @@ impl WeightSource for HfWeights {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WeightFormat {
     /// As stored in the file (Q4_1, Q8_0, ...): least memory; matmuls quantize activations on the fly
-    /// (llama.cpp's arithmetic). Q4_1 and Q8_0 run on the VNNI kernels (`vnni.rs`) where the CPU has them.
+    /// (llama.cpp's arithmetic). Q4_1 and Q8_0 run on our int8 kernels (`quant_matmul.rs`: AVX-512
+    /// VNNI or AVX2) where the CPU has them.
     #[default]
     Quantized,
     /// Dequantized to f32: about 4x the memory, exact activations, and the path training uses.
@@ -259,8 +260,8 @@ pub enum WeightFormat {
 #[derive(Debug, Clone)]
 enum Weights {
     Candle(QMatMul),
-    /// Blocks laid out for the AVX-512 VNNI kernel; shared with the embedding lookup of a tied head.
-    Vnni(Arc<vnni::QuantWeight>),
+    /// Blocks laid out for our int8 kernels (`quant_matmul.rs`); shared with the embedding lookup of a tied head.
+    Quant(Arc<quant_matmul::QuantWeight>),
 }
 
 /// A linear layer `y = x W^T (+ b)`.
@@ -275,9 +276,9 @@ pub struct Linear {
 
 impl Linear {
     fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
-        if format != WeightFormat::F32 && device.is_cpu() && vnni::available() && w.cols()? % vnni::BLOCK == 0 {
-            if let Some(q) = vnni_weight(&w, format, device)? {
-                return Ok(Self { weight: Weights::Vnni(Arc::new(q)), bias, amx: Arc::default() });
+        if format != WeightFormat::F32 && device.is_cpu() && quant_matmul::available() && w.cols()? % quant_matmul::BLOCK == 0 {
+            if let Some(q) = quant_weight(&w, format, device)? {
+                return Ok(Self { weight: Weights::Quant(Arc::new(q)), bias, amx: Arc::default() });
             }
         }
         let weight = match (format, w) {
@@ -304,7 +305,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weights::Candle(w) => w.forward(x)?,
-            Weights::Vnni(w) => vnni_forward(x, w)?,
+            Weights::Quant(w) => quant_forward(x, w)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -325,7 +326,7 @@ impl Linear {
     /// [`Linear::forward_lora`] on `m` plain rows (the CPU inference path).
     fn forward_rows(&self, x: &[f32], m: usize, lora: Option<(&LoraPair, f64)>) -> Result<Vec<f32>> {
         let mut y = match &self.weight {
-            Weights::Vnni(w) => vnni::matmul(x, m, w),
+            Weights::Quant(w) => quant_matmul::matmul(x, m, w),
             Weights::Candle(w) => {
                 let k = x.len() / m;
                 w.forward(&Tensor::from_slice(x, (m, k), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?
@@ -396,20 +397,20 @@ impl Linear {
     }
 }
 
-/// The VNNI form of a weight, where there is one: the file's Q4_1/Q8_0 blocks as they are (`Quantized`),
+/// The int8-kernel form of a weight, where there is one: the file's Q4_1/Q8_0 blocks as they are (`Quantized`),
 /// or 8-bit blocks (`Q8_0`, and dense checkpoints served quantized). Other ggml types keep candle's kernels.
-fn vnni_weight(w: &Weight, format: WeightFormat, device: &Device) -> Result<Option<vnni::QuantWeight>> {
+fn quant_weight(w: &Weight, format: WeightFormat, device: &Device) -> Result<Option<quant_matmul::QuantWeight>> {
     use candle_core::quantized::GgmlDType;
-    let dense = |t: Tensor| -> Result<vnni::QuantWeight> {
+    let dense = |t: Tensor| -> Result<quant_matmul::QuantWeight> {
         let (n, k) = t.dims2()?;
-        Ok(vnni::QuantWeight::quantize(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, n, k))
+        Ok(quant_matmul::QuantWeight::quantize(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, n, k))
     };
     Ok(match (format, w) {
         (_, Weight::Quantized(q)) => {
             let (n, k) = q.shape().dims2()?;
             match (format, q.dtype()) {
-                (WeightFormat::Quantized, GgmlDType::Q4_1) => Some(vnni::QuantWeight::from_q4_1(&q.data()?, n, k)),
-                (_, GgmlDType::Q8_0) => Some(vnni::QuantWeight::from_q8_0(&q.data()?, n, k)),
+                (WeightFormat::Quantized, GgmlDType::Q4_1) => Some(quant_matmul::QuantWeight::from_q4_1(&q.data()?, n, k)),
+                (_, GgmlDType::Q8_0) => Some(quant_matmul::QuantWeight::from_q8_0(&q.data()?, n, k)),
                 (WeightFormat::Q8_0, _) => Some(dense(q.dequantize(device)?)?),
                 _ => None,
             }
@@ -428,28 +429,28 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(ops::contiguous::<f32>(storage, layout)?))
 }
 
-/// `x Wᵀ` on the VNNI kernel for f32 `x (.., k)`.
-fn vnni_forward(x: &Tensor, w: &vnni::QuantWeight) -> Result<Tensor> {
+/// `x Wᵀ` on our int8 kernels for f32 `x (.., k)`.
+fn quant_forward(x: &Tensor, w: &quant_matmul::QuantWeight) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?.contiguous()?;
     let mut dims = x.dims().to_vec();
     let m = x.elem_count() / w.k();
     let y = {
         let (storage, layout) = x.storage_and_layout();
         let candle_core::Storage::Cpu(storage) = &*storage else {
-            return Err(Error::InvalidInput("VNNI weights need CPU tensors".into()));
+            return Err(Error::InvalidInput("int8-kernel weights need CPU tensors".into()));
         };
-        vnni::matmul(ops::contiguous::<f32>(storage, layout)?, m, w)
+        quant_matmul::matmul(ops::contiguous::<f32>(storage, layout)?, m, w)
     };
     *dims.last_mut().unwrap() = w.n();
     Ok(Tensor::from_vec(y, dims, x.device())?)
 }
 
-/// The token embedding table: dense, or the rows of a tied output head held in VNNI blocks (no second
+/// The token embedding table: dense, or the rows of a tied output head held in int8-kernel blocks (no second
 /// f32 copy of the largest matrix).
 #[derive(Debug, Clone)]
 enum Embedding {
     Dense(Tensor),
-    Rows(Arc<vnni::QuantWeight>),
+    Rows(Arc<quant_matmul::QuantWeight>),
 }
 
 impl Embedding {
@@ -659,7 +660,7 @@ impl Llama {
                 let head = Linear::new(Weight::Quantized(q), None, format, device)?;
                 match &head.weight {
                     // Lookups read the head's own blocks: exact for the file's Q4_1/Q8_0.
-                    Weights::Vnni(w) if format == WeightFormat::Quantized => (Embedding::Rows(w.clone()), head),
+                    Weights::Quant(w) if format == WeightFormat::Quantized => (Embedding::Rows(w.clone()), head),
                     _ => (Embedding::Dense(dense), head),
                 }
             }
@@ -697,7 +698,7 @@ impl Llama {
                 Weights::Candle(QMatMul::QTensor(q)) => q.dequantize(&self.device)?,
                 Weights::Candle(QMatMul::Tensor(t)) => t.clone(),
                 Weights::Candle(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
-                Weights::Vnni(q) => Tensor::from_vec(q.dequantize(), (q.n(), q.k()), &self.device)?,
+                Weights::Quant(q) => Tensor::from_vec(q.dequantize(), (q.n(), q.k()), &self.device)?,
             };
             let w = (w + (p.b.matmul(&p.a)? * scale)?)?;
             Ok(Linear::from_parts(QMatMul::Tensor(w), l.bias.clone()))

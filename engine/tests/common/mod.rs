@@ -48,7 +48,7 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
 /// True (after saying why) when a kernel's CPU features are missing, so its test checks nothing more.
 pub fn skip_without(available: bool, what: &str) -> bool {
     if !available {
-        eprintln!("no {what} on this CPU (or its DISTILL_NO_* variable is set): kernel not checked");
+        eprintln!("no {what} on this CPU (or a DISTILL_* variable turned it off): kernel not checked");
     }
     !available
 }

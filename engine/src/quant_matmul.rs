@@ -1,42 +1,86 @@
-//! Quantized matmul for inference on AVX-512 VNNI: weights as 8- or 4-bit codes in blocks of 32 with
-//! a scale and an offset per block (`w = d * code + m`), activations quantized per block of 32 to int8
-//! as llama.cpp does, products summed in int32 by `vpdpbusd` (64 multiply-adds per instruction).
+//! Quantized matmul for CPU inference: weights as 8- or 4-bit codes in blocks of 32 with a scale and
+//! an offset per block (`w = d * code + m`), activations quantized per block of 32 to int8 as llama.cpp
+//! does, products summed in int32. Two kernels over one weight layout:
+//! - AVX-512 VNNI: `vpdpbusd`, 64 multiply-adds per instruction (Sapphire Rapids, Zen 4);
+//! - AVX2: `vpmaddubsw` + `vpmaddwd`, 32 per pair (every x86-64 CPU since Haswell / Zen 1).
+//! Both compute the same integer sums and scale them in the same order, so they give bit-identical
+//! results (the tests check it where both run).
 //!
-//! Why our own kernel: candle 0.11's quantized CPU matmul has AVX-512 VNNI only for inner dimensions
-//! that are multiples of 256, and converts each block's f16 scale one at a time; SmolLM2's 576 falls
-//! back to its AVX2 dot product, which made generation 2.5x slower than llama.cpp. Here every weight
-//! block of 16 output rows is laid out as the instruction reads it, scales are f32 once at load, and
-//! one weight load serves several tokens of a prompt.
+//! Why our own kernels: candle 0.11's quantized CPU matmul has AVX-512 VNNI only for inner dimensions
+//! that are multiples of 256 (SmolLM2's 576 falls back to its AVX2 dot product) and no SIMD at all for
+//! Q4_1, the default model's format (a scalar loop, 10x slower than llama.cpp on AVX2). Here every
+//! weight block of 16 output rows is laid out as the instructions read it, and one weight load serves
+//! several tokens of a prompt.
 //!
 //! The file's Q4_1 and Q8_0 blocks are taken over exactly (same values, same activation rounding as
-//! llama.cpp's `Q4_1 x Q8_1`); any other weight is requantized to 8 bits per block of 32. Used where the
-//! CPU has AVX-512 F/BW/VNNI; `DISTILL_NO_VNNI=1` forces candle's kernels (tests run both).
+//! llama.cpp's `Q4_1 x Q8_1`); any other weight is requantized to 8 bits per block of 32. The best kernel
+//! the CPU has is used; `DISTILL_QUANT_KERNEL=vnni|avx2|candle` picks one (candle: candle's kernels,
+//! for comparisons; a kernel the CPU lacks falls back to candle's).
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-/// Output rows per kernel step: one 512-bit register of int32 sums.
+/// Output rows per kernel step: one 512-bit register of int32 sums (two 256-bit ones on AVX2).
 const ROWS: usize = 16;
 /// Inner-dimension block sharing one scale.
 pub const BLOCK: usize = 32;
 /// Tokens of a prompt that share one load of a weight block.
 const TOKENS: usize = 4;
 
-/// True when the VNNI kernels can run here (and `DISTILL_NO_VNNI` is unset).
+/// The instruction sets a kernel is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 F/BW + VNNI.
+    Vnni,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 2] = [Kernel::Vnni, Kernel::Avx2];
+
+    /// True when this CPU has the kernel's instructions.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Kernel::Vnni => {
+                    is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+                Kernel::Avx2 => {
+                    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// The kernel inference uses here: the best the CPU has, or `DISTILL_QUANT_KERNEL`'s choice; `None` when
+/// candle's kernels are to be used.
+pub fn kernel() -> Option<Kernel> {
+    static K: OnceLock<Option<Kernel>> = OnceLock::new();
+    *K.get_or_init(|| {
+        let choice = std::env::var("DISTILL_QUANT_KERNEL").unwrap_or_default();
+        match choice.as_str() {
+            "vnni" => Some(Kernel::Vnni),
+            "avx2" => Some(Kernel::Avx2),
+            "candle" => None,
+            _ => Kernel::ALL.into_iter().find(|k| k.supported()),
+        }
+        .filter(|k| k.supported())
+    })
+}
+
+/// True when inference runs on these kernels (see [`kernel`]).
 pub fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| std::env::var_os("DISTILL_NO_VNNI").is_none() && detect())
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detect() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect() -> bool {
-    false
+    kernel().is_some()
 }
 
 /// Width of the codes.
@@ -226,6 +270,9 @@ pub struct QuantActivations {
     s: Vec<f32>,
 }
 
+/// Which SIMD quantizes activations: every path rounds identically, so this follows the CPU alone.
+static QUANTIZER: OnceLock<Option<Kernel>> = OnceLock::new();
+
 impl QuantActivations {
     /// llama.cpp's `quantize_row_q8_1` on x86: `q = round-half-even(x * 127 / max|x|)`, `d` and `s` in f16.
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
@@ -235,21 +282,25 @@ impl QuantActivations {
         let mut q = vec![0i8; m * k];
         let (mut d, mut sum, mut s) = (vec![0f32; blocks], vec![0i32; blocks], vec![0f32; blocks]);
         let f16 = |v: f32| half::f16::from_f32(v).to_f32();
-        let simd = available();
+        let simd = *QUANTIZER.get_or_init(|| Kernel::ALL.into_iter().find(|k| k.supported()));
         let quantize = |((((xb, qb), d), sum), s): ((((&[f32], &mut [i8]), &mut f32), &mut i32), &mut f32)| {
-            let (amax, total) = if simd {
-                // SAFETY: available() checked AVX-512; both blocks hold 32 elements.
-                unsafe { quantize_block(xb.as_ptr(), qb.as_mut_ptr()) }
-            } else {
-                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                let mut total = 0i32;
-                for (o, v) in qb.iter_mut().zip(xb) {
-                    let c = (v * id).round_ties_even() as i32;
-                    total += c;
-                    *o = c as i8;
+            let (amax, total) = match simd {
+                // SAFETY: the CPU has the kernel's instructions; both blocks hold 32 elements.
+                #[cfg(target_arch = "x86_64")]
+                Some(Kernel::Vnni) => unsafe { quantize_block(xb.as_ptr(), qb.as_mut_ptr()) },
+                #[cfg(target_arch = "x86_64")]
+                Some(Kernel::Avx2) => unsafe { avx2::quantize_block(xb.as_ptr(), qb.as_mut_ptr()) },
+                _ => {
+                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    let mut total = 0i32;
+                    for (o, v) in qb.iter_mut().zip(xb) {
+                        let c = (v * id).round_ties_even() as i32;
+                        total += c;
+                        *o = c as i8;
+                    }
+                    (amax, total)
                 }
-                (amax, total)
             };
             let d32 = amax / 127.0;
             *d = f16(d32);
@@ -278,14 +329,14 @@ unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
     (amax, _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)))
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn quantize_block(_: *const f32, _: *mut i8) -> (f32, i32) {
-    unreachable!("available() is false off x86_64")
+/// `x Wᵀ` for a row-major `x (m, k)` on [`kernel`]: returns `(m, n)` row-major. Requires [`available`].
+pub fn matmul(x: &[f32], m: usize, w: &QuantWeight) -> Vec<f32> {
+    matmul_with(kernel().expect("quant_matmul::matmul called without a kernel for this CPU"), x, m, w)
 }
 
-/// `x Wᵀ` for a row-major `x (m, k)`: returns `(m, n)` row-major. Requires [`available`].
-pub fn matmul(x: &[f32], m: usize, w: &QuantWeight) -> Vec<f32> {
-    assert!(available(), "vnni::matmul called without AVX-512 VNNI");
+/// [`matmul`] on a given kernel (tests compare the kernels). Panics if the CPU lacks its instructions.
+pub fn matmul_with(kernel: Kernel, x: &[f32], m: usize, w: &QuantWeight) -> Vec<f32> {
+    assert!(kernel.supported(), "this CPU lacks the {kernel:?} kernel's instructions");
     assert_eq!(x.len(), m * w.k, "input is not (m, {})", w.k);
     let xq = QuantActivations::new(x, m, w.k);
     let n = w.n;
@@ -296,8 +347,8 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantWeight) -> Vec<f32> {
     let min_len = (1usize << 18).div_ceil(per_group).max(1);
     (0..w.groups).into_par_iter().with_min_len(min_len).for_each(|g| {
         let out_ptr = &out_ptr;
-        // SAFETY: available() checked the CPU features; group g writes rows g*16.. of every token only.
-        unsafe { group(w, g, &xq, m, out_ptr.0) };
+        // SAFETY: supported() checked the CPU features; group g writes rows g*16.. of every token only.
+        unsafe { group(kernel, w, g, &xq, m, out_ptr.0) };
     });
     // SAFETY: the groups together wrote every one of the m x n outputs.
     unsafe { out.set_len(m * n) };
@@ -310,8 +361,21 @@ unsafe impl Send for SendPtr {}
 
 /// Outputs of row group `g` for all `m` tokens, `TOKENS` at a time.
 #[cfg(target_arch = "x86_64")]
+unsafe fn group(kernel: Kernel, w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: *mut f32) {
+    match kernel {
+        Kernel::Vnni => group_vnni(w, g, x, m, out),
+        Kernel::Avx2 => avx2::group(w, g, x, m, out),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn group(_: Kernel, _: &QuantWeight, _: usize, _: &QuantActivations, _: usize, _: *mut f32) {
+    unreachable!("no kernel is supported off x86_64")
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: *mut f32) {
+unsafe fn group_vnni(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: *mut f32) {
     let mut t = 0;
     while t + TOKENS <= m {
         match w.codes {
@@ -327,11 +391,6 @@ unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: 
         }
         t += 1;
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn group(_: &QuantWeight, _: usize, _: &QuantActivations, _: usize, _: *mut f32) {
-    unreachable!("available() is false off x86_64")
 }
 
 /// 16 outputs of `T` tokens: for each block, `int32 sums = codes · xq` (8 `vpdpbusd`, the token's
@@ -422,5 +481,193 @@ unsafe fn tile<const T: usize, const U4: bool>(w: &QuantWeight, g: usize, x: &Qu
     let mask: __mmask16 = if valid == ROWS { 0xffff } else { (1u16 << valid) - 1 };
     for (t, a) in [a0, a1, a2, a3].iter().take(T).enumerate() {
         _mm512_mask_storeu_ps(out.add((t0 + t) * n + g * ROWS), mask, *a);
+    }
+}
+
+/// The AVX2 kernel: the same blocks, read as two halves of 8 rows (one 256-bit register of int32 sums
+/// each). AVX2 has no `vpdpbusd`: `vpmaddubsw` multiplies unsigned by signed bytes and adds pairs into
+/// saturating int16, `vpmaddwd` by ones widens to int32 (llama.cpp's AVX2 path does the same).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Codes, QuantActivations, QuantWeight, BLOCK, ROWS, TOKENS};
+
+    /// Rows per half of a block.
+    const HALF: usize = ROWS / 2;
+
+    /// [`super::quantize_block`] in 256-bit registers: the same codes, scale and sum.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
+        let v = [_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)), _mm256_loadu_ps(x.add(16)), _mm256_loadu_ps(x.add(24))];
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+            _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        let c = [
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[0], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[1], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[2], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[3], id)),
+        ];
+        // int32 -> int8 by packing, which interleaves the 128-bit lanes; a permute puts them back in order.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+        let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q as *mut __m256i, packed);
+        let s = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_hadd_epi32(s, s);
+        (amax, _mm_cvtsi128_si32(_mm_hadd_epi32(s, s)))
+    }
+
+    /// Outputs of row group `g` for all `m` tokens: each half of 8 rows, `TOKENS` tokens at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: *mut f32) {
+        for half in 0..2 {
+            if g * ROWS + half * HALF >= w.n {
+                break;
+            }
+            let mut t = 0;
+            while t + TOKENS <= m {
+                match w.codes {
+                    Codes::U8 => tile::<TOKENS, false>(w, g, half, x, t, out),
+                    Codes::U4 => tile::<TOKENS, true>(w, g, half, x, t, out),
+                }
+                t += TOKENS;
+            }
+            while t < m {
+                match w.codes {
+                    Codes::U8 => tile::<1, false>(w, g, half, x, t, out),
+                    Codes::U4 => tile::<1, true>(w, g, half, x, t, out),
+                }
+                t += 1;
+            }
+        }
+    }
+
+    /// 8 outputs (rows `8 half..8 half + 8` of group `g`) of `T` tokens. Per block, the int32 sums
+    /// `codes · xq`, then the VNNI kernel's scaling in its order (so both kernels round alike):
+    /// - 4-bit codes (0..15) go straight into `vpmaddubsw`; all 8 runs add up in int16 without
+    ///   saturating (8 x 2 x 15 x 127 < 2^15), then one `vpmaddwd`;
+    /// - 8-bit codes would saturate int16 (2 x 255 x 127), so they are made signed (`code - 128`, which
+    ///   also drops the VNNI kernel's `- 128 sum(xq)` term), and multiplied as |code| times xq with the
+    ///   code's sign moved onto xq (`vpsignb`); each run widens to int32 at once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const T: usize, const U4: bool>(
+        w: &QuantWeight,
+        g: usize,
+        half: usize,
+        x: &QuantActivations,
+        t0: usize,
+        out: *mut f32,
+    ) {
+        let (k, kb, n) = (w.k, w.blocks, w.n);
+        let bytes = w.codes.block_bytes();
+        assert!(T == 1 || T == 4);
+        let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let ones = _mm256_set1_epi16(1);
+        let nibble = _mm256_set1_epi8(0x0f);
+        let flip = _mm256_set1_epi8(-128);
+        let xq = x.q.as_ptr().add(t0 * k) as *const i32;
+        for b in 0..kb {
+            let blk = g * kb + b;
+            // Run i of this half: 32 bytes = 8 rows x 4 codes, at byte 64 i (+ 32 for the upper half).
+            // (Macros, not closures: see the VNNI kernel.)
+            macro_rules! run {
+                ($i:expr) => {
+                    _mm256_loadu_si256(w.data.as_ptr().add(blk * bytes + $i * 64 + half * 32) as *const __m256i)
+                };
+            }
+            // Token t's 4-byte group i of block b, broadcast to all 8 rows.
+            macro_rules! xb {
+                ($t:expr, $i:expr) => {
+                    _mm256_set1_epi32(xq.add($t * k / 4 + b * BLOCK / 4 + $i).read_unaligned())
+                };
+            }
+            // int32 sums of the 8 rows, one register per token.
+            let (mut s0, mut s1, mut s2, mut s3) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
+            if U4 {
+                macro_rules! nibbles {
+                    ($s:ident, $t:expr, $lo:expr, $hi:expr, $j:expr) => {{
+                        $s = _mm256_add_epi16($s, _mm256_maddubs_epi16($lo, xb!($t, $j)));
+                        $s = _mm256_add_epi16($s, _mm256_maddubs_epi16($hi, xb!($t, $j + 4)));
+                    }};
+                }
+                for j in 0..4 {
+                    let v = run!(j);
+                    let (lo, hi) = (_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble));
+                    nibbles!(s0, 0, lo, hi, j);
+                    if T == 4 {
+                        nibbles!(s1, 1, lo, hi, j);
+                        nibbles!(s2, 2, lo, hi, j);
+                        nibbles!(s3, 3, lo, hi, j);
+                    }
+                }
+                s0 = _mm256_madd_epi16(s0, ones);
+                if T == 4 {
+                    s1 = _mm256_madd_epi16(s1, ones);
+                    s2 = _mm256_madd_epi16(s2, ones);
+                    s3 = _mm256_madd_epi16(s3, ones);
+                }
+            } else {
+                macro_rules! signed {
+                    ($s:ident, $t:expr, $c:expr, $a:expr, $i:expr) => {{
+                        let p = _mm256_maddubs_epi16($a, _mm256_sign_epi8(xb!($t, $i), $c));
+                        $s = _mm256_add_epi32($s, _mm256_madd_epi16(p, ones));
+                    }};
+                }
+                for i in 0..8 {
+                    let c = _mm256_xor_si256(run!(i), flip);
+                    let a = _mm256_sign_epi8(c, c);
+                    signed!(s0, 0, c, a, i);
+                    if T == 4 {
+                        signed!(s1, 1, c, a, i);
+                        signed!(s2, 2, c, a, i);
+                        signed!(s3, 3, c, a, i);
+                    }
+                }
+            }
+            let scales = w.d.as_ptr().add(blk * ROWS + half * HALF) as *const __m128i;
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales));
+            let wm = if U4 {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(blk * ROWS + half * HALF) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            };
+            macro_rules! scale {
+                ($acc:ident, $s:ident, $t:expr) => {{
+                    let xi = (t0 + $t) * kb + b;
+                    let scale = _mm256_mul_ps(wd, _mm256_set1_ps(*x.d.get_unchecked(xi)));
+                    $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps($s), scale, $acc);
+                    if U4 {
+                        $acc = _mm256_fmadd_ps(wm, _mm256_set1_ps(*x.s.get_unchecked(xi)), $acc);
+                    }
+                }};
+            }
+            scale!(a0, s0, 0);
+            if T == 4 {
+                scale!(a1, s1, 1);
+                scale!(a2, s2, 2);
+                scale!(a3, s3, 3);
+            }
+        }
+        let first = g * ROWS + half * HALF;
+        let valid = HALF.min(n - first);
+        for (t, a) in [a0, a1, a2, a3].iter().take(T).enumerate() {
+            let dst = out.add((t0 + t) * n + first);
+            if valid == HALF {
+                _mm256_storeu_ps(dst, *a);
+            } else {
+                let mut tmp = [0f32; HALF];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), *a);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+            }
+        }
     }
 }

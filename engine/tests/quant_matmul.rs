@@ -1,0 +1,154 @@
+//! The int8 quantized matmul kernels (AVX-512 VNNI, AVX2) against a reference computed from the same
+//! codes in f64, against candle's own quantized kernels on Q4_1 and Q8_0 weights, and against each other
+//! (bit-identical where the CPU has both). A kernel the CPU lacks is skipped with a message; the layout
+//! tests (dequantization) need no instructions.
+
+mod common;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use distill_engine::quant_matmul::{self, Kernel, QuantWeight};
+
+use common::values;
+
+/// Shapes with rows off the 16-row grid, one token, a few tokens off the 4-token tile, and the model's.
+const SHAPES: [(usize, usize, usize); 5] = [(1, 32, 5), (2, 64, 16), (7, 64, 37), (5, 576, 192), (33, 1536, 576)];
+
+/// `x Wᵀ` in f64 from W's dequantized values and x quantized as the kernel does (per block of 32,
+/// round half to even of x * 127 / max|x|, scale rounded to f16).
+fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f64> {
+    let mut xq = vec![0f64; m * k];
+    for (xb, qb) in x.chunks(32).zip(xq.chunks_mut(32)) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let d = half::f16::from_f32(amax / 127.0).to_f32() as f64;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as f64 * d;
+        }
+    }
+    (0..m).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| (0..k).map(|c| xq[i * k + c] * w[j * k + c] as f64).sum()).collect()
+}
+
+/// The kernels this CPU can run (a message for each it cannot).
+fn kernels() -> Vec<Kernel> {
+    Kernel::ALL.into_iter().filter(|&k| !common::skip_without(k.supported(), &format!("{k:?} kernel instructions"))).collect()
+}
+
+#[test]
+fn quantize_rounds_each_weight_to_its_block_grid() {
+    let (n, k) = (37, 96);
+    let w = values(n * k, 3);
+    let q = QuantWeight::quantize(&w, n, k);
+    let back = q.dequantize();
+    for r in 0..n {
+        for b in 0..k / 32 {
+            let block = &w[r * k + b * 32..r * k + b * 32 + 32];
+            // Half a step, plus the f16 rounding of the scale (2^-11 relative) times up to 127 steps.
+            let step = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0 * (1.0 + 127.0 / 2048.0 * 2.0);
+            for (i, v) in block.iter().enumerate() {
+                let got = back[r * k + b * 32 + i];
+                assert!((got - v).abs() <= step * 0.5 + 1e-6, "row {r} col {}: {got} vs {v}", b * 32 + i);
+            }
+        }
+    }
+    assert_eq!(q.row(5), back[5 * k..6 * k].to_vec());
+}
+
+#[test]
+fn ggml_blocks_are_taken_over_exactly() {
+    let (n, k) = (37, 128);
+    let w = Tensor::from_vec(values(n * k, 4), (n, k), &Device::Cpu).unwrap();
+    for (dtype, from) in [
+        (GgmlDType::Q4_1, QuantWeight::from_q4_1 as fn(&[u8], usize, usize) -> QuantWeight),
+        (GgmlDType::Q8_0, QuantWeight::from_q8_0),
+    ] {
+        let qt = QTensor::quantize(&w, dtype).unwrap();
+        let ours = from(&qt.data().unwrap(), n, k).dequantize();
+        let theirs = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(ours, theirs, "{dtype:?}");
+    }
+    // Requantizing f32 gives ggml's own Q8_0 values.
+    let flat = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let theirs = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap().dequantize(&Device::Cpu).unwrap();
+    assert_eq!(QuantWeight::quantize(&flat, n, k).dequantize(), theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}
+
+#[test]
+fn matmul_matches_f64_reference_on_8_bit_codes() {
+    for kernel in kernels() {
+        for &(m, k, n) in &SHAPES {
+            let (x, w) = (values(m * k, 1), values(n * k, 2));
+            let q = QuantWeight::quantize(&w, n, k);
+            let got = quant_matmul::matmul_with(kernel, &x, m, &q);
+            let want = reference(&x, m, &q.dequantize(), n, k);
+            assert_eq!(got.len(), m * n);
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                // Exact integer sums; f32 only in the per-block scaling and the accumulation.
+                let tol = 1e-5 * (k as f64).sqrt() + 1e-5 * r.abs();
+                assert!((*g as f64 - r).abs() <= tol, "{kernel:?} ({m},{k},{n}) [{i}]: {g} vs {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_on_q4_1_matches_candle_and_the_reference() {
+    for kernel in kernels() {
+        // candle's Q4_1 kernel wants an even number of blocks.
+        for &(m, k, n) in SHAPES.iter().filter(|s| s.1 % 64 == 0) {
+            let (x, w) = (values(m * k, 5), values(n * k, 6));
+            let qt = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
+            let q = QuantWeight::from_q4_1(&qt.data().unwrap(), n, k);
+            let got = quant_matmul::matmul_with(kernel, &x, m, &q);
+            // The offset term uses llama.cpp's f16 `s`, so this agrees with the exact reference to f16 rounding.
+            let want = reference(&x, m, &q.dequantize(), n, k);
+            let candle = QMatMul::from_qtensor(qt)
+                .unwrap()
+                .forward(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+            for i in 0..m * n {
+                let (g, r) = (got[i], want[i]);
+                assert!((g as f64 - r).abs() <= 2e-3 * scale, "{kernel:?} ({m},{k},{n}) [{i}]: {g} vs {r}");
+                assert!((g - candle[i]).abs() as f64 <= 2e-3 * scale, "{kernel:?} ({m},{k},{n}) [{i}]: {g} vs candle {}", candle[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_agree_bit_for_bit() {
+    // Same integer sums, same scaling order: the kernels must give identical floats, so greedy text does
+    // not depend on which one the CPU runs. Shapes include rows off the 8- and 16-row grids.
+    let kernels = kernels();
+    if kernels.len() < 2 {
+        eprintln!("skipped: needs both kernels ({kernels:?} here)");
+        return;
+    }
+    for &(m, k, n) in &SHAPES {
+        let (x, w) = (values(m * k, 7), values(n * k, 8));
+        let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+        let q4 = QuantWeight::from_q4_1(&QTensor::quantize(&wt, GgmlDType::Q4_1).unwrap().data().unwrap(), n, k);
+        for q in [QuantWeight::quantize(&w, n, k), q4] {
+            let outs: Vec<Vec<f32>> = kernels.iter().map(|&kn| quant_matmul::matmul_with(kn, &x, m, &q)).collect();
+            assert!(outs.windows(2).all(|o| o[0] == o[1]), "({m},{k},{n}) {:?}: kernels differ", q.codes());
+        }
+    }
+}
+
+#[test]
+fn kernel_choice_follows_the_cpu_or_the_variable() {
+    // DISTILL_QUANT_KERNEL picks a kernel (candle: none); unset, the best one the CPU has.
+    let want = match std::env::var("DISTILL_QUANT_KERNEL").as_deref() {
+        Ok("vnni") => Some(Kernel::Vnni).filter(|k| k.supported()),
+        Ok("avx2") => Some(Kernel::Avx2).filter(|k| k.supported()),
+        Ok("candle") => None,
+        _ => Kernel::ALL.into_iter().find(|k| k.supported()),
+    };
+    assert_eq!(quant_matmul::kernel(), want);
+    assert_eq!(quant_matmul::available(), want.is_some());
+}
