@@ -2,7 +2,7 @@
 # Profiles of the two hot paths, saved as text beside the results: perf samples (2 threads, call
 # graphs off: self time per symbol) of (1) LoRA training, all seven targets, the first PROFILE_ROWS (48)
 # banking77_10intent rows, and (2) greedy classification of PROFILE_PROMPTS (60) benchmark ticket prompts
-# with q8_0 weights. Needs perf (linux-perf); the engine examples are built by cargo.
+# with the file's weights (Q4_1, C's default). Needs perf (linux-perf); the engine examples are built by cargo.
 #   bash bench/profile.sh OUT_DIR     -> OUT_DIR/profile-train.txt, OUT_DIR/profile-classify.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ perf record -q -F 499 -o "$tmp/train.data" -- target/debug/examples/bench_train 
 report "$tmp/train.data" "LoRA training, all seven targets, $rows rows, batch 8: $(cat "$tmp/train.json")" "$out/profile-train.txt"
 python3 bench/make_ticket_rows.py "$prompts" "$tmp" >/dev/null
 perf record -q -F 499 -o "$tmp/classify.data" -- target/debug/examples/classify_rows --prompts "$tmp/prompts.json" \
-  --format q8_0 --threads 2 --out "$tmp/classify.json" >"$tmp/classify.log" 2>&1
+  --format file --threads 2 --out "$tmp/classify.json" >"$tmp/classify.log" 2>&1
 summary=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d.pop("outputs"); print(json.dumps(d))' "$tmp/classify.json")
-report "$tmp/classify.data" "classification, $prompts ticket prompts, q8_0, max 12 tokens: $summary" "$out/profile-classify.txt"
+report "$tmp/classify.data" "classification, $prompts ticket prompts, file weights, max 12 tokens: $summary" "$out/profile-classify.txt"
 echo "profiles in $out" >&2

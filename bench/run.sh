@@ -15,13 +15,14 @@
 # bench/.venv-llama (llama-cpp-python built from source; bench/venv_llama.sh). PL/Python joins when
 # postgresql-plpython3-15 can be installed. Run it on an otherwise idle machine: the timings are
 # meaningless under load (llama.cpp's spinning threads slow ~15x).
-# Overrides: C_ROWS (default 1000), FORMATS (C, "file"), T_ROWS (982), T_TARGETS (T, "all"; "q,v all"
+# Overrides: RESULTS (where results and their BENCHMARKS.md go; default bench/results and ./BENCHMARKS.md), C_ROWS (default 1000), FORMATS (C, "file"), T_ROWS (982), T_TARGETS (T, "all"; "q,v all"
 # adds q,v), EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER (A on BANKING77: a stratified subsample, see
 # finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phases=${*:-T C A P}
-res=${RESULTS:-bench/results} report=BENCHMARKS.md
+# RESULTS elsewhere (another machine's run, say) gets its own BENCHMARKS.md beside its results.
+res=${RESULTS:-bench/results} report=${RESULTS:+$RESULTS/}BENCHMARKS.md
 if [ -n "${SMOKE:-}" ]; then
   res=${RESULTS:-/tmp/pg_distill-bench-smoke} report=$res/BENCHMARKS.md
   export C_ROWS=6 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6
