@@ -336,23 +336,40 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantWeight) -> Vec<f32> {
 
 /// [`matmul`] on a given kernel (tests compare the kernels). Panics if the CPU lacks its instructions.
 pub fn matmul_with(kernel: Kernel, x: &[f32], m: usize, w: &QuantWeight) -> Vec<f32> {
+    matmul_many_with(kernel, x, m, &[w]).pop().expect("one output per weight")
+}
+
+/// `x Wᵢᵀ` for several weights with the same inner dimension (q, k and v; gate and up): `x` is
+/// quantized once and all their row groups share one parallel pass, so a generated token waits on
+/// threads once instead of once per weight.
+pub fn matmul_many(x: &[f32], m: usize, ws: &[&QuantWeight]) -> Vec<Vec<f32>> {
+    matmul_many_with(kernel().expect("quant_matmul::matmul called without a kernel for this CPU"), x, m, ws)
+}
+
+fn matmul_many_with(kernel: Kernel, x: &[f32], m: usize, ws: &[&QuantWeight]) -> Vec<Vec<f32>> {
     assert!(kernel.supported(), "this CPU lacks the {kernel:?} kernel's instructions");
-    assert_eq!(x.len(), m * w.k, "input is not (m, {})", w.k);
-    let xq = QuantActivations::new(x, m, w.k);
-    let n = w.n;
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let k = ws.first().map_or(0, |w| w.k);
+    assert!(ws.iter().all(|w| w.k == k), "weights of different inner dimensions");
+    assert_eq!(x.len(), m * k, "input is not (m, {k})");
+    let xq = QuantActivations::new(x, m, k);
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
+    let ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    // Every (weight, row group) pair is one task.
+    let tasks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, w)| (0..w.groups).map(move |g| (i, g))).collect();
     // Tasks of at least ~256k multiply-adds: thread hand-off costs a few microseconds.
-    let per_group = m * w.k * ROWS;
+    let per_group = m * k * ROWS;
     let min_len = (1usize << 18).div_ceil(per_group).max(1);
-    (0..w.groups).into_par_iter().with_min_len(min_len).for_each(|g| {
-        let out_ptr = &out_ptr;
-        // SAFETY: supported() checked the CPU features; group g writes rows g*16.. of every token only.
-        unsafe { group(kernel, w, g, &xq, m, out_ptr.0) };
+    tasks.into_par_iter().with_min_len(min_len).for_each(|(i, g)| {
+        let out_ptr = &ptrs[i];
+        // SAFETY: supported() checked the CPU features; group g writes rows g*16.. of every token of
+        // weight i's output only.
+        unsafe { group(kernel, ws[i], g, &xq, m, out_ptr.0) };
     });
-    // SAFETY: the groups together wrote every one of the m x n outputs.
-    unsafe { out.set_len(m * n) };
-    out
+    for (o, w) in outs.iter_mut().zip(ws) {
+        // SAFETY: the groups together wrote every one of the m x n outputs.
+        unsafe { o.set_len(m * w.n) };
+    }
+    outs
 }
 
 struct SendPtr(*mut f32);

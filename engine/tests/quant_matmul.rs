@@ -152,3 +152,20 @@ fn kernel_choice_follows_the_cpu_or_the_variable() {
     assert_eq!(quant_matmul::kernel(), want);
     assert_eq!(quant_matmul::available(), want.is_some());
 }
+
+#[test]
+fn several_weights_in_one_pass_equal_one_at_a_time() {
+    if common::skip_without(quant_matmul::available(), "int8 kernel") {
+        return;
+    }
+    // q, k, v-like shapes (different row counts, one of them off the 16-row grid), for a prompt and a token.
+    let k = 128;
+    let ws: Vec<QuantWeight> = [(64, 9), (32, 10), (37, 11)].iter().map(|&(n, seed)| QuantWeight::quantize(&values(n * k, seed), n, k)).collect();
+    for m in [1, 6] {
+        let x = values(m * k, 12);
+        let refs: Vec<&QuantWeight> = ws.iter().collect();
+        let many = quant_matmul::matmul_many(&x, m, &refs);
+        let one: Vec<Vec<f32>> = ws.iter().map(|w| quant_matmul::matmul(&x, m, w)).collect();
+        assert_eq!(many, one, "m = {m}");
+    }
+}

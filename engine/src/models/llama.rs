@@ -325,13 +325,41 @@ impl Linear {
 
     /// [`Linear::forward_lora`] on `m` plain rows (the CPU inference path).
     fn forward_rows(&self, x: &[f32], m: usize, lora: Option<(&LoraPair, f64)>) -> Result<Vec<f32>> {
-        let mut y = match &self.weight {
+        let y = match &self.weight {
             Weights::Quant(w) => quant_matmul::matmul(x, m, w),
             Weights::Candle(w) => {
                 let k = x.len() / m;
                 w.forward(&Tensor::from_slice(x, (m, k), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?
             }
         };
+        self.finish_rows(y, x, m, lora)
+    }
+
+    /// [`Linear::forward_rows`] of several layers reading the same input (q, k, v; gate, up): on our
+    /// int8 kernels in one parallel pass over `x` quantized once.
+    fn forward_rows_many<const N: usize>(
+        layers: [(&Linear, Option<(&LoraPair, f64)>); N],
+        x: &[f32],
+        m: usize,
+    ) -> Result<[Vec<f32>; N]> {
+        let quant: Vec<&quant_matmul::QuantWeight> = layers
+            .iter()
+            .filter_map(|(l, _)| match &l.weight {
+                Weights::Quant(w) => Some(&**w),
+                Weights::Candle(_) => None,
+            })
+            .collect();
+        let outs: Vec<Vec<f32>> = if quant.len() == N {
+            let ys = quant_matmul::matmul_many(x, m, &quant);
+            layers.iter().zip(ys).map(|((l, lora), y)| l.finish_rows(y, x, m, *lora)).collect::<Result<_>>()?
+        } else {
+            layers.iter().map(|(l, lora)| l.forward_rows(x, m, *lora)).collect::<Result<_>>()?
+        };
+        Ok(outs.try_into().expect("one output per layer"))
+    }
+
+    /// Bias and adapter added to `y = x Wᵀ`.
+    fn finish_rows(&self, mut y: Vec<f32>, x: &[f32], m: usize, lora: Option<(&LoraPair, f64)>) -> Result<Vec<f32>> {
         let n = y.len() / m;
         if let Some(b) = &self.bias {
             with_cpu_f32(b, |b| y.chunks_mut(n).for_each(|row| infer_ops::add_in_place(row, b)))?;
@@ -783,9 +811,8 @@ impl Llama {
         for (i, (b, (kc, vc))) in self.blocks.iter().zip(cache.rows.iter_mut()).enumerate() {
             let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
             let h = infer_ops::rms_norm(&x, &b.attn_norm.values, b.attn_norm.eps);
-            let mut q = b.attn_q.forward_rows(&h, m, lora(Target::Q))?;
-            let mut k = b.attn_k.forward_rows(&h, m, lora(Target::K))?;
-            let v = b.attn_v.forward_rows(&h, m, lora(Target::V))?;
+            let qkv = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
+            let [mut q, mut k, v] = Linear::forward_rows_many(qkv, &h, m)?;
             infer_ops::rope(&mut q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
             infer_ops::rope(&mut k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
             kc.extend_from_slice(&k);
@@ -793,8 +820,7 @@ impl Llama {
             let y = infer_ops::attention(&q, kc, vc, m, pos, c.num_attention_heads, c.num_key_value_heads, d);
             infer_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
             let h = infer_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
-            let gate = b.ffn_gate.forward_rows(&h, m, lora(Target::Gate))?;
-            let up = b.ffn_up.forward_rows(&h, m, lora(Target::Up))?;
+            let [gate, up] = Linear::forward_rows_many([(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))], &h, m)?;
             let a = infer_ops::silu_mul(&gate, &up);
             infer_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
         }
