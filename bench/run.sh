@@ -17,8 +17,8 @@
 # meaningless under load (llama.cpp's spinning threads slow ~15x).
 # Overrides: RESULTS (where results and their BENCHMARKS.md go; default bench/results and ./BENCHMARKS.md,
 # e.g. bench/results/extra/NAME for another machine's run), C_ROWS (default 1000), FORMATS (C, "file"),
-# T_ROWS (982), T_TARGETS (T, "all"; "q,v all" adds q,v), EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER (A on BANKING77: a stratified subsample, see
-# finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
+# T_ROWS (982), T_TARGETS (T, "all"; "q,v all" adds q,v), EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER (A on
+# BANKING77: a stratified subsample, see finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phases=${*:-T C A P}
