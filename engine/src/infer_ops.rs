@@ -63,19 +63,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], m: usize, past: usize, heads: 
     out
 }
 
-/// True where the CPU has AVX2 and FMA. The build targets baseline x86-64 (SSE2), so the attention
-/// loops are also compiled for AVX2 and picked at run time: 8 lanes instead of 4, the same arithmetic
-/// (no fused multiply-adds are formed), so the same results.
+/// True where the CPU has AVX2 (the same check as the AVX2 matmul kernel's). The build targets
+/// baseline x86-64 (SSE2), so the attention loops are also compiled for AVX2 and picked at run time:
+/// 8 lanes instead of 4, the same arithmetic (no fused multiply-adds are formed), so the same results.
 fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::quant_matmul::Kernel::Avx2.supported()
 }
 
 struct Attention<'a> {
