@@ -72,7 +72,13 @@ pub fn kernel() -> Option<Kernel> {
             "vnni" => Some(Kernel::Vnni),
             "avx2" => Some(Kernel::Avx2),
             "candle" => None,
-            _ => Kernel::ALL.into_iter().find(|k| k.supported()),
+            other => {
+                if !other.is_empty() {
+                    // Not an error (inference still works), but a typo should not pass unnoticed.
+                    eprintln!("pg_distill: DISTILL_QUANT_KERNEL={other:?} is not vnni, avx2 or candle; using the best kernel for this CPU");
+                }
+                Kernel::ALL.into_iter().find(|k| k.supported())
+            }
         }
         .filter(|k| k.supported())
     })
