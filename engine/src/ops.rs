@@ -12,14 +12,33 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, D,
 };
+use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 use crate::amx;
 
-pub(crate) trait Float: WithDType + num_traits::Float + Send + Sync + 'static {}
-impl Float for f32 {}
-impl Float for f64 {}
+pub(crate) trait Float: WithDType + num_traits::Float + Send + Sync + 'static {
+    /// The values as f32 when they are f32: the AMX path takes f32 only.
+    fn as_f32(v: &[Self]) -> Option<&[f32]>;
+    fn from_f32_vec(v: Vec<f32>) -> Vec<Self>;
+}
+impl Float for f32 {
+    fn as_f32(v: &[f32]) -> Option<&[f32]> {
+        Some(v)
+    }
+    fn from_f32_vec(v: Vec<f32>) -> Vec<f32> {
+        v
+    }
+}
+impl Float for f64 {
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn from_f32_vec(v: Vec<f32>) -> Vec<f64> {
+        v.into_iter().map(f64::from).collect()
+    }
+}
 
 pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
@@ -88,33 +107,106 @@ fn frozen_forward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, s: &CpuStorage, 
     if dims.last() != Some(&in_dim) || !l.is_contiguous() {
         bail!("frozen-linear: input {:?} (contiguous: {}) vs weight ({out_dim}, {in_dim})", dims, l.is_contiguous());
     }
-    let m = l.shape().elem_count() / in_dim;
     let mut out = dims.to_vec();
     *out.last_mut().unwrap() = out_dim;
-    if let (Some(p), CpuStorage::F32(_)) = (packed, s) {
-        let y = amx::matmul(contiguous::<f32>(s, l)?, m, &p.forward);
-        return Ok((CpuStorage::F32(y), Shape::from(out)));
-    }
-    let x_layout = Layout::contiguous_with_offset((m, in_dim), l.start_offset());
-    let wt = w.t()?;
-    let (w_storage, wt_layout) = wt.storage_and_layout();
-    let Storage::Cpu(w_storage) = &*w_storage else { bail!("frozen-linear: weight is not on the CPU") };
-    let y = s.matmul(w_storage, (1, m, out_dim, in_dim), &x_layout, wt_layout)?;
+    let y = match s {
+        CpuStorage::F32(_) => CpuStorage::F32(with_values(w, |w| Ok(frozen_forward_rows::<f32>(w, out_dim, packed, contiguous(s, l)?)))?),
+        CpuStorage::F64(_) => CpuStorage::F64(with_values(w, |w| Ok(frozen_forward_rows::<f64>(w, out_dim, packed, contiguous(s, l)?)))?),
+        _ => bail!("frozen-linear: unsupported dtype {:?}", s.dtype()),
+    };
     Ok((y, Shape::from(out)))
+}
+
+/// `x Wᵀ` for the rows of `x (m, in)` and `W (out, in)`: on AMX bf16 tiles where packed (f32 only).
+fn frozen_forward_rows<T: Float>(w: &[T], out_dim: usize, packed: Option<&Arc<FrozenBf16>>, x: &[T]) -> Vec<T> {
+    let in_dim = w.len() / out_dim;
+    let m = x.len() / in_dim;
+    if let (Some(p), Some(x)) = (packed, T::as_f32(x)) {
+        return T::from_f32_vec(amx::matmul(x, m, &p.forward));
+    }
+    // W (out, in) read as the (in, out) matrix Wᵀ: column stride `in`.
+    row_split_matmul(m, out_dim, in_dim, x, w, (in_dim, 1))
+}
+
+/// Rows of the output per task at least: below this, the weight packing each task repeats costs more
+/// than the split gains.
+const MIN_SPLIT_ROWS: usize = 64;
+
+/// `lhs (m, k) · rhs (k, n)` for a row-major `lhs`, `rhs` given by its (column, row) strides.
+pub(crate) fn row_split_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T], rhs_strides: (usize, usize)) -> Vec<T> {
+    let mut dst = vec![T::zero(); m * n];
+    row_split_matmul_into(&mut dst, T::one(), false, m, n, k, lhs, rhs, rhs_strides);
+    dst
+}
+
+/// `dst (m, n) = beta lhs rhs` (or `dst += beta lhs rhs` with `accumulate`), with the rows split into
+/// one block per pool thread, each a single-threaded gemm call. On 2 AVX2 cores this ran the frozen
+/// weights' shapes at ~100 GFLOP/s against ~88 for gemm's own rayon split (which splits the columns
+/// too, and synchronises between its blocks); the frozen matmuls are two-thirds of a training step.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn row_split_matmul_into<T: Float>(
+    dst: &mut [T],
+    beta: T,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[T],
+    rhs: &[T],
+    (rhs_cs, rhs_rs): (usize, usize),
+) {
+    assert!(dst.len() == m * n && lhs.len() == m * k, "row_split_matmul: dst {} lhs {} for ({m}, {k}) x ({k}, {n})", dst.len(), lhs.len());
+    assert!(k == 0 || n == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "row_split_matmul: rhs too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let tasks = threads.min(m / MIN_SPLIT_ROWS).max(1);
+    // SAFETY (both calls): dst block is rows x n and lhs block rows x k, row-major; rhs holds every
+    // (k, n) element at the given strides (asserted above).
+    let call = |dst: &mut [T], lhs: &[T], rows: usize, par: Parallelism| unsafe {
+        gemm(rows, n, k, dst.as_mut_ptr(), 1, n as isize, accumulate, lhs.as_ptr(), 1, k as isize, rhs.as_ptr(),
+            rhs_cs as isize, rhs_rs as isize, T::one(), beta, false, false, false, par);
+    };
+    if tasks == 1 {
+        // Too few rows to split: gemm's own split of the columns (the output head's few loss rows).
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        return call(dst, lhs, m, par);
+    }
+    let rows = m.div_ceil(tasks);
+    dst.par_chunks_mut(rows * n).zip(lhs.par_chunks(rows * k)).for_each(|(d, l)| call(d, l, l.len() / k.max(1), Parallelism::None));
 }
 
 /// The input gradient `g W` as `(m, in)`.
 fn frozen_backward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, grad: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
     let m = grad.elem_count() / out_dim;
-    if let (Some(p), DType::F32, true) = (packed, grad.dtype(), grad.device().is_cpu()) {
-        let g = grad.contiguous()?.flatten_all()?;
-        let (storage, layout) = g.storage_and_layout();
-        let Storage::Cpu(storage) = &*storage else { bail!("frozen-linear: gradient is not on the CPU") };
-        let dx = amx::matmul(contiguous::<f32>(storage, layout)?, m, &p.backward);
-        return Tensor::from_vec(dx, (m, in_dim), grad.device());
+    if !grad.device().is_cpu() {
+        return grad.contiguous()?.reshape((m, out_dim))?.matmul(w);
     }
-    grad.contiguous()?.reshape((m, out_dim))?.matmul(w)
+    let dev = grad.device();
+    match grad.dtype() {
+        DType::F32 => Tensor::from_vec(with_values(grad, |g| with_values(w, |w| Ok(frozen_backward_rows::<f32>(w, out_dim, packed, g))))?, (m, in_dim), dev),
+        DType::F64 => Tensor::from_vec(with_values(grad, |g| with_values(w, |w| Ok(frozen_backward_rows::<f64>(w, out_dim, packed, g))))?, (m, in_dim), dev),
+        d => bail!("frozen-linear: unsupported dtype {d:?}"),
+    }
+}
+
+/// `g W` for the rows of `g (m, out)` and `W (out, in)`: on AMX bf16 tiles where packed (f32 only).
+fn frozen_backward_rows<T: Float>(w: &[T], out_dim: usize, packed: Option<&Arc<FrozenBf16>>, g: &[T]) -> Vec<T> {
+    let (in_dim, m) = (w.len() / out_dim, g.len() / out_dim);
+    if let (Some(p), Some(g)) = (packed, T::as_f32(g)) {
+        return T::from_f32_vec(amx::matmul(g, m, &p.backward));
+    }
+    row_split_matmul(m, in_dim, out_dim, g, w, (1, in_dim))
+}
+
+/// Runs `f` on a CPU tensor's values in row-major order, borrowing them when the tensor is contiguous.
+fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else { bail!("expected a CPU tensor") };
+    f(contiguous::<T>(storage, layout)?)
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -136,7 +228,8 @@ impl CustomOp1 for FrozenLinear {
 
 /// A frozen linear layer with a LoRA adapter beside it, as one op: built from candle ops it was six
 /// graph nodes (two matmuls, a transpose, a scale, an add, the frozen matmul), each allocating an
-/// output the size of `y` or of its gradient. The backward returns gradients for x, A and B.
+/// output the size of `y` or of its gradient. The backward returns gradients for x, A and B; the
+/// adapter's products are accumulated into the frozen product's output in place (gemm reads it back).
 pub fn lora_linear(
     x: &Tensor,
     w: &Tensor,
@@ -154,6 +247,59 @@ struct LoraLinear {
     scale: f64,
 }
 
+/// `C = beta · op(lhs) · rhs` for small products whose inner dimension is the token axis (the adapter
+/// gradients), on gemm's own split: `lhs` and `rhs` given by (column, row) strides.
+#[allow(clippy::too_many_arguments)]
+fn small_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], lhs_strides: (usize, usize), rhs: &[T], rhs_strides: (usize, usize), beta: T) -> Vec<T> {
+    let last = |(cs, rs): (usize, usize), rows: usize, cols: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
+    assert!(last(lhs_strides, m, k) < lhs.len().max(1) && last(rhs_strides, k, n) < rhs.len().max(1), "small_matmul: operand too short");
+    let mut dst = vec![T::zero(); m * n];
+    if m * n * k == 0 {
+        return dst;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    // SAFETY: dst is m x n row-major; every (m, k) and (k, n) element lies within lhs and rhs (asserted).
+    unsafe {
+        gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), lhs_strides.0 as isize, lhs_strides.1 as isize,
+            rhs.as_ptr(), rhs_strides.0 as isize, rhs_strides.1 as isize, T::zero(), beta, false, false, false, par);
+    }
+    dst
+}
+
+impl LoraLinear {
+    /// y = x Wᵀ + s (x Aᵀ) Bᵀ for `x (m, k)`, `A (r, k)`, `B (n, r)`.
+    fn forward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], r: usize) -> Result<Vec<T>> {
+        let (n, k) = self.w.dims2()?;
+        let m = x.len() / k;
+        let mut y = with_values(&self.w, |w| Ok(frozen_forward_rows(w, n, self.packed.as_ref(), x)))?;
+        let u = row_split_matmul(m, r, k, x, a, (k, 1));
+        row_split_matmul_into(&mut y, T::from(self.scale).unwrap(), true, m, n, r, &u, b, (r, 1));
+        Ok(y)
+    }
+
+    /// dx = g W + s (g B) A;  dA = s (g B)ᵀ x;  dB = s gᵀ (x Aᵀ).
+    fn backward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], g: &[T], r: usize) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let (n, k) = self.w.dims2()?;
+        let m = x.len() / k;
+        let s = T::from(self.scale).unwrap();
+        let gb = row_split_matmul_scaled(m, r, n, g, b, (1, r), s);
+        let mut dx = with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?;
+        row_split_matmul_into(&mut dx, T::one(), true, m, k, r, &gb, a, (1, k));
+        let da = small_matmul(r, k, m, &gb, (r, 1), x, (1, k), T::one());
+        let u = row_split_matmul(m, r, k, x, a, (k, 1));
+        let db = small_matmul(n, r, m, g, (n, 1), &u, (1, r), s);
+        Ok((dx, da, db))
+    }
+}
+
+/// [`row_split_matmul`] times `beta`.
+fn row_split_matmul_scaled<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T], rhs_strides: (usize, usize), beta: T) -> Vec<T> {
+    let mut dst = vec![T::zero(); m * n];
+    row_split_matmul_into(&mut dst, beta, false, m, n, k, lhs, rhs, rhs_strides);
+    dst
+}
+
 impl CustomOp3 for LoraLinear {
     fn name(&self) -> &'static str {
         "lora-linear"
@@ -168,27 +314,20 @@ impl CustomOp3 for LoraLinear {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (mut y, shape) = frozen_forward(&self.w, self.packed.as_ref(), x, xl)?;
         let ((r, k), (n, r2)) = (al.shape().dims2()?, bl.shape().dims2()?);
-        if r != r2 || k != *xl.dims().last().unwrap() || n != self.w.dim(0)? {
+        if r != r2 || k != *xl.dims().last().unwrap() || n != self.w.dim(0)? || !xl.is_contiguous() {
             bail!("lora-linear: x {:?}, A {:?}, B {:?}, W {:?}", xl.dims(), al.dims(), bl.dims(), self.w.dims());
         }
-        let m = xl.shape().elem_count() / k;
-        // u = x Aᵀ (m, r), then z = u Bᵀ (m, n), added into y scaled.
-        let u = x.matmul(a, (1, m, r, k), &Layout::contiguous_with_offset((m, k), xl.start_offset()), &al.transpose(0, 1)?)?;
-        let z = u.matmul(b, (1, m, n, r), &Layout::contiguous((m, r)), &bl.transpose(0, 1)?)?;
-        match (&mut y, &z) {
-            (CpuStorage::F32(y), CpuStorage::F32(z)) => {
-                let s = self.scale as f32;
-                y.iter_mut().zip(z).for_each(|(y, z)| *y += s * z);
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(z)) => y.iter_mut().zip(z).for_each(|(y, z)| *y += self.scale * z),
+        let y = match x {
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?, r)?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?, r)?),
             _ => bail!("lora-linear: unsupported dtype {:?}", x.dtype()),
-        }
-        Ok((y, shape))
+        };
+        let mut out = xl.dims().to_vec();
+        *out.last_mut().unwrap() = n;
+        Ok((y, Shape::from(out)))
     }
 
-    /// dx = g W + s (g B) A;  dA = s (g B)ᵀ x;  dB = s gᵀ (x Aᵀ).
     fn bwd(
         &self,
         x: &Tensor,
@@ -197,15 +336,25 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = (b.dim(0)?, a.dim(1)?);
-        let m = grad.elem_count() / n;
-        let g = grad.contiguous()?.reshape((m, n))?;
-        let xm = x.reshape((m, k))?;
-        let gb = (g.matmul(b)? * self.scale)?;
-        let dx = (frozen_backward(&self.w, self.packed.as_ref(), &g)? + gb.matmul(a)?)?;
-        let da = gb.t()?.matmul(&xm)?;
-        let db = (g.t()?.matmul(&xm.matmul(&a.t()?)?)? * self.scale)?;
-        Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
+        match x.dtype() {
+            DType::F32 => self.backward::<f32>(x, a, b, grad),
+            DType::F64 => self.backward::<f64>(x, a, b, grad),
+            d => bail!("lora-linear: unsupported dtype {d:?}"),
+        }
+    }
+}
+
+impl LoraLinear {
+    fn backward<T: Float>(&self, x: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (r, dev) = (a.dim(0)?, x.device());
+        let (dx, da, db) = with_values::<T, _>(x, |x| {
+            with_values(a, |a| with_values(b, |b| with_values(grad, |g| self.backward_rows(x, a, b, g, r))))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(da, a.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
     }
 }
 

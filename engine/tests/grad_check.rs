@@ -157,6 +157,35 @@ fn lora_linear_gradient_and_forward() {
     assert!(max_diff(&got.to_dtype(DType::F32).unwrap(), &want.to_dtype(DType::F32).unwrap()) < 1e-6);
 }
 
+/// Enough rows that the frozen and adapter matmuls split them across the pool's threads (at least 64
+/// rows per task), in uneven blocks: forward and every gradient against candle's own ops, in f64.
+#[test]
+fn lora_and_frozen_linear_split_across_threads_match_candle_ops() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    pool.install(|| {
+        let w = randn(&[37, 24], 21);
+        let [x, a, b] = [randn(&[301, 24], 24), randn(&[4, 24], 22), randn(&[37, 4], 23)].map(|t| Var::from_tensor(&t).unwrap());
+        let r = randn(&[301, 37], 25);
+        let grads = |y: Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = ops::lora_linear(&x, &w, None, &a, &b, 1.5).unwrap();
+        let lora = x.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap();
+        let theirs = (x.matmul(&w.t().unwrap()).unwrap() + (lora * 1.5).unwrap()).unwrap();
+        let close = |p: &Tensor, q: &Tensor, what: &str| {
+            let d = (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            assert!(d < 1e-10, "{what}: differs by {d}");
+        };
+        close(&ours, &theirs, "lora forward");
+        let (g1, g2) = (grads(ours), grads(theirs));
+        for (v, what) in [(&x, "dx"), (&a, "dA"), (&b, "dB")] {
+            close(g1.get(v).unwrap(), g2.get(v).unwrap(), what);
+        }
+        let ours = ops::frozen_linear(&x, &w).unwrap();
+        let theirs = x.matmul(&w.t().unwrap()).unwrap();
+        close(&ours, &theirs, "frozen forward");
+        close(grads(ours).get(&x).unwrap(), grads(theirs).get(&x).unwrap(), "frozen dx");
+    });
+}
+
 #[test]
 fn lora_linear_computes_no_gradient_for_the_frozen_weight() {
     let w = Var::from_tensor(&randn(&[5, 4], 15)).unwrap();
