@@ -11,8 +11,11 @@ whole sequence (chat-rendered prompt, completion, EOS); the loss is taken on ids
 t >= completion_start, predicted from position t-1.
 
 Differences from the engine, by construction: batches are right-padded (the engine packs examples
-back to back, no padding); the shuffle uses Python's random.Random(seed), not the engine's RNG, and
-LoRA A is drawn by torch, so the order and initial values differ while their distributions match.
+back to back, no padding). By default the shuffle uses Python's random.Random(seed) and LoRA A is
+drawn by torch, so the order and initial values differ from the engine's while their distributions
+match; --order engine takes the engine's order from the tokens file ("orders", one list per epoch) and
+--init-adapter DIR the engine's initial adapter (bench_train --dump-init DIR), so both sides start from
+the same point and see the examples in the same order (eval losses then differ by numerics only).
 
 Prints ONE JSON line on stdout; progress goes to stderr.
 """
@@ -28,6 +31,24 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_initial_adapter(model, directory, torch):
+    """Copies every lora_A/lora_B of a saved PEFT adapter into the model's (untrained) adapter; each of
+    the model's LoRA parameters must be found, with the same shape."""
+    from safetensors.torch import load_file
+    saved = load_file(os.path.join(directory, "adapter_model.safetensors"))
+    params = {n.replace(".default", ""): p for n, p in model.named_parameters() if "lora_" in n}
+    if set(params) != set(saved):
+        missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        raise SystemExit(f"--init-adapter {directory}: tensors do not match the model's LoRA parameters "
+                         f"(missing {missing[:3]}..., unexpected {extra[:3]}...)")
+    with torch.no_grad():
+        for name, p in params.items():
+            t = saved[name]
+            if tuple(t.shape) != tuple(p.shape):
+                raise SystemExit(f"--init-adapter {directory}: {name} is {tuple(t.shape)}, expected {tuple(p.shape)}")
+            p.copy_(t.to(p.dtype))
 
 
 def parse_targets(s):
@@ -98,6 +119,10 @@ def main():
     ap.add_argument("--schedule", choices=["engine", "hf"], default="engine",
                     help="engine: warm-up lr*(step+1)/warmup as engine/src/train.rs (default); "
                          "hf: transformers.get_linear_schedule_with_warmup (lr 0 on the first step)")
+    ap.add_argument("--order", choices=["own", "engine"], default="own",
+                    help="own: shuffle with random.Random(seed); engine: the tokens file's \"orders\"")
+    ap.add_argument("--init-adapter", default=None,
+                    help="PEFT adapter directory whose lora_A/lora_B start training (bench_train --dump-init)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = all; for smoke tests)")
     args = ap.parse_args()
 
@@ -132,6 +157,8 @@ def main():
     lcfg = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=targets,
                       bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(base, lcfg)
+    if args.init_adapter:
+        load_initial_adapter(model, args.init_adapter, torch)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"loaded {args.gguf} in {load_s:.1f}s; targets {targets}; trainable params {trainable}; "
           f"{len(train)} train / {len(evals)} eval examples", file=sys.stderr)
@@ -149,13 +176,21 @@ def main():
 
     rng = random.Random(args.seed)
     order = list(range(len(train)))
+    if args.order == "engine":
+        orders = data.get("orders") or []
+        if len(orders) < args.epochs or any(sorted(o) != order for o in orders[:args.epochs]):
+            raise SystemExit(f"--order engine: the tokens file needs {args.epochs} permutations of the "
+                             f"{len(train)} training examples under \"orders\"")
     real_tokens = padded_tokens = steps = 0
     epoch_losses = []
     model.train()
     t_start = time.perf_counter()
     stop = False
     for epoch in range(args.epochs):
-        rng.shuffle(order)
+        if args.order == "engine":
+            order = list(orders[epoch])
+        else:
+            rng.shuffle(order)
         loss_sum_epoch, loss_tok_epoch = 0.0, 0
         for b in range(0, len(order), args.batch_size):
             batch = [train[i] for i in order[b:b + args.batch_size]]
@@ -226,6 +261,8 @@ def main():
         "batch_size": args.batch_size,
         "threads": args.threads,
         "schedule": args.schedule,
+        "order": args.order,
+        "init_adapter": bool(args.init_adapter),
         "trainable_params": trainable,
         "load_s": round(load_s, 3),
         "eval_s": round(eval_s, 3),

@@ -3,14 +3,16 @@
 //!
 //! cargo run -p distill-engine --example bench_train -- --data ../shared/data/banking77_10intent \
 //!     [--targets q,v|all] [--epochs 1] [--batch 8] [--lr 1e-3] [--r 8] [--alpha 16] [--threads 2]
-//!     [--train-rows N] [--eval-rows 200] [--dump-tokens FILE]   (FILE: the tokenized examples, for the peer; then exit)
+//!     [--train-rows N] [--eval-rows 200] [--dump-tokens FILE]   (FILE: the tokenized examples and the order
+//!     training visits them in, for the peer; then exit) [--dump-init DIR]   (DIR: the adapter training starts
+//!     from, in PEFT's format, for the peer; then exit)
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use distill_engine::train::{evaluate_loss, tokenize_example, train, NoObserver};
-use distill_engine::{Example, LoraConfig, ModelStore, Target, TextModel, TrainConfig, WeightFormat};
+use distill_engine::train::{evaluate_loss, example_orders, tokenize_example, train, NoObserver};
+use distill_engine::{Example, LoraAdapter, LoraConfig, ModelStore, Target, TextModel, TrainConfig, WeightFormat};
 
 fn read(path: &PathBuf) -> Vec<(String, String)> {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -63,9 +65,16 @@ fn main() -> distill_engine::Result<()> {
                 })
                 .collect()
         };
-        let json = serde_json::json!({"train": dump(&train_set)?, "eval": dump(&eval_set)?});
+        let orders = example_orders(train_set.len(), config.epochs, config.seed);
+        let json = serde_json::json!({"train": dump(&train_set)?, "eval": dump(&eval_set)?, "orders": orders});
         std::fs::write(&file, json.to_string())?;
         return Ok(());
+    }
+
+    if let Some(dir) = arg("--dump-init") {
+        // The adapter `train` starts from (same config and seed), in PEFT's format, for the peer.
+        let (init, _) = LoraAdapter::init(&config.lora, &model.llama.config, config.seed, model.llama.device())?;
+        return init.save_peft(&PathBuf::from(dir), "smollm2-135m", &model.llama.config);
     }
 
     let pool = distill_engine::threads::pool(num("--threads", 2.0) as usize)?;

@@ -239,11 +239,8 @@ pub fn train(
     )?;
     let total_steps = config.total_steps(toks.len());
     let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let mut dropout = Dropout::new(config.lora.dropout, config.seed ^ 0x5eed);
-    let mut order: Vec<usize> = (0..toks.len()).collect();
-    'epochs: for epoch in 0..config.epochs {
-        order.shuffle(&mut rng);
+    'epochs: for (epoch, order) in example_orders(toks.len(), config.epochs, config.seed).into_iter().enumerate() {
         let (mut epoch_loss, mut epoch_tokens) = (0.0, 0usize);
         for chunk in order.chunks(config.batch_size) {
             if observer.cancelled() {
@@ -292,6 +289,19 @@ pub fn train(
     }
     report.train_seconds = started.elapsed().as_secs_f64() - report.eval_seconds;
     Ok((adapter.detached(), report))
+}
+
+/// The order [`train`] visits `examples` in, one shuffle per epoch, drawn from `seed` (the LoRA
+/// initialisation draws from its own generator). Public so a benchmark can give a peer the same order.
+pub fn example_orders(examples: usize, epochs: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..examples).collect();
+    (0..epochs)
+        .map(|_| {
+            order.shuffle(&mut rng);
+            order.clone()
+        })
+        .collect()
 }
 
 /// Linear warm-up from 0 to `peak`, then linear decay to 0 at the last step (Hugging Face's "linear").
