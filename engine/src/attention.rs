@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::ops::{contiguous, Float};
+use crate::ops::{contiguous, Float, Out};
 
 /// What the op needs to know about the packed batch: the sequences, the heads, and each token's
 /// rotary angles.
@@ -42,11 +42,6 @@ pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, att: &Arc<PackedAtte
 
 struct Op(Arc<PackedAttention>);
 
-/// `u`, `v`, `w` below are raw pointers shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct Out<T>(*mut T);
-unsafe impl<T> Send for Out<T> {}
-unsafe impl<T> Sync for Out<T> {}
 
 impl PackedAttention {
     fn rep(&self) -> usize {
@@ -102,9 +97,11 @@ impl PackedAttention {
         p
     }
 
-    fn forward<T: Float>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
-        let (d, hq, hk) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let tokens = q.len() / hq;
+    /// The output `(tokens, heads * head_dim)`. `q`, `k`, `v` start at their first column and have row
+    /// strides `qs`, `ks`, `vs` (their own widths, or the width of the stacked q/k/v projection).
+    fn forward<T: Float>(&self, (q, qs): (&[T], usize), (k, ks): (&[T], usize), (v, vs): (&[T], usize)) -> Vec<T> {
+        let (d, hq) = (self.head_dim, self.heads * self.head_dim);
+        let tokens = self.tokens();
         let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
         let mut out = vec![T::zero(); tokens * hq];
         let o = Out(out.as_mut_ptr());
@@ -114,39 +111,51 @@ impl PackedAttention {
             let o = o;
             let seg @ (start, n) = self.segments[s];
             let g = h / self.rep();
-            let qr = self.rotated(q, hq, h, seg, scale);
-            let kr = self.rotated(k, hk, g, seg, T::one());
+            let qr = self.rotated(q, qs, h, seg, scale);
+            let kr = self.rotated(k, ks, g, seg, T::one());
             let p = self.probabilities(&qr, &kr, n);
             // out[seg, head h] = p · v[seg, kv head g]. SAFETY: each (sequence, head) block of the
             // output is written by this task only; strides stay inside the buffers.
             unsafe {
                 gemm(n, d, n, o.0.add(start * hq + h * d), 1, hq as isize, false, p.as_ptr(), 1, n as isize,
-                    v.as_ptr().add(start * hk + g * d), 1, hk as isize, T::zero(), T::one(), false, false, false,
+                    v.as_ptr().add(start * vs + g * d), 1, vs as isize, T::zero(), T::one(), false, false, false,
                     Parallelism::None);
             }
         });
         out
     }
 
-    /// Gradients for q, k and v given the output's gradient `go`.
-    fn backward<T: Float>(&self, q: &[T], k: &[T], v: &[T], go: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (d, hq, hk) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let tokens = q.len() / hq;
+    /// Gradients for q, k and v given the output's gradient `go`, written to `dq`, `dk`, `dv` (each with
+    /// the row stride beside it, like the inputs).
+    ///
+    /// # Safety
+    /// `dq`, `dk` and `dv` must each hold `tokens` rows of their stride, with the `heads * head_dim`
+    /// (resp. `kv_heads * head_dim`) columns written here disjoint from each other's.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn backward<T: Float>(
+        &self,
+        (q, qs): (&[T], usize),
+        (k, ks): (&[T], usize),
+        (v, vs): (&[T], usize),
+        go: &[T],
+        (pq, dq_stride): (Out<T>, usize),
+        (pk, dk_stride): (Out<T>, usize),
+        (pv, dv_stride): (Out<T>, usize),
+    ) {
+        let (d, hq) = (self.head_dim, self.heads * self.head_dim);
         let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
-        let (mut dq, mut dk, mut dv) = (vec![T::zero(); tokens * hq], vec![T::zero(); tokens * hk], vec![T::zero(); tokens * hk]);
-        let (pq, pk, pv) = (Out(dq.as_mut_ptr()), Out(dk.as_mut_ptr()), Out(dv.as_mut_ptr()));
         // One task per (sequence, kv head): the query heads sharing a kv head add into its dk, dv.
         let tasks: Vec<(usize, usize)> =
             (0..self.segments.len()).flat_map(|s| (0..self.kv_heads).map(move |g| (s, g))).collect();
         tasks.into_par_iter().for_each(|(s, g)| {
             let (pq, pk, pv) = (pq, pk, pv);
             let seg @ (start, n) = self.segments[s];
-            let kr = self.rotated(k, hk, g, seg, T::one());
+            let kr = self.rotated(k, ks, g, seg, T::one());
             let (mut dkr, mut dvs) = (vec![T::zero(); n * d], vec![T::zero(); n * d]);
             let (mut dp, mut dqr) = (vec![T::zero(); n * n], vec![T::zero(); n * d]);
-            let vs = unsafe { v.as_ptr().add(start * hk + g * d) };
+            let vp = unsafe { v.as_ptr().add(start * vs + g * d) };
             for h in g * self.rep()..(g + 1) * self.rep() {
-                let qr = self.rotated(q, hq, h, seg, scale);
+                let qr = self.rotated(q, qs, h, seg, scale);
                 let p = self.probabilities(&qr, &kr, n);
                 let gos = unsafe { go.as_ptr().add(start * hq + h * d) };
                 // SAFETY (all gemm calls): row-major buffers of the stated shapes; go and v are read
@@ -156,7 +165,7 @@ impl PackedAttention {
                     gemm(n, d, n, dvs.as_mut_ptr(), 1, d as isize, true, p.as_ptr(), n as isize, 1, gos, 1, hq as isize,
                         T::one(), T::one(), false, false, false, Parallelism::None);
                     // dp = go vᵀ
-                    gemm(n, n, d, dp.as_mut_ptr(), 1, n as isize, false, gos, 1, hq as isize, vs, hk as isize, 1,
+                    gemm(n, n, d, dp.as_mut_ptr(), 1, n as isize, false, gos, 1, hq as isize, vp, vs as isize, 1,
                         T::zero(), T::one(), false, false, false, Parallelism::None);
                 }
                 // ds = p (dp - rowsum(p dp)), in place of dp.
@@ -177,26 +186,30 @@ impl PackedAttention {
                 }
                 // dq = scale * rotate⁻¹(dqr). SAFETY: this task owns rows seg of head h in dq.
                 for i in 0..n {
-                    let dst = unsafe { std::slice::from_raw_parts_mut(pq.0.add((start + i) * hq + h * d), d) };
+                    let dst = unsafe { std::slice::from_raw_parts_mut(pq.0.add((start + i) * dq_stride + h * d), d) };
                     self.rotate(&dqr[i * d..(i + 1) * d], start + i, scale, true, dst);
                 }
             }
             // SAFETY: this task owns rows seg of kv head g in dk and dv.
             for i in 0..n {
-                let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * hk + g * d), d) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * dk_stride + g * d), d) };
                 self.rotate(&dkr[i * d..(i + 1) * d], start + i, T::one(), true, dst);
-                let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * hk + g * d), d) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * dv_stride + g * d), d) };
                 dst.copy_from_slice(&dvs[i * d..(i + 1) * d]);
             }
         });
-        (dq, dk, dv)
     }
 
-    fn check(&self, q: &Layout, k: &Layout, v: &Layout) -> Result<()> {
-        let tokens = self.cos.len() / (self.head_dim / 2);
+    fn tokens(&self) -> usize {
+        self.cos.len() / (self.head_dim / 2)
+    }
+
+    /// The shape checks of both ops: `dims` of q, k, v must be `(tokens, widths)`.
+    fn check(&self, dims: [&[usize]; 3]) -> Result<()> {
+        let tokens = self.tokens();
         let (hq, hk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        if q.dims() != [tokens, hq] || k.dims() != [tokens, hk] || v.dims() != [tokens, hk] {
-            bail!("packed attention: q {:?}, k {:?}, v {:?} for {tokens} tokens, {hq}/{hk} columns", q.dims(), k.dims(), v.dims());
+        if dims != [&[tokens, hq][..], &[tokens, hk], &[tokens, hk]] {
+            bail!("packed attention: q {:?}, k {:?}, v {:?} for {tokens} tokens, {hq}/{hk} columns", dims[0], dims[1], dims[2]);
         }
         if self.heads % self.kv_heads != 0 || self.head_dim % 2 != 0 {
             bail!("packed attention: {} heads, {} kv heads, head_dim {}", self.heads, self.kv_heads, self.head_dim);
@@ -205,6 +218,17 @@ impl PackedAttention {
             bail!("packed attention: a sequence lies outside the {tokens} tokens");
         }
         Ok(())
+    }
+
+    /// Widths of q and of k (= v) in the stacked projection, and its checked row width.
+    fn stacked_widths(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
+        let (hq, hk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let tokens = dims.first().copied().unwrap_or(0);
+        self.check([&[tokens, hq], &[tokens, hk], &[tokens, hk]])?;
+        if dims != [tokens, hq + 2 * hk] {
+            bail!("packed attention: stacked q/k/v {dims:?}, expected ({tokens}, {})", hq + 2 * hk);
+        }
+        Ok((hq, hk, hq + 2 * hk))
     }
 }
 
@@ -222,10 +246,11 @@ impl CustomOp3 for Op {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.0.check(ql, kl, vl)?;
+        self.0.check([ql.dims(), kl.dims(), vl.dims()])?;
+        let (hq, hk) = (ql.dims()[1], kl.dims()[1]);
         let out = match q.dtype() {
-            DType::F32 => CpuStorage::F32(self.0.forward::<f32>(contiguous(q, ql)?, contiguous(k, kl)?, contiguous(v, vl)?)),
-            DType::F64 => CpuStorage::F64(self.0.forward::<f64>(contiguous(q, ql)?, contiguous(k, kl)?, contiguous(v, vl)?)),
+            DType::F32 => CpuStorage::F32(self.0.forward::<f32>((contiguous(q, ql)?, hq), (contiguous(k, kl)?, hk), (contiguous(v, vl)?, hk))),
+            DType::F64 => CpuStorage::F64(self.0.forward::<f64>((contiguous(q, ql)?, hq), (contiguous(k, kl)?, hk), (contiguous(v, vl)?, hk))),
             d => bail!("packed attention: unsupported dtype {d:?}"),
         };
         Ok((out, ql.shape().clone()))
@@ -239,21 +264,76 @@ impl CustomOp3 for Op {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        fn host<T: Float>(t: &Tensor) -> Result<Vec<T>> {
-            t.contiguous()?.flatten_all()?.to_vec1::<T>()
+        fn run<T: Float>(att: &PackedAttention, q: &Tensor, k: &Tensor, v: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+            let (hq, hk) = (q.dim(1)?, k.dim(1)?);
+            let (q_v, k_v, v_v, go) = (host::<T>(q)?, host::<T>(k)?, host::<T>(v)?, host::<T>(grad)?);
+            let (mut dq, mut dk, mut dv) = (vec![T::zero(); q_v.len()], vec![T::zero(); k_v.len()], vec![T::zero(); v_v.len()]);
+            // SAFETY: three separate buffers of the inputs' shapes.
+            unsafe {
+                att.backward((&q_v, hq), (&k_v, hk), (&v_v, hk), &go, (Out(dq.as_mut_ptr()), hq), (Out(dk.as_mut_ptr()), hk), (Out(dv.as_mut_ptr()), hk));
+            }
+            let dev = q.device();
+            Ok((Tensor::from_vec(dq, q.shape(), dev)?, Tensor::from_vec(dk, k.shape(), dev)?, Tensor::from_vec(dv, v.shape(), dev)?))
         }
-        let dev = q.device();
         let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => {
-                let (a, b, c) = self.0.backward::<f32>(&host(q)?, &host(k)?, &host(v)?, &host(grad)?);
-                (Tensor::from_vec(a, q.shape(), dev)?, Tensor::from_vec(b, k.shape(), dev)?, Tensor::from_vec(c, v.shape(), dev)?)
-            }
-            DType::F64 => {
-                let (a, b, c) = self.0.backward::<f64>(&host(q)?, &host(k)?, &host(v)?, &host(grad)?);
-                (Tensor::from_vec(a, q.shape(), dev)?, Tensor::from_vec(b, k.shape(), dev)?, Tensor::from_vec(c, v.shape(), dev)?)
-            }
+            DType::F32 => run::<f32>(&self.0, q, k, v, grad)?,
+            DType::F64 => run::<f64>(&self.0, q, k, v, grad)?,
             d => bail!("packed attention: unsupported dtype {d:?}"),
         };
         Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+fn host<T: Float>(t: &Tensor) -> Result<Vec<T>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<T>()
+}
+
+/// [`packed_attention`] reading q, k and v side by side in one `(tokens, (heads + 2 kv_heads) *
+/// head_dim)` tensor, the output of the stacked q/k/v projection (`ops::lora_linear_stacked`), and
+/// writing their gradients into one tensor of that shape: no slicing copies either way.
+pub fn packed_attention_stacked(qkv: &Tensor, att: &Arc<PackedAttention>) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op1_arc(Arc::new(Box::new(Stacked(att.clone()))))
+}
+
+struct Stacked(Arc<PackedAttention>);
+
+impl CustomOp1 for Stacked {
+    fn name(&self) -> &'static str {
+        "packed-attention-stacked"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (hq, hk, w) = self.0.stacked_widths(l.dims())?;
+        let out = match s.dtype() {
+            DType::F32 => {
+                let x = contiguous::<f32>(s, l)?;
+                CpuStorage::F32(self.0.forward((x, w), (&x[hq..], w), (&x[hq + hk..], w)))
+            }
+            DType::F64 => {
+                let x = contiguous::<f64>(s, l)?;
+                CpuStorage::F64(self.0.forward((x, w), (&x[hq..], w), (&x[hq + hk..], w)))
+            }
+            d => bail!("packed attention: unsupported dtype {d:?}"),
+        };
+        Ok((out, Shape::from((l.dims()[0], hq))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        fn run<T: Float>(att: &PackedAttention, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
+            let (hq, hk, w) = att.stacked_widths(qkv.dims())?;
+            let (x, go) = (host::<T>(qkv)?, host::<T>(grad)?);
+            let mut d = vec![T::zero(); x.len()];
+            let p = d.as_mut_ptr();
+            // SAFETY: one buffer of the input's shape; q, k and v gradients fill disjoint column blocks.
+            unsafe {
+                att.backward((&x, w), (&x[hq..], w), (&x[hq + hk..], w), &go, (Out(p), w), (Out(p.add(hq)), w), (Out(p.add(hq + hk)), w));
+            }
+            Tensor::from_vec(d, qkv.shape(), qkv.device())
+        }
+        Ok(Some(match qkv.dtype() {
+            DType::F32 => run::<f32>(&self.0, qkv, grad)?,
+            DType::F64 => run::<f64>(&self.0, qkv, grad)?,
+            d => bail!("packed attention: unsupported dtype {d:?}"),
+        }))
     }
 }

@@ -135,7 +135,7 @@ const MIN_SPLIT_ROWS: usize = 64;
 /// `lhs (m, k) · rhs (k, n)` for a row-major `lhs`, `rhs` given by its (column, row) strides.
 pub(crate) fn row_split_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T], rhs_strides: (usize, usize)) -> Vec<T> {
     let mut dst = vec![T::zero(); m * n];
-    row_split_matmul_into(&mut dst, T::one(), false, m, n, k, lhs, rhs, rhs_strides);
+    row_split_matmul_into(&mut dst, n, T::one(), false, m, n, k, lhs, k, rhs, rhs_strides);
     dst
 }
 
@@ -143,39 +143,53 @@ pub(crate) fn row_split_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T]
 /// one block per pool thread, each a single-threaded gemm call. On 2 AVX2 cores this ran the frozen
 /// weights' shapes at ~100 GFLOP/s against ~88 for gemm's own rayon split (which splits the columns
 /// too, and synchronises between its blocks); the frozen matmuls are two-thirds of a training step.
+/// `dst` and `lhs` are row-major with row strides `dst_stride >= n` and `lhs_stride >= k` (so either
+/// can be a block of columns of a wider matrix); `rhs` is given by its (column, row) strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn row_split_matmul_into<T: Float>(
     dst: &mut [T],
+    dst_stride: usize,
     beta: T,
     accumulate: bool,
     m: usize,
     n: usize,
     k: usize,
     lhs: &[T],
+    lhs_stride: usize,
     rhs: &[T],
     (rhs_cs, rhs_rs): (usize, usize),
 ) {
-    assert!(dst.len() == m * n && lhs.len() == m * k, "row_split_matmul: dst {} lhs {} for ({m}, {k}) x ({k}, {n})", dst.len(), lhs.len());
-    assert!(k == 0 || n == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "row_split_matmul: rhs too short");
     if m == 0 || n == 0 {
         return;
     }
+    let fits = |len: usize, stride: usize, cols: usize| cols <= stride && (m - 1) * stride + cols <= len;
+    assert!(fits(dst.len(), dst_stride, n) && fits(lhs.len(), lhs_stride, k), "row_split_matmul: ({m}, {k}) x ({k}, {n}) does not fit dst/lhs");
+    assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "row_split_matmul: rhs too short");
     let threads = rayon::current_num_threads();
     let tasks = threads.min(m / MIN_SPLIT_ROWS).max(1);
-    // SAFETY (both calls): dst block is rows x n and lhs block rows x k, row-major; rhs holds every
-    // (k, n) element at the given strides (asserted above).
-    let call = |dst: &mut [T], lhs: &[T], rows: usize, par: Parallelism| unsafe {
-        gemm(rows, n, k, dst.as_mut_ptr(), 1, n as isize, accumulate, lhs.as_ptr(), 1, k as isize, rhs.as_ptr(),
-            rhs_cs as isize, rhs_rs as isize, T::one(), beta, false, false, false, par);
+    let rows = m.div_ceil(tasks);
+    let d = Out(dst.as_mut_ptr());
+    // SAFETY: the rows of dst and lhs lie inside their slices (asserted above) and each task writes only
+    // its own rows of dst (with strides >= widths, rows never overlap); rhs holds every (k, n) element.
+    let block = |first: usize, par: Parallelism| unsafe {
+        let d = d;
+        let count = rows.min(m - first);
+        gemm(count, n, k, d.0.add(first * dst_stride), 1, dst_stride as isize, accumulate,
+            lhs.as_ptr().add(first * lhs_stride), 1, lhs_stride as isize, rhs.as_ptr(), rhs_cs as isize,
+            rhs_rs as isize, T::one(), beta, false, false, false, par);
     };
     if tasks == 1 {
         // Too few rows to split: gemm's own split of the columns (the output head's few loss rows).
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-        return call(dst, lhs, m, par);
+        return block(0, if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None });
     }
-    let rows = m.div_ceil(tasks);
-    dst.par_chunks_mut(rows * n).zip(lhs.par_chunks(rows * k)).for_each(|(d, l)| call(d, l, l.len() / k.max(1), Parallelism::None));
+    (0..tasks).into_par_iter().for_each(|t| block(t * rows, Parallelism::None));
 }
+
+/// Pointer to a buffer whose disjoint parts parallel tasks write.
+#[derive(Clone, Copy)]
+pub(crate) struct Out<T>(pub(crate) *mut T);
+unsafe impl<T> Send for Out<T> {}
+unsafe impl<T> Sync for Out<T> {}
 
 /// The input gradient `g W` as `(m, in)`.
 fn frozen_backward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, grad: &Tensor) -> Result<Tensor> {
@@ -274,7 +288,7 @@ impl LoraLinear {
         let m = x.len() / k;
         let mut y = with_values(&self.w, |w| Ok(frozen_forward_rows(w, n, self.packed.as_ref(), x)))?;
         let u = row_split_matmul(m, r, k, x, a, (k, 1));
-        row_split_matmul_into(&mut y, T::from(self.scale).unwrap(), true, m, n, r, &u, b, (r, 1));
+        row_split_matmul_into(&mut y, n, T::from(self.scale).unwrap(), true, m, n, r, &u, r, b, (r, 1));
         Ok(y)
     }
 
@@ -285,7 +299,7 @@ impl LoraLinear {
         let s = T::from(self.scale).unwrap();
         let gb = row_split_matmul_scaled(m, r, n, g, b, (1, r), s);
         let mut dx = with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?;
-        row_split_matmul_into(&mut dx, T::one(), true, m, k, r, &gb, a, (1, k));
+        row_split_matmul_into(&mut dx, k, T::one(), true, m, k, r, &gb, r, a, (1, k));
         let da = small_matmul(r, k, m, &gb, (r, 1), x, (1, k), T::one());
         let u = row_split_matmul(m, r, k, x, a, (k, 1));
         let db = small_matmul(n, r, m, g, (n, 1), &u, (1, r), s);
@@ -296,7 +310,7 @@ impl LoraLinear {
 /// [`row_split_matmul`] times `beta`.
 fn row_split_matmul_scaled<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T], rhs_strides: (usize, usize), beta: T) -> Vec<T> {
     let mut dst = vec![T::zero(); m * n];
-    row_split_matmul_into(&mut dst, beta, false, m, n, k, lhs, rhs, rhs_strides);
+    row_split_matmul_into(&mut dst, n, beta, false, m, n, k, lhs, k, rhs, rhs_strides);
     dst
 }
 
@@ -355,6 +369,159 @@ impl LoraLinear {
             Some(Tensor::from_vec(da, a.shape(), dev)?),
             Some(Tensor::from_vec(db, b.shape(), dev)?),
         ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Several LoRA linear layers over one input (q, k, v; gate, up) as one wider matmul.
+
+/// The layers `y_i = x W_iᵀ + scale (x A_iᵀ) B_iᵀ` that read the same `x`, as one op over their weights
+/// stacked `W (Σ n_i, k)`: output `(.., Σ n_i)`, the layers' outputs side by side. One frozen matmul
+/// 960 (q, k, v) or 3072 (gate, up) columns wide instead of three or two narrower ones, and in the
+/// backward one input gradient `g W` (inner dimension Σ n_i) instead of two or three that candle then
+/// adds up. `parts` gives each layer's width and adapter (all adapters of one rank; a layer without one
+/// is frozen).
+pub fn lora_linear_stacked(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&Arc<FrozenBf16>>,
+    parts: &[(usize, Option<(&Tensor, &Tensor)>)],
+    scale: f64,
+) -> Result<Tensor> {
+    let adapters: Vec<(&Tensor, &Tensor)> = parts.iter().filter_map(|p| p.1).collect();
+    if parts.iter().map(|p| p.0).sum::<usize>() != w.dim(0)? {
+        bail!("lora-linear-stacked: parts {:?} vs weight {:?}", parts.iter().map(|p| p.0).collect::<Vec<_>>(), w.dims());
+    }
+    if adapters.is_empty() {
+        return frozen_linear_packed(x, w, packed);
+    }
+    let r = adapters[0].0.dim(0)?;
+    for (&(n, _), (a, b)) in parts.iter().filter(|p| p.1.is_some()).zip(&adapters) {
+        if a.dims() != [r, w.dim(1)?] || b.dims() != [n, r] {
+            bail!("lora-linear-stacked: A {:?}, B {:?} for a layer ({n}, {}) of rank {r}", a.dims(), b.dims(), w.dim(1)?);
+        }
+    }
+    // The adapters stacked too (small copies, with cat's backward splitting their gradients again).
+    let a = Tensor::cat(&adapters.iter().map(|p| p.0).collect::<Vec<_>>(), 0)?;
+    let b = Tensor::cat(&adapters.iter().map(|p| p.1).collect::<Vec<_>>(), 0)?;
+    let op = LoraStacked { w: w.clone(), packed: packed.cloned(), scale, r, parts: parts.iter().map(|p| (p.0, p.1.is_some())).collect() };
+    x.contiguous()?.apply_op3(&a, &b, op)
+}
+
+struct LoraStacked {
+    w: Tensor,
+    packed: Option<Arc<FrozenBf16>>,
+    scale: f64,
+    r: usize,
+    /// Width of each layer and whether it has an adapter.
+    parts: Vec<(usize, bool)>,
+}
+
+impl LoraStacked {
+    /// `(column of y, first row of the stacked B, adapter index)` of each layer with an adapter, and its width.
+    fn adapted(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let mut column = 0;
+        let mut row = 0;
+        let mut index = 0;
+        self.parts.iter().filter_map(move |&(n, lora)| {
+            let at = (column, row, index, n);
+            column += n;
+            if !lora {
+                return None;
+            }
+            row += n;
+            index += 1;
+            Some(at)
+        })
+    }
+
+    /// y = x Wᵀ, then each layer's block of columns += s u_j B_jᵀ with u = x Aᵀ `(m, R)`.
+    fn forward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T]) -> Result<Vec<T>> {
+        let (n, k) = self.w.dims2()?;
+        let (m, r, big_r) = (x.len() / k, self.r, a.len() / k);
+        let mut y = with_values(&self.w, |w| Ok(frozen_forward_rows(w, n, self.packed.as_ref(), x)))?;
+        let u = row_split_matmul(m, big_r, k, x, a, (k, 1));
+        let s = T::from(self.scale).unwrap();
+        for (col, brow, j, nj) in self.adapted() {
+            row_split_matmul_into(&mut y[col..], n, s, true, m, nj, r, &u[j * r..], big_r, &b[brow * r..], (r, 1));
+        }
+        Ok(y)
+    }
+
+    /// dx = g W + (s g_j B_j)_j A;  dA = (s g_j B_j)_jᵀ x;  dB_j = s g_jᵀ u_j.
+    fn backward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], g: &[T]) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let (n, k) = self.w.dims2()?;
+        let (m, r, big_r) = (x.len() / k, self.r, a.len() / k);
+        let s = T::from(self.scale).unwrap();
+        let mut gb = vec![T::zero(); m * big_r];
+        for (col, brow, j, nj) in self.adapted() {
+            row_split_matmul_into(&mut gb[j * r..], big_r, s, false, m, r, nj, &g[col..], n, &b[brow * r..], (1, r));
+        }
+        let mut dx = with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?;
+        row_split_matmul_into(&mut dx, k, T::one(), true, m, k, big_r, &gb, big_r, a, (1, k));
+        let da = small_matmul(big_r, k, m, &gb, (big_r, 1), x, (1, k), T::one());
+        let u = row_split_matmul(m, big_r, k, x, a, (k, 1));
+        let mut db = Vec::with_capacity(b.len());
+        for (col, _, j, nj) in self.adapted() {
+            db.extend(small_matmul(nj, r, m, &g[col..], (n, 1), &u[j * r..], (1, big_r), s));
+        }
+        Ok((dx, da, db))
+    }
+
+    fn backward<T: Float>(&self, x: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dev = x.device();
+        let (dx, da, db) = with_values::<T, _>(x, |x| {
+            with_values(a, |a| with_values(b, |b| with_values(grad, |g| self.backward_rows(x, a, b, g))))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(da, a.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for LoraStacked {
+    fn name(&self) -> &'static str {
+        "lora-linear-stacked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = self.w.dims2()?;
+        if xl.dims().last() != Some(&k) || !xl.is_contiguous() {
+            bail!("lora-linear-stacked: x {:?} vs weight {:?}", xl.dims(), self.w.dims());
+        }
+        let y = match x {
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?)?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?)?),
+            _ => bail!("lora-linear-stacked: unsupported dtype {:?}", x.dtype()),
+        };
+        let mut out = xl.dims().to_vec();
+        *out.last_mut().unwrap() = n;
+        Ok((y, Shape::from(out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match x.dtype() {
+            DType::F32 => self.backward::<f32>(x, a, b, grad),
+            DType::F64 => self.backward::<f64>(x, a, b, grad),
+            d => bail!("lora-linear-stacked: unsupported dtype {d:?}"),
+        }
     }
 }
 
@@ -513,5 +680,80 @@ impl CustomOp2 for SiluMul {
             d => bail!("silu-mul: unsupported dtype {d:?}"),
         };
         Ok((Some(dg), Some(du)))
+    }
+}
+
+/// [`silu_mul`] of the two halves of each row of `gate_up (.., 2h)`: the output of the stacked
+/// gate/up projection ([`lora_linear_stacked`]) read in place, and its gradient written as one tensor.
+pub fn silu_mul_stacked(gate_up: &Tensor) -> Result<Tensor> {
+    gate_up.contiguous()?.apply_op1(SiluMulStacked)
+}
+
+struct SiluMulStacked;
+
+/// Rows per rayon task for a hidden width `h` (about [`SILU_CHUNK`] elements).
+fn silu_rows(h: usize) -> usize {
+    (SILU_CHUNK / h.max(1)).max(1)
+}
+
+fn silu_mul_stacked_fwd<T: Float>(gu: &[T], h: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); gu.len() / 2];
+    let rows = silu_rows(h);
+    y.par_chunks_mut(rows * h).zip(gu.par_chunks(rows * 2 * h)).for_each(|(y, gu)| {
+        for (y, gu) in y.chunks_mut(h).zip(gu.chunks(2 * h)) {
+            let (g, u) = gu.split_at(h);
+            for i in 0..h {
+                y[i] = g[i] * sigmoid(g[i]) * u[i];
+            }
+        }
+    });
+    y
+}
+
+fn silu_mul_stacked_bwd<T: Float>(gu: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let (gu_v, dy) = (cpu_values::<T>(gu)?, cpu_values::<T>(grad)?);
+    let h = gu.dim(D::Minus1)? / 2;
+    let mut d = vec![T::zero(); gu_v.len()];
+    let rows = silu_rows(h);
+    d.par_chunks_mut(rows * 2 * h).zip(gu_v.par_chunks(rows * 2 * h).zip(dy.par_chunks(rows * h))).for_each(|(d, (gu, dy))| {
+        for (d, (gu, dy)) in d.chunks_mut(2 * h).zip(gu.chunks(2 * h).zip(dy.chunks(h))) {
+            let (g, u) = gu.split_at(h);
+            let (dg, du) = d.split_at_mut(h);
+            for i in 0..h {
+                let s = sigmoid(g[i]);
+                dg[i] = dy[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
+                du[i] = dy[i] * g[i] * s;
+            }
+        }
+    });
+    Tensor::from_vec(d, gu.shape(), gu.device())
+}
+
+impl CustomOp1 for SiluMulStacked {
+    fn name(&self) -> &'static str {
+        "silu-mul-stacked"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut dims = l.dims().to_vec();
+        let Some(last) = dims.last_mut().filter(|w| **w % 2 == 0) else {
+            bail!("silu-mul-stacked: the last dimension of {:?} must hold gate and up halves", l.dims());
+        };
+        *last /= 2;
+        let h = *last;
+        let y = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(silu_mul_stacked_fwd::<f32>(contiguous(s, l)?, h)),
+            CpuStorage::F64(_) => CpuStorage::F64(silu_mul_stacked_fwd::<f64>(contiguous(s, l)?, h)),
+            _ => bail!("silu-mul-stacked: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((y, Shape::from(dims)))
+    }
+
+    fn bwd(&self, gu: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(match gu.dtype() {
+            DType::F32 => silu_mul_stacked_bwd::<f32>(gu, grad)?,
+            DType::F64 => silu_mul_stacked_bwd::<f64>(gu, grad)?,
+            d => bail!("silu-mul-stacked: unsupported dtype {d:?}"),
+        }))
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::sync::Arc;
 
-use distill_engine::attention::{packed_attention, PackedAttention};
+use distill_engine::attention::{packed_attention, packed_attention_stacked, PackedAttention};
 use distill_engine::ops;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -212,4 +212,86 @@ fn composed_attention_block_gradient() {
         packed_attention(&Tensor::cat(&[&q, &h, &q, &h], 1).unwrap(), &kv, &kv, &att).unwrap().sum_keepdim(D::Minus1).unwrap()
             .broadcast_mul(&q).unwrap()
     });
+}
+
+// Stacked layers (q/k/v and gate/up as one op): gradients against finite differences, and forward and
+// gradients equal to the separate ops they stand for.
+
+/// Forward and the gradients of sum(f(inputs) * r) of two ways of computing the same thing.
+fn same_forward_and_gradients(inputs: &[Tensor], ours: impl Fn(&[&Tensor]) -> Tensor, theirs: impl Fn(&[&Tensor]) -> Tensor) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let (y1, y2) = (ours(&ts), theirs(&ts));
+    let diff = |p: &Tensor, q: &Tensor| (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    assert!(diff(&y1, &y2) < 1e-10, "forward differs by {}", diff(&y1, &y2));
+    let r = randn(y1.dims(), 77);
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, t) in ts.iter().enumerate() {
+        let (a, b) = (g1.get(t).expect("our gradient"), g2.get(t).expect("their gradient"));
+        assert!(diff(a, b) < 1e-10, "gradient of input {i} differs by {}", diff(a, b));
+    }
+}
+
+#[test]
+fn lora_linear_stacked_equals_the_separate_layers() {
+    // Three layers of widths 5, 3, 3 over x (.., 4); adapters of rank 2 on the first and last only.
+    let w = randn(&[11, 4], 31);
+    let x = randn(&[9, 4], 32);
+    let (a0, b0, a2, b2) = (randn(&[2, 4], 33), randn(&[5, 2], 34), randn(&[2, 4], 35), randn(&[3, 2], 36));
+    let stacked = |t: &[&Tensor]| {
+        ops::lora_linear_stacked(t[0], &w, None, &[(5, Some((t[1], t[2]))), (3, None), (3, Some((t[3], t[4])))], 1.5).unwrap()
+    };
+    let separate = |t: &[&Tensor]| {
+        let y0 = ops::lora_linear(t[0], &w.narrow(0, 0, 5).unwrap(), None, t[1], t[2], 1.5).unwrap();
+        let y1 = ops::frozen_linear(t[0], &w.narrow(0, 5, 3).unwrap().contiguous().unwrap()).unwrap();
+        let y2 = ops::lora_linear(t[0], &w.narrow(0, 8, 3).unwrap().contiguous().unwrap(), None, t[3], t[4], 1.5).unwrap();
+        Tensor::cat(&[y0, y1, y2], 1).unwrap()
+    };
+    let inputs = [x.clone(), a0.clone(), b0.clone(), a2.clone(), b2.clone()];
+    same_forward_and_gradients(&inputs, stacked, separate);
+    for (i, name) in ["dx", "dA0", "dB0", "dA2", "dB2"].iter().enumerate() {
+        check(name, &inputs[i], |t| {
+            let mut v: Vec<&Tensor> = inputs.iter().collect();
+            v[i] = t;
+            stacked(&v)
+        });
+    }
+    // Enough rows to split across a pool's threads, and no adapter at all.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    pool.install(|| {
+        let big = [randn(&[301, 4], 37), a0.clone(), b0.clone(), a2.clone(), b2.clone()];
+        same_forward_and_gradients(&big, stacked, separate);
+    });
+    let frozen = ops::lora_linear_stacked(&x, &w, None, &[(5, None), (6, None)], 1.5).unwrap();
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    assert!(max_diff(&f32(&frozen), &f32(&x.matmul(&w.t().unwrap()).unwrap())) < 1e-6);
+    assert!(ops::lora_linear_stacked(&x, &w, None, &[(5, None), (5, None)], 1.5).is_err(), "widths must add up to the weight's rows");
+}
+
+#[test]
+fn silu_mul_stacked_equals_silu_mul_of_the_halves() {
+    let gu = randn(&[7, 10], 41);
+    check("silu_mul_stacked", &gu, |t| ops::silu_mul_stacked(t).unwrap());
+    same_forward_and_gradients(
+        &[gu],
+        |t| ops::silu_mul_stacked(t[0]).unwrap(),
+        |t| ops::silu_mul(&t[0].narrow(1, 0, 5).unwrap(), &t[0].narrow(1, 5, 5).unwrap()).unwrap(),
+    );
+    assert!(ops::silu_mul_stacked(&randn(&[2, 3], 1)).is_err(), "an odd width has no halves");
+}
+
+#[test]
+fn packed_attention_stacked_equals_packed_attention() {
+    let qkv = randn(&[7, 32], 42);
+    for interleaved in [true, false] {
+        let att = attention(vec![(0, 3), (3, 4)], 7, interleaved);
+        check("attention stacked", &qkv, |t| packed_attention_stacked(t, &att).unwrap());
+        same_forward_and_gradients(
+            &[qkv.clone()],
+            |t| packed_attention_stacked(t[0], &att).unwrap(),
+            |t| packed_attention(&t[0].narrow(1, 0, 16).unwrap(), &t[0].narrow(1, 16, 8).unwrap(), &t[0].narrow(1, 24, 8).unwrap(), &att).unwrap(),
+        );
+        assert!(packed_attention_stacked(&randn(&[7, 31], 1), &att).is_err());
+    }
 }

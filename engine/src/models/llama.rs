@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraAdapter, LoraPair, Target};
-use crate::attention::{packed_attention, PackedAttention};
+use crate::attention::{packed_attention, packed_attention_stacked, PackedAttention};
 use crate::{amx, infer_ops, ops, quant_matmul};
 use std::sync::{Arc, OnceLock};
 
@@ -406,6 +406,35 @@ impl Linear {
         Ok((w, self.amx.get()))
     }
 
+    /// The f32 weights of layers that read the same input (q, k, v; gate, up), stacked into one layer
+    /// whose output is theirs side by side; the layers become views into its weight (no second copy).
+    /// `None`, and the layers untouched, where any of them has a bias or no f32 weight.
+    fn stacked<const N: usize>(layers: [&mut Linear; N]) -> Result<Option<Linear>> {
+        if layers.iter().any(|l| l.bias.is_some() || l.dense().is_err()) {
+            return Ok(None);
+        }
+        let weights = layers.iter().map(|l| l.dense().cloned()).collect::<Result<Vec<_>>>()?;
+        let stacked = Tensor::cat(&weights, 0)?;
+        let mut row = 0;
+        for (l, w) in layers.into_iter().zip(&weights) {
+            let n = w.dim(0)?;
+            l.weight = Weights::Candle(QMatMul::Tensor(stacked.narrow(0, row, n)?));
+            row += n;
+        }
+        Ok(Some(Linear::from_parts(QMatMul::Tensor(stacked), None)))
+    }
+
+    /// Training forward of a stacked layer ([`Linear::stacked`]) given the layers it stacks, each with
+    /// its adapter: their outputs side by side.
+    fn forward_train_stacked(&self, x: &Tensor, parts: &[(&Linear, Option<(&LoraPair, f64)>)], scale: f64) -> Result<Tensor> {
+        let (w, packed) = self.frozen_parts()?;
+        let parts = parts
+            .iter()
+            .map(|(l, lora)| Ok((l.dense()?.dim(0)?, lora.map(|(p, _)| (&p.a, &p.b)))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ops::lora_linear_stacked(x, w, packed, &parts, scale)?)
+    }
+
     /// Training forward: frozen weight (input gradient only) plus the adapter's trainable update.
     fn forward_train(&self, x: &Tensor, lora: Option<(&LoraPair, f64)>, dropout: &mut Dropout) -> Result<Tensor> {
         let (w, packed) = self.frozen_parts()?;
@@ -575,6 +604,9 @@ struct Block {
     ffn_gate: Linear,
     ffn_up: Linear,
     ffn_down: Linear,
+    /// f32 weights on the CPU: q/k/v and gate/up stacked into one matrix each, for training's wider
+    /// matmuls (see [`Linear::stacked`]); the separate layers above are views into them.
+    stacked: Option<(Linear, Linear)>,
 }
 
 /// Keys and values of the positions seen so far, per layer: as tensors `(batch, kv_heads, positions,
@@ -678,7 +710,14 @@ impl Llama {
                 ffn_down: linear(src, "ffn_down")?,
                 attn_norm: norm(src, &format!("blk.{i}.attn_norm.weight"))?,
                 ffn_norm: norm(src, &format!("blk.{i}.ffn_norm.weight"))?,
+                stacked: None,
             });
+            if format == WeightFormat::F32 && device.is_cpu() {
+                let b = blocks.last_mut().expect("just pushed");
+                let qkv = Linear::stacked([&mut b.attn_q, &mut b.attn_k, &mut b.attn_v])?;
+                let gate_up = Linear::stacked([&mut b.ffn_gate, &mut b.ffn_up])?;
+                b.stacked = qkv.zip(gate_up);
+            }
         }
         let token_embd_w = src.weight("token_embd.weight", device)?;
         let (token_embd, output) = match (token_embd_w, format, config.tie_word_embeddings) {
@@ -747,6 +786,7 @@ impl Llama {
                     ffn_down: merge(&b.ffn_down, g(Target::Down))?,
                     attn_norm: b.attn_norm.clone(),
                     ffn_norm: b.ffn_norm.clone(),
+                    stacked: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -897,15 +937,33 @@ impl Llama {
         for (i, b) in self.blocks.iter().enumerate() {
             let lora = |t: Target| adapter.get(i, t).map(|p| (p, scale));
             let h = b.attn_norm.forward_train(&x)?;
-            let q = b.attn_q.forward_train(&h, lora(Target::Q), dropout)?;
-            let k = b.attn_k.forward_train(&h, lora(Target::K), dropout)?;
-            let v = b.attn_v.forward_train(&h, lora(Target::V), dropout)?;
-            let y = packed_attention(&q, &k, &v, &att)?;
+            let y = match &b.stacked {
+                // Dropout draws a mask per layer input; the stacked op has one input for all three.
+                Some((qkv, _)) if dropout.p <= 0.0 => {
+                    let parts = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
+                    packed_attention_stacked(&qkv.forward_train_stacked(&h, &parts, scale)?, &att)?
+                }
+                _ => {
+                    let q = b.attn_q.forward_train(&h, lora(Target::Q), dropout)?;
+                    let k = b.attn_k.forward_train(&h, lora(Target::K), dropout)?;
+                    let v = b.attn_v.forward_train(&h, lora(Target::V), dropout)?;
+                    packed_attention(&q, &k, &v, &att)?
+                }
+            };
             x = (x + b.attn_output.forward_train(&y, lora(Target::O), dropout)?)?;
             let h = b.ffn_norm.forward_train(&x)?;
-            let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?;
-            let up = b.ffn_up.forward_train(&h, lora(Target::Up), dropout)?;
-            x = (x + b.ffn_down.forward_train(&ops::silu_mul(&gate, &up)?, lora(Target::Down), dropout)?)?;
+            let act = match &b.stacked {
+                Some((_, gate_up)) if dropout.p <= 0.0 => {
+                    let parts = [(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))];
+                    ops::silu_mul_stacked(&gate_up.forward_train_stacked(&h, &parts, scale)?)?
+                }
+                _ => {
+                    let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?;
+                    let up = b.ffn_up.forward_train(&h, lora(Target::Up), dropout)?;
+                    ops::silu_mul(&gate, &up)?
+                }
+            };
+            x = (x + b.ffn_down.forward_train(&act, lora(Target::Down), dropout)?)?;
         }
         // Logits only where the loss needs them: the vocabulary projection is the largest matmul.
         let picked = Tensor::new(batch.loss_positions.as_slice(), dev)?;
