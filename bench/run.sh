@@ -70,7 +70,7 @@ for phase in $phases; do
       log "T: engine alone and torch+PEFT (distill.finetune()'s row comes from phase A's 10intent job)"
       dir=$(fresh T)
       OUT=$dir ROWS=${T_ROWS:-982} TARGETS=${T_TARGETS:-all} bash bench/train_vs_peft.sh
-      rm -f "$dir/tokens.json" && keep T
+      rm -rf "$dir/tokens.json" "$dir"/init-* && keep T
       ;;
     C)
       log "C: classification"
