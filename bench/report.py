@@ -179,10 +179,15 @@ def markdown(res):
             out += [f.read().strip(), ""]
     if os.path.isdir(t):
         h, rows = training_rows(t, a)
+        peers = [json.load(open(os.path.join(t, f))) for f in sorted(os.listdir(t)) if f.startswith("peft-") and f.endswith(".json")]
+        same_start = bool(peers) and all(p.get("order") == "engine" and p.get("init_adapter") for p in peers)
+        start = ("from the same initial adapter and in the same example order (the engine's), so the eval losses "
+                 "differ by numerics only" if same_start else
+                 "each side drawing its own initial adapter and example order (same distributions)")
         out += ["## T, training: LoRA on banking77_10intent vs torch + PEFT", "",
                 "r 8, alpha 16, batch 8, AdamW lr 1e-3 (linear warm-up 10% + decay), clip 1.0, seed 42, one epoch of the "
                 "982 training rows, eval loss on the first 200 test rows; both sides read the GGUF dequantized to f32 "
-                "and train on the same token ids (`bench/train_vs_peft.sh`). `distill.finetune()` is the same run as a "
+                f"and train on the same token ids, {start} (`bench/train_vs_peft.sh`). `distill.finetune()` is the same run as a "
                 "job in a background worker (`bench/finetune_sql.sh`, set 10intent): its time is DESCRIBE's "
                 "`data.train_seconds` (training only; the validation passes are timed apart), its RSS the worker "
                 "process's peak, its eval loss the job's validation loss on the same 200 test rows.", "",
