@@ -244,6 +244,7 @@ impl CustomOp1 for FrozenLinear {
 /// graph nodes (two matmuls, a transpose, a scale, an add, the frozen matmul), each allocating an
 /// output the size of `y` or of its gradient. The backward returns gradients for x, A and B; the
 /// adapter's products are accumulated into the frozen product's output in place (gemm reads it back).
+/// It is [`lora_linear_stacked`] with one layer.
 pub fn lora_linear(
     x: &Tensor,
     w: &Tensor,
@@ -252,13 +253,7 @@ pub fn lora_linear(
     b: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraLinear { w: w.clone(), packed: packed.cloned(), scale })
-}
-
-struct LoraLinear {
-    w: Tensor,
-    packed: Option<Arc<FrozenBf16>>,
-    scale: f64,
+    lora_linear_stacked(x, w, packed, &[(w.dim(0)?, Some((a, b)))], scale)
 }
 
 /// `C = beta · op(lhs) · rhs` for small products whose inner dimension is the token axis (the adapter
@@ -279,97 +274,6 @@ fn small_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], lhs_strides: 
             rhs.as_ptr(), rhs_strides.0 as isize, rhs_strides.1 as isize, T::zero(), beta, false, false, false, par);
     }
     dst
-}
-
-impl LoraLinear {
-    /// y = x Wᵀ + s (x Aᵀ) Bᵀ for `x (m, k)`, `A (r, k)`, `B (n, r)`.
-    fn forward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], r: usize) -> Result<Vec<T>> {
-        let (n, k) = self.w.dims2()?;
-        let m = x.len() / k;
-        let mut y = with_values(&self.w, |w| Ok(frozen_forward_rows(w, n, self.packed.as_ref(), x)))?;
-        let u = row_split_matmul(m, r, k, x, a, (k, 1));
-        row_split_matmul_into(&mut y, n, T::from(self.scale).unwrap(), true, m, n, r, &u, r, b, (r, 1));
-        Ok(y)
-    }
-
-    /// dx = g W + s (g B) A;  dA = s (g B)ᵀ x;  dB = s gᵀ (x Aᵀ).
-    fn backward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], g: &[T], r: usize) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let (n, k) = self.w.dims2()?;
-        let m = x.len() / k;
-        let s = T::from(self.scale).unwrap();
-        let gb = row_split_matmul_scaled(m, r, n, g, b, (1, r), s);
-        let mut dx = with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?;
-        row_split_matmul_into(&mut dx, k, T::one(), true, m, k, r, &gb, r, a, (1, k));
-        let da = small_matmul(r, k, m, &gb, (r, 1), x, (1, k), T::one());
-        let u = row_split_matmul(m, r, k, x, a, (k, 1));
-        let db = small_matmul(n, r, m, g, (n, 1), &u, (1, r), s);
-        Ok((dx, da, db))
-    }
-}
-
-/// [`row_split_matmul`] times `beta`.
-fn row_split_matmul_scaled<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T], rhs_strides: (usize, usize), beta: T) -> Vec<T> {
-    let mut dst = vec![T::zero(); m * n];
-    row_split_matmul_into(&mut dst, n, beta, false, m, n, k, lhs, k, rhs, rhs_strides);
-    dst
-}
-
-impl CustomOp3 for LoraLinear {
-    fn name(&self) -> &'static str {
-        "lora-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        a: &CpuStorage,
-        al: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let ((r, k), (n, r2)) = (al.shape().dims2()?, bl.shape().dims2()?);
-        if r != r2 || k != *xl.dims().last().unwrap() || n != self.w.dim(0)? || !xl.is_contiguous() {
-            bail!("lora-linear: x {:?}, A {:?}, B {:?}, W {:?}", xl.dims(), al.dims(), bl.dims(), self.w.dims());
-        }
-        let y = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?, r)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?, r)?),
-            _ => bail!("lora-linear: unsupported dtype {:?}", x.dtype()),
-        };
-        let mut out = xl.dims().to_vec();
-        *out.last_mut().unwrap() = n;
-        Ok((y, Shape::from(out)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match x.dtype() {
-            DType::F32 => self.backward::<f32>(x, a, b, grad),
-            DType::F64 => self.backward::<f64>(x, a, b, grad),
-            d => bail!("lora-linear: unsupported dtype {d:?}"),
-        }
-    }
-}
-
-impl LoraLinear {
-    fn backward<T: Float>(&self, x: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (r, dev) = (a.dim(0)?, x.device());
-        let (dx, da, db) = with_values::<T, _>(x, |x| {
-            with_values(a, |a| with_values(b, |b| with_values(grad, |g| self.backward_rows(x, a, b, g, r))))
-        })?;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(da, a.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -402,8 +306,8 @@ pub fn lora_linear_stacked(
         }
     }
     // The adapters stacked too (small copies, with cat's backward splitting their gradients again).
-    let a = Tensor::cat(&adapters.iter().map(|p| p.0).collect::<Vec<_>>(), 0)?;
-    let b = Tensor::cat(&adapters.iter().map(|p| p.1).collect::<Vec<_>>(), 0)?;
+    let a = Tensor::cat(&adapters.iter().map(|p| p.0).collect::<Vec<_>>(), 0)?.contiguous()?;
+    let b = Tensor::cat(&adapters.iter().map(|p| p.1).collect::<Vec<_>>(), 0)?.contiguous()?;
     let op = LoraStacked { w: w.clone(), packed: packed.cloned(), scale, r, parts: parts.iter().map(|p| (p.0, p.1.is_some())).collect() };
     x.contiguous()?.apply_op3(&a, &b, op)
 }
