@@ -425,9 +425,10 @@ impl Linear {
     }
 
     /// Training forward of a stacked layer ([`Linear::stacked`]) given the layers it stacks, each with
-    /// its adapter: their outputs side by side.
-    fn forward_train_stacked(&self, x: &Tensor, parts: &[(&Linear, Option<(&LoraPair, f64)>)], scale: f64) -> Result<Tensor> {
+    /// its adapter and scale (one scale for all): their outputs side by side.
+    fn forward_train_stacked(&self, x: &Tensor, parts: &[(&Linear, Option<(&LoraPair, f64)>)]) -> Result<Tensor> {
         let (w, packed) = self.frozen_parts()?;
+        let scale = parts.iter().find_map(|(_, lora)| lora.map(|(_, s)| s)).unwrap_or(0.0);
         let parts = parts
             .iter()
             .map(|(l, lora)| Ok((l.dense()?.dim(0)?, lora.map(|(p, _)| (&p.a, &p.b)))))
@@ -941,7 +942,7 @@ impl Llama {
                 // Dropout draws a mask per layer input; the stacked op has one input for all three.
                 Some((qkv, _)) if dropout.p <= 0.0 => {
                     let parts = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
-                    packed_attention_stacked(&qkv.forward_train_stacked(&h, &parts, scale)?, &att)?
+                    packed_attention_stacked(&qkv.forward_train_stacked(&h, &parts)?, &att)?
                 }
                 _ => {
                     let q = b.attn_q.forward_train(&h, lora(Target::Q), dropout)?;
@@ -955,7 +956,7 @@ impl Llama {
             let act = match &b.stacked {
                 Some((_, gate_up)) if dropout.p <= 0.0 => {
                     let parts = [(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))];
-                    ops::silu_mul_stacked(&gate_up.forward_train_stacked(&h, &parts, scale)?)?
+                    ops::silu_mul_stacked(&gate_up.forward_train_stacked(&h, &parts)?)?
                 }
                 _ => {
                     let gate = b.ffn_gate.forward_train(&h, lora(Target::Gate), dropout)?;
