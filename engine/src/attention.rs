@@ -16,7 +16,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result,
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::ops::{contiguous, Float, Out};
+use crate::ops::{contiguous, with_values, Float, Out};
 
 /// What the op needs to know about the packed batch: the sequences, the heads, and each token's
 /// rotary angles.
@@ -200,7 +200,24 @@ impl PackedAttention {
         });
     }
 
-    fn tokens(&self) -> usize {
+    /// [`Self::forward`] of q, k and v side by side in rows of `w = hq + 2 hk` (the stacked projection).
+    pub(crate) fn forward_stacked<T: Float>(&self, x: &[T], (hq, hk, w): (usize, usize, usize)) -> Vec<T> {
+        self.forward((x, w), (&x[hq..], w), (&x[hq + hk..], w))
+    }
+
+    /// The gradient of [`Self::forward_stacked`] for the output gradient `go`, in the input's layout.
+    pub(crate) fn backward_stacked<T: Float>(&self, x: &[T], go: &[T], (hq, hk, w): (usize, usize, usize)) -> Vec<T> {
+        assert!(x.len() == self.tokens() * w && go.len() == self.tokens() * hq, "backward_stacked: shapes");
+        let mut d = vec![T::zero(); x.len()];
+        let p = d.as_mut_ptr();
+        // SAFETY: one buffer of the input's shape; q, k and v gradients fill disjoint column blocks.
+        unsafe {
+            self.backward((x, w), (&x[hq..], w), (&x[hq + hk..], w), go, (Out(p), w), (Out(p.add(hq)), w), (Out(p.add(hq + hk)), w));
+        }
+        d
+    }
+
+    pub(crate) fn tokens(&self) -> usize {
         self.cos.len() / (self.head_dim / 2)
     }
 
@@ -221,7 +238,7 @@ impl PackedAttention {
     }
 
     /// Widths of q and of k (= v) in the stacked projection, and its checked row width.
-    fn stacked_widths(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
+    pub(crate) fn stacked_widths(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
         let (hq, hk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let tokens = dims.first().copied().unwrap_or(0);
         self.check([&[tokens, hq], &[tokens, hk], &[tokens, hk]])?;
@@ -266,12 +283,14 @@ impl CustomOp3 for Op {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         fn run<T: Float>(att: &PackedAttention, q: &Tensor, k: &Tensor, v: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
             let (hq, hk) = (q.dim(1)?, k.dim(1)?);
-            let (q_v, k_v, v_v, go) = (host::<T>(q)?, host::<T>(k)?, host::<T>(v)?, host::<T>(grad)?);
-            let (mut dq, mut dk, mut dv) = (vec![T::zero(); q_v.len()], vec![T::zero(); k_v.len()], vec![T::zero(); v_v.len()]);
-            // SAFETY: three separate buffers of the inputs' shapes.
-            unsafe {
-                att.backward((&q_v, hq), (&k_v, hk), (&v_v, hk), &go, (Out(dq.as_mut_ptr()), hq), (Out(dk.as_mut_ptr()), hk), (Out(dv.as_mut_ptr()), hk));
-            }
+            let (mut dq, mut dk, mut dv) = (vec![T::zero(); q.elem_count()], vec![T::zero(); k.elem_count()], vec![T::zero(); v.elem_count()]);
+            with_values::<T, _>(q, |q_v| with_values(k, |k_v| with_values(v, |v_v| with_values(grad, |go| {
+                // SAFETY: three separate buffers of the inputs' shapes.
+                unsafe {
+                    att.backward((q_v, hq), (k_v, hk), (v_v, hk), go, (Out(dq.as_mut_ptr()), hq), (Out(dk.as_mut_ptr()), hk), (Out(dv.as_mut_ptr()), hk));
+                }
+                Ok(())
+            }))))?;
             let dev = q.device();
             Ok((Tensor::from_vec(dq, q.shape(), dev)?, Tensor::from_vec(dk, k.shape(), dev)?, Tensor::from_vec(dv, v.shape(), dev)?))
         }
@@ -284,9 +303,6 @@ impl CustomOp3 for Op {
     }
 }
 
-fn host<T: Float>(t: &Tensor) -> Result<Vec<T>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<T>()
-}
 
 /// [`packed_attention`] reading q, k and v side by side in one `(tokens, (heads + 2 kv_heads) *
 /// head_dim)` tensor, the output of the stacked q/k/v projection (`ops::lora_linear_stacked`), and
@@ -305,14 +321,8 @@ impl CustomOp1 for Stacked {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (hq, hk, w) = self.0.stacked_widths(l.dims())?;
         let out = match s.dtype() {
-            DType::F32 => {
-                let x = contiguous::<f32>(s, l)?;
-                CpuStorage::F32(self.0.forward((x, w), (&x[hq..], w), (&x[hq + hk..], w)))
-            }
-            DType::F64 => {
-                let x = contiguous::<f64>(s, l)?;
-                CpuStorage::F64(self.0.forward((x, w), (&x[hq..], w), (&x[hq + hk..], w)))
-            }
+            DType::F32 => CpuStorage::F32(self.0.forward_stacked(contiguous::<f32>(s, l)?, (hq, hk, w))),
+            DType::F64 => CpuStorage::F64(self.0.forward_stacked(contiguous::<f64>(s, l)?, (hq, hk, w))),
             d => bail!("packed attention: unsupported dtype {d:?}"),
         };
         Ok((out, Shape::from((l.dims()[0], hq))))
@@ -320,14 +330,8 @@ impl CustomOp1 for Stacked {
 
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         fn run<T: Float>(att: &PackedAttention, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
-            let (hq, hk, w) = att.stacked_widths(qkv.dims())?;
-            let (x, go) = (host::<T>(qkv)?, host::<T>(grad)?);
-            let mut d = vec![T::zero(); x.len()];
-            let p = d.as_mut_ptr();
-            // SAFETY: one buffer of the input's shape; q, k and v gradients fill disjoint column blocks.
-            unsafe {
-                att.backward((&x, w), (&x[hq..], w), (&x[hq + hk..], w), &go, (Out(p), w), (Out(p.add(hq)), w), (Out(p.add(hq + hk)), w));
-            }
+            let widths = att.stacked_widths(qkv.dims())?;
+            let d = with_values::<T, _>(qkv, |x| with_values(grad, |go| Ok(att.backward_stacked(x, go, widths))))?;
             Tensor::from_vec(d, qkv.shape(), qkv.device())
         }
         Ok(Some(match qkv.dtype() {

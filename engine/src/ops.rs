@@ -216,7 +216,7 @@ fn frozen_backward_rows<T: Float>(w: &[T], out_dim: usize, packed: Option<&Arc<F
 }
 
 /// Runs `f` on a CPU tensor's values in row-major order, borrowing them when the tensor is contiguous.
-fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(storage) = &*storage else { bail!("expected a CPU tensor") };
@@ -308,11 +308,11 @@ pub fn lora_linear_stacked(
     // The adapters stacked too (small copies, with cat's backward splitting their gradients again).
     let a = Tensor::cat(&adapters.iter().map(|p| p.0).collect::<Vec<_>>(), 0)?.contiguous()?;
     let b = Tensor::cat(&adapters.iter().map(|p| p.1).collect::<Vec<_>>(), 0)?.contiguous()?;
-    let op = LoraStacked { w: w.clone(), packed: packed.cloned(), scale, r, parts: parts.iter().map(|p| (p.0, p.1.is_some())).collect() };
+    let op = LoraStacked::new(w, packed, parts.iter().map(|p| (p.0, p.1.is_some())).collect(), r, scale)?;
     x.contiguous()?.apply_op3(&a, &b, op)
 }
 
-struct LoraStacked {
+pub(crate) struct LoraStacked {
     w: Tensor,
     packed: Option<Arc<FrozenBf16>>,
     scale: f64,
@@ -322,6 +322,16 @@ struct LoraStacked {
 }
 
 impl LoraStacked {
+    /// The layers of widths `parts` (each with or without an adapter of rank `r`) over their stacked
+    /// weight `w`, for the hand-written training step, which calls [`Self::forward_rows`] and
+    /// [`Self::backward_rows`] directly.
+    pub(crate) fn new(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, parts: Vec<(usize, bool)>, r: usize, scale: f64) -> Result<Self> {
+        if parts.iter().map(|p| p.0).sum::<usize>() != w.dim(0)? {
+            bail!("lora-linear-stacked: parts {parts:?} vs weight {:?}", w.dims());
+        }
+        Ok(Self { w: w.clone(), packed: packed.cloned(), scale, r, parts })
+    }
+
     /// `(column of y, first row of the stacked B, adapter index)` of each layer with an adapter, and its width.
     fn adapted(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
         let mut column = 0;
@@ -340,10 +350,14 @@ impl LoraStacked {
     }
 
     /// y = x Wᵀ, then each layer's block of columns += s u_j B_jᵀ with u = x Aᵀ `(m, R)`.
-    fn forward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T]) -> Result<Vec<T>> {
+    /// `a` holds the adapters' A stacked `(R, k)`, `b` their B one after another.
+    pub(crate) fn forward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T]) -> Result<Vec<T>> {
         let (n, k) = self.w.dims2()?;
         let (m, r, big_r) = (x.len() / k, self.r, a.len() / k);
         let mut y = with_values(&self.w, |w| Ok(frozen_forward_rows(w, n, self.packed.as_ref(), x)))?;
+        if big_r == 0 {
+            return Ok(y);
+        }
         let u = row_split_matmul(m, big_r, k, x, a, (k, 1));
         let s = T::from(self.scale).unwrap();
         for (col, brow, j, nj) in self.adapted() {
@@ -353,9 +367,12 @@ impl LoraStacked {
     }
 
     /// dx = g W + (s g_j B_j)_j A;  dA = (s g_j B_j)_jᵀ x;  dB_j = s g_jᵀ u_j.
-    fn backward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], g: &[T]) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    pub(crate) fn backward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], g: &[T]) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let (n, k) = self.w.dims2()?;
         let (m, r, big_r) = (x.len() / k, self.r, a.len() / k);
+        if big_r == 0 {
+            return Ok((with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?, vec![], vec![]));
+        }
         let s = T::from(self.scale).unwrap();
         let mut gb = vec![T::zero(); m * big_r];
         for (col, brow, j, nj) in self.adapted() {
@@ -441,8 +458,11 @@ struct RmsNorm {
 }
 
 fn rms_norm_fwd<T: Float>(x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout, eps: f64) -> Result<Vec<T>> {
-    let x = contiguous::<T>(x, xl)?;
-    let w = contiguous::<T>(w, wl)?;
+    Ok(rms_norm_rows(contiguous::<T>(x, xl)?, contiguous::<T>(w, wl)?, eps))
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`).
+pub(crate) fn rms_norm_rows<T: Float>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let eps = T::from(eps).unwrap();
     let n = T::from(d).unwrap();
@@ -454,7 +474,7 @@ fn rms_norm_fwd<T: Float>(x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layo
             y[i] = x[i] * r * w[i];
         }
     });
-    Ok(y)
+    y
 }
 
 impl CustomOp2 for RmsNorm {
@@ -490,28 +510,37 @@ impl CustomOp2 for RmsNorm {
 }
 
 fn rms_norm_bwd<T: Float>(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
-    let (xv, wv, gv) = (cpu_values::<T>(x)?, cpu_values::<T>(w)?, cpu_values::<T>(g)?);
-    let d = wv.len();
+    let dx = with_values::<T, _>(x, |xv| {
+        with_values(w, |wv| {
+            with_values(g, |gv| {
+                let mut dx = vec![T::zero(); xv.len()];
+                rms_norm_grad_rows(xv, wv, gv, eps, &mut dx, false);
+                Ok(dx)
+            })
+        })
+    })?;
+    Tensor::from_vec(dx, x.shape(), x.device())
+}
+
+/// The input gradient of [`rms_norm_rows`] for the output gradient `g`, written to `dx` (added to it
+/// with `accumulate`: the residual stream's gradient in the hand-written training step).
+pub(crate) fn rms_norm_grad_rows<T: Float>(x: &[T], w: &[T], g: &[T], eps: f64, dx: &mut [T], accumulate: bool) {
+    let d = w.len();
+    assert!(x.len() == g.len() && x.len() == dx.len() && x.len() % d == 0, "rms_norm_grad_rows: shapes");
     let (eps, n) = (T::from(eps).unwrap(), T::from(d).unwrap());
-    let mut dx = vec![T::zero(); xv.len()];
-    dx.par_chunks_mut(d).zip(xv.par_chunks(d).zip(gv.par_chunks(d))).for_each(|(dx, (x, g))| {
+    dx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).for_each(|(dx, (x, g))| {
         let (mut ss, mut dot) = (T::zero(), T::zero());
         for i in 0..d {
             ss = ss + x[i] * x[i];
-            dot = dot + x[i] * g[i] * wv[i];
+            dot = dot + x[i] * g[i] * w[i];
         }
         let r = (ss / n + eps).sqrt().recip();
         let c = r * r * r * dot / n;
         for i in 0..d {
-            dx[i] = r * g[i] * wv[i] - x[i] * c;
+            let v = r * g[i] * w[i] - x[i] * c;
+            dx[i] = if accumulate { dx[i] + v } else { v };
         }
     });
-    Tensor::from_vec(dx, x.shape(), x.device())
-}
-
-/// A CPU tensor's values in row-major order (a copy; one pass, far cheaper than the ops it replaces).
-fn cpu_values<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -548,7 +577,10 @@ fn silu_mul_fwd<T: Float>(g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layo
 
 /// d gate = grad up s (1 + gate (1 - s)) with s = sigmoid(gate); d up = grad silu(gate).
 fn silu_mul_bwd<T: Float>(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (g, u, dy) = (cpu_values::<T>(gate)?, cpu_values::<T>(up)?, cpu_values::<T>(grad)?);
+    with_values::<T, _>(gate, |g| with_values(up, |u| with_values(grad, |dy| silu_mul_grad(gate, up, g, u, dy))))
+}
+
+fn silu_mul_grad<T: Float>(gate: &Tensor, up: &Tensor, g: &[T], u: &[T], dy: &[T]) -> Result<(Tensor, Tensor)> {
     let mut dg = vec![T::zero(); g.len()];
     let mut du = vec![T::zero(); g.len()];
     dg.par_chunks_mut(SILU_CHUNK)
@@ -600,7 +632,7 @@ fn silu_rows(h: usize) -> usize {
     (SILU_CHUNK / h.max(1)).max(1)
 }
 
-fn silu_mul_stacked_fwd<T: Float>(gu: &[T], h: usize) -> Vec<T> {
+pub(crate) fn silu_mul_stacked_fwd<T: Float>(gu: &[T], h: usize) -> Vec<T> {
     let mut y = vec![T::zero(); gu.len() / 2];
     let rows = silu_rows(h);
     y.par_chunks_mut(rows * h).zip(gu.par_chunks(rows * 2 * h)).for_each(|(y, gu)| {
@@ -615,8 +647,14 @@ fn silu_mul_stacked_fwd<T: Float>(gu: &[T], h: usize) -> Vec<T> {
 }
 
 fn silu_mul_stacked_bwd<T: Float>(gu: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    let (gu_v, dy) = (cpu_values::<T>(gu)?, cpu_values::<T>(grad)?);
     let h = gu.dim(D::Minus1)? / 2;
+    let d = with_values::<T, _>(gu, |gu| with_values(grad, |dy| Ok(silu_mul_stacked_grad_rows(gu, dy, h))))?;
+    Tensor::from_vec(d, gu.shape(), gu.device())
+}
+
+/// The gradient of [`silu_mul_stacked_fwd`] for the output gradient `dy`: gate and up halves of each row.
+pub(crate) fn silu_mul_stacked_grad_rows<T: Float>(gu_v: &[T], dy: &[T], h: usize) -> Vec<T> {
+    assert!(gu_v.len() == 2 * dy.len(), "silu_mul_stacked_grad_rows: shapes");
     let mut d = vec![T::zero(); gu_v.len()];
     let rows = silu_rows(h);
     d.par_chunks_mut(rows * 2 * h).zip(gu_v.par_chunks(rows * 2 * h).zip(dy.par_chunks(rows * h))).for_each(|(d, (gu, dy))| {
@@ -630,7 +668,7 @@ fn silu_mul_stacked_bwd<T: Float>(gu: &Tensor, grad: &Tensor) -> Result<Tensor> 
             }
         }
     });
-    Tensor::from_vec(d, gu.shape(), gu.device())
+    d
 }
 
 impl CustomOp1 for SiluMulStacked {

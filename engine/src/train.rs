@@ -194,6 +194,35 @@ fn batch_loss(model: &TextModel, batch: &PackedBatch, adapter: &LoraAdapter, dro
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
+/// A step's loss and the adapter's gradients: by hand where the model allows it
+/// ([`Llama::train_step`](crate::models::llama::Llama::train_step): f32 on the CPU, no dropout), else
+/// through candle's autograd. Same arithmetic either way.
+fn loss_and_gradients(model: &TextModel, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<(f64, GradStore)> {
+    if let Some(step) = model.llama.train_step(batch, adapter, dropout)? {
+        return Ok((step.loss as f64, gradient_store(&step.grads)?));
+    }
+    let loss = batch_loss(model, batch, adapter, dropout)?;
+    let grads = loss.backward()?;
+    Ok((loss.to_scalar::<f32>()? as f64, grads))
+}
+
+/// `grads` as the `GradStore` candle's optimizer takes (it has no public constructor): the backward
+/// of `Σ sum(t ⊙ g)`, whose gradient for each tensor `t` is exactly its `g` (times ones).
+pub fn gradient_store(grads: &[(Tensor, Tensor)]) -> Result<GradStore> {
+    let mut total: Option<Tensor> = None;
+    for (t, g) in grads {
+        let term = (t * g)?.sum_all()?;
+        total = Some(match total {
+            None => term,
+            Some(s) => (s + term)?,
+        });
+    }
+    match total {
+        Some(t) => Ok(t.backward()?),
+        None => Err(Error::InvalidInput("the adapter has no layers to train".into())),
+    }
+}
+
 /// Loss over `examples` with the adapter's current values, no gradients.
 pub fn evaluate_loss(model: &TextModel, adapter: &LoraAdapter, examples: &[Example], config: &TrainConfig) -> Result<f64> {
     let adapter = adapter.detached();
@@ -251,11 +280,9 @@ pub fn train(
             opt.set_learning_rate(lr);
             let refs: Vec<&Tokenized> = chunk.iter().map(|&i| &toks[i]).collect();
             let batch = pack(&refs);
-            let loss = batch_loss(model, &batch, &adapter, &mut dropout)?;
-            let mut grads = loss.backward()?;
+            let (loss, mut grads) = loss_and_gradients(model, &batch, &adapter, &mut dropout)?;
             clip_grad_norm(&mut grads, &vars, config.max_grad_norm)?;
             opt.step(&grads)?;
-            let loss = loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
                 return Err(Error::InvalidInput(format!(
                     "training diverged (loss {loss} at step {}); lower learning_rate",

@@ -65,6 +65,51 @@ fn training_forward_matches_inference_and_packing_is_exact() {
     }
 }
 
+/// The hand-written training step (`Llama::train_step`, what `train` runs on an f32 CPU model) against
+/// candle's autograd through `forward_train`: same loss, same gradient for every adapter tensor, with
+/// all seven targets and with q, v only (layers without adapters in the stacked groups).
+#[test]
+fn hand_written_step_equals_autograd() {
+    use candle_core::Device;
+    use distill_engine::train::gradient_store;
+    use distill_engine::Target;
+    let model = f32_model();
+    let enc = |t: &str| model.tokenizer.encode(t).unwrap();
+    let (a, b) = (enc("My bill shows roaming charges from a trip I never took."), enc("Add a line"));
+    let mut batch = PackedBatch::default();
+    batch.push(&a, 4);
+    batch.push(&b, 1);
+    for targets in [Target::ALL.to_vec(), vec![Target::Q, Target::V]] {
+        let config = LoraConfig { targets: targets.clone(), ..Default::default() };
+        let (adapter, vars) = LoraAdapter::init(&config, &model.llama.config, 7, &Device::Cpu).unwrap();
+        // Non-zero B (it starts at zero, which would make every A gradient zero).
+        for (i, v) in vars.iter().enumerate() {
+            let x: Vec<f32> = common::values(v.elem_count(), i as u64).iter().map(|x| x * 0.05).collect();
+            v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let step = model.llama.train_step(&batch, &adapter, &Dropout::new(0.0, 0)).unwrap().expect("an f32 CPU model takes the hand-written step");
+        let logits = model.llama.forward_train(&batch, &adapter, &mut Dropout::new(0.0, 0)).unwrap();
+        let targets_t = Tensor::new(batch.targets.as_slice(), &Device::Cpu).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &targets_t).unwrap();
+        let want = loss.backward().unwrap();
+        let loss = loss.to_scalar::<f32>().unwrap();
+        assert!((step.loss - loss).abs() < 1e-4 * loss.abs().max(1.0), "{targets:?}: loss {} vs autograd {loss}", step.loss);
+        assert_eq!(step.grads.len(), vars.len(), "{targets:?}: one gradient per adapter tensor");
+        let store = gradient_store(&step.grads).unwrap();
+        for (t, g) in &step.grads {
+            let w = want.get(t).expect("autograd has a gradient for every adapter tensor");
+            let scale = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(scale > 0.0, "{targets:?}: a zero gradient {:?} checks nothing", t.dims());
+            let diff = max_diff(g, w);
+            assert!(diff <= 1e-3 * scale, "{targets:?}: gradient {:?} differs by {diff} (max {scale})", t.dims());
+            // The store handed to the optimizer holds exactly these gradients.
+            assert_eq!(max_diff(store.get(t).unwrap(), g), 0.0);
+        }
+        // Dropout draws masks per layer: that stays on the autograd path.
+        assert!(model.llama.train_step(&batch, &adapter, &Dropout::new(0.1, 0)).unwrap().is_none());
+    }
+}
+
 #[test]
 fn training_lowers_eval_loss() {
     let model = f32_model();

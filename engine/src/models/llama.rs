@@ -16,6 +16,9 @@ use crate::attention::{packed_attention, packed_attention_stacked, PackedAttenti
 use crate::{amx, infer_ops, ops, quant_matmul};
 use std::sync::{Arc, OnceLock};
 
+mod train_step;
+pub use train_step::StepGradients;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub vocab_size: usize,
@@ -915,16 +918,14 @@ impl Llama {
         b.attn_output.forward_lora(&y, lora(Target::O))
     }
 
-    /// Training forward over a packed batch: logits `(loss_positions, vocab)` with gradients flowing to
-    /// the adapter's variables only. Uses ops with a backward (see `ops.rs`); needs f32 weights.
-    pub fn forward_train(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
+    /// The attention op's view of a packed batch: its sequences and each token's rotary angles.
+    fn packed_attention(&self, batch: &PackedBatch) -> Result<Arc<PackedAttention>> {
         let c = &self.config;
-        let dev = &self.device;
-        let positions = Tensor::new(batch.positions.as_slice(), dev)?;
+        let positions = Tensor::new(batch.positions.as_slice(), &self.device)?;
         let angles = |t: &Tensor| -> Result<Vec<f64>> {
             Ok(t.index_select(&positions, 0)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
         };
-        let att = Arc::new(PackedAttention {
+        Ok(Arc::new(PackedAttention {
             segments: batch.segments.clone(),
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
@@ -932,7 +933,14 @@ impl Llama {
             cos: angles(&self.cos)?,
             sin: angles(&self.sin)?,
             interleaved: c.rope_interleaved,
-        });
+        }))
+    }
+
+    /// Training forward over a packed batch: logits `(loss_positions, vocab)` with gradients flowing to
+    /// the adapter's variables only. Uses ops with a backward (see `ops.rs`); needs f32 weights.
+    pub fn forward_train(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
+        let dev = &self.device;
+        let att = self.packed_attention(batch)?;
         let scale = adapter.config.scale();
         let mut x = self.token_embd.lookup(&batch.ids, dev)?;
         for (i, b) in self.blocks.iter().enumerate() {
