@@ -6,9 +6,11 @@
 #              "through distill.finetune()" row (same token ids, r, alpha, batch, optimizer, seed).
 #   banking77  BANKING77, 77 intents: a stratified subsample, the first B77_TRAIN_PER rows of each intent
 #              in file order for training and B77_TEST_PER per intent of the test split (full data
-#              is 10,003 train rows: ~40 min per epoch at this engine's speed on 2 cores; the README
-#              of the results says which subsample was used). The instruction names no labels.
-# Writes OUT/<set>.json: the job's DESCRIBE, the worker's peak RSS and evaluate()'s metrics.
+#              is 10,003 train rows: ~1 hour per epoch at this engine's speed on 2 cores; the README
+#              of the results says which subsample was used). B77_TRAIN_PER=all B77_TEST_PER=all: the
+#              whole splits. The instruction names no labels.
+# Writes OUT/<set>.json: the job's DESCRIBE, the worker's peak RSS and evaluate()'s metrics, free text
+# and (EVAL_CHOICES=1, the default) constrained to the labels with '{"choices": true}'.
 #   bash bench/finetune_sql.sh        (SETS, EPOCHS_10, EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER, OUT override;
 #                                      B10_TRAIN_ROWS and B10_TEST_ROWS shrink the 10intent set for a smoke run)
 # Needs the extension installed (cargo pgrx install) and the model (scripts/setup.sh).
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 SETS=${SETS:-"10intent banking77"} OUT=${OUT:-/tmp/pg_distill-bench-finetune}
 EPOCHS_10=${EPOCHS_10:-1} EPOCHS_77=${EPOCHS_77:-1} B77_TRAIN_PER=${B77_TRAIN_PER:-20} B77_TEST_PER=${B77_TEST_PER:-5}
+EVAL_CHOICES=${EVAL_CHOICES:-1}
 B10_TRAIN_ROWS=${B10_TRAIN_ROWS:-100000} B10_TEST_ROWS=${B10_TEST_ROWS:-100000}
 b77=${B77_DIR:-$root/../shared/data/banking77}
 if [[ " $SETS " == *" banking77 "* && ! -f "$b77/train.csv" ]]; then
@@ -67,7 +70,10 @@ SELECT json_build_object(
   'train_rows', (SELECT count(*) FROM ${t}_train),
   'test_rows', (SELECT count(*) FROM ${t}_test),
   'labels', (SELECT count(DISTINCT completion) FROM ${t}_train),
-  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test'));
+  'whole_splits', $whole_splits,
+  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test')$(
+    [ "$EVAL_CHOICES" = 1 ] && echo ",
+  'evaluate_choices', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{\"choices\": true}')"));
 SQL
   psql_in -c "SELECT distill.finetune('DESCRIBE', '$id')->'training_result'" >&2
   python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['evaluate']; print('accuracy', e['accuracy'], 'macro_f1', e['macro_f1'], 'seconds', e['seconds'])" "$OUT/$name.json" >&2
@@ -77,6 +83,7 @@ for set in $SETS; do
   case $set in
     10intent)
       load raw10_train data/banking77_10intent/train.csv
+      whole_splits=$([ "$B10_TRAIN_ROWS$B10_TEST_ROWS" = 100000100000 ] && echo true || echo false)
       load raw10_test data/banking77_10intent/test.csv
       # bench_train.rs's instruction: the labels in byte order, then the request.
       run_set 10intent b10 "
@@ -90,6 +97,16 @@ for set in $SETS; do
       ;;
     banking77)
       load raw77_train "$b77/train.csv"
+      # all: the whole training split; its validation loss is then read on the first 2 test rows of each
+      # intent (reported only: nothing is chosen by it, as 10intent's first 200 test rows).
+      whole_splits=false
+      [ "$B77_TRAIN_PER" = all ] && [ "$B77_TEST_PER" = all ] && whole_splits=true
+      if [ "$B77_TRAIN_PER" = all ]; then
+        B77_TRAIN_PER=1000000 b77_valid_rows="b77_ranked_test WHERE k <= 2"
+      else
+        b77_valid_rows="b77_ranked WHERE k > $B77_TRAIN_PER AND k <= $B77_TRAIN_PER + 2"
+      fi
+      [ "$B77_TEST_PER" = all ] && B77_TEST_PER=1000000
       load raw77_test "$b77/test.csv"
       # Stratified: the first rows of each intent in file order; the validation set (per-epoch loss
       # and DESCRIBE's metrics) is 2 more training-split rows per intent, not test rows.
@@ -99,7 +116,7 @@ for set in $SETS; do
         CREATE VIEW b77_train AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
           || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked WHERE k <= $B77_TRAIN_PER ORDER BY n;
         CREATE VIEW b77_valid AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
-          || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked WHERE k > $B77_TRAIN_PER AND k <= $B77_TRAIN_PER + 2 ORDER BY n;
+          || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM $b77_valid_rows ORDER BY n;
         CREATE VIEW b77_test AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
           || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked_test WHERE k <= $B77_TEST_PER ORDER BY n;" \
         "$EPOCHS_77"
