@@ -303,7 +303,6 @@ impl CustomOp3 for Op {
     }
 }
 
-
 /// [`packed_attention`] reading q, k and v side by side in one `(tokens, (heads + 2 kv_heads) *
 /// head_dim)` tensor, the output of the stacked q/k/v projection (`ops::lora_linear_stacked`), and
 /// writing their gradients into one tensor of that shape: no slicing copies either way.

@@ -207,20 +207,14 @@ fn loss_and_gradients(model: &TextModel, batch: &PackedBatch, adapter: &LoraAdap
 }
 
 /// `grads` as the `GradStore` candle's optimizer takes (it has no public constructor): the backward
-/// of `Σ sum(t ⊙ g)`, whose gradient for each tensor `t` is exactly its `g` (times ones).
+/// of `sum(cat(t ⊙ g))`, whose gradient for each tensor `t` is exactly its `g` (times ones). One
+/// `cat` rather than a chain of adds keeps the graph two nodes deep.
 pub fn gradient_store(grads: &[(Tensor, Tensor)]) -> Result<GradStore> {
-    let mut total: Option<Tensor> = None;
-    for (t, g) in grads {
-        let term = (t * g)?.sum_all()?;
-        total = Some(match total {
-            None => term,
-            Some(s) => (s + term)?,
-        });
+    if grads.is_empty() {
+        return Err(Error::InvalidInput("the adapter has no layers to train".into()));
     }
-    match total {
-        Some(t) => Ok(t.backward()?),
-        None => Err(Error::InvalidInput("the adapter has no layers to train".into())),
-    }
+    let terms = grads.iter().map(|(t, g)| (t * g)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&terms, 0)?.sum_all()?.backward()?)
 }
 
 /// Loss over `examples` with the adapter's current values, no gradients.
