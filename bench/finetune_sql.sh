@@ -45,8 +45,8 @@ load() { # table, csv
 options() { echo "{\"max_epochs\": $1, \"lora_r\": 8, \"lora_alpha\": 16, \"batch_size\": 8, \"learning_rate\": 0.001,
   \"target_modules\": [\"q\", \"k\", \"v\", \"o\", \"gate\", \"up\", \"down\"], \"seed\": 42}"; }
 
-run_set() { # name (results file), SQL prefix of its views, the views' SQL, epochs
-  local name=$1 t=$2 epochs=$4
+run_set() { # name (results file), SQL prefix of its views, the views' SQL, epochs, prefix of the loaded tables
+  local name=$1 t=$2 epochs=$4 raw=$5
   psql_in -c "$3"
   echo "== $name: distill.finetune() ($(psql_in -c "SELECT count(*) FROM ${t}_train") training rows, $epochs epoch(s))" >&2
   local id
@@ -70,7 +70,8 @@ SELECT json_build_object(
   'train_rows', (SELECT count(*) FROM ${t}_train),
   'test_rows', (SELECT count(*) FROM ${t}_test),
   'labels', (SELECT count(DISTINCT completion) FROM ${t}_train),
-  'whole_splits', $whole_splits,
+  'whole_splits', (SELECT count(*) FROM ${t}_train) = (SELECT count(*) FROM ${raw}_train)
+                  AND (SELECT count(*) FROM ${t}_test) = (SELECT count(*) FROM ${raw}_test),
   'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test')$(
     [ "$EVAL_CHOICES" = 1 ] && echo ",
   'evaluate_choices', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{\"choices\": true}')"));
@@ -83,7 +84,6 @@ for set in $SETS; do
   case $set in
     10intent)
       load raw10_train data/banking77_10intent/train.csv
-      whole_splits=$([ "$B10_TRAIN_ROWS$B10_TEST_ROWS" = 100000100000 ] && echo true || echo false)
       load raw10_test data/banking77_10intent/test.csv
       # bench_train.rs's instruction: the labels in byte order, then the request.
       run_set 10intent b10 "
@@ -93,14 +93,12 @@ for set in $SETS; do
         CREATE VIEW b10_train AS SELECT head || text AS prompt, label AS completion FROM raw10_train, b10_prompts WHERE n <= $B10_TRAIN_ROWS ORDER BY n;
         CREATE VIEW b10_valid AS SELECT head || text AS prompt, label AS completion FROM raw10_test, b10_prompts WHERE n <= least(200, $B10_TEST_ROWS) ORDER BY n;
         CREATE VIEW b10_test AS SELECT head || text AS prompt, label AS completion FROM raw10_test, b10_prompts WHERE n <= $B10_TEST_ROWS ORDER BY n;" \
-        "$EPOCHS_10"
+        "$EPOCHS_10" raw10
       ;;
     banking77)
       load raw77_train "$b77/train.csv"
       # all: the whole training split; its validation loss is then read on the first 2 test rows of each
       # intent (reported only: nothing is chosen by it, as 10intent's first 200 test rows).
-      whole_splits=false
-      [ "$B77_TRAIN_PER" = all ] && [ "$B77_TEST_PER" = all ] && whole_splits=true
       if [ "$B77_TRAIN_PER" = all ]; then
         B77_TRAIN_PER=1000000 b77_valid_rows="b77_ranked_test WHERE k <= 2"
       else
@@ -109,7 +107,8 @@ for set in $SETS; do
       [ "$B77_TEST_PER" = all ] && B77_TEST_PER=1000000
       load raw77_test "$b77/test.csv"
       # Stratified: the first rows of each intent in file order; the validation set (per-epoch loss
-      # and DESCRIBE's metrics) is 2 more training-split rows per intent, not test rows.
+      # and DESCRIBE's metrics) is 2 more training-split rows per intent, not test rows (with
+      # B77_TRAIN_PER=all, see above).
       run_set banking77 b77 "
         CREATE VIEW b77_ranked AS SELECT *, row_number() OVER (PARTITION BY label ORDER BY n) AS k FROM raw77_train;
         CREATE VIEW b77_ranked_test AS SELECT *, row_number() OVER (PARTITION BY label ORDER BY n) AS k FROM raw77_test;
@@ -119,7 +118,7 @@ for set in $SETS; do
           || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM $b77_valid_rows ORDER BY n;
         CREATE VIEW b77_test AS SELECT 'Classify this banking customer request by its intent. Reply with the intent only.'
           || chr(10) || 'Request: ' || text AS prompt, label AS completion FROM b77_ranked_test WHERE k <= $B77_TEST_PER ORDER BY n;" \
-        "$EPOCHS_77"
+        "$EPOCHS_77" raw77
       ;;
     *) echo "unknown set $set (10intent, banking77)" >&2; exit 2 ;;
   esac
