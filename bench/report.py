@@ -52,6 +52,9 @@ def training_rows(tdir, adir=None):
             continue
         e, p = load(e), load(p)
         runs = [("engine alone", e)]
+        unshared = os.path.join(tdir, f"engine-noshare-{t}.json")
+        if os.path.exists(unshared):
+            runs.append(("engine alone, prompt prefix not shared", load(unshared)))
         s = sql_training(adir) if (adir and t == "all") else None
         if s:
             runs.append(("distill.finetune()", s))

@@ -5,12 +5,14 @@
 # same GGUF dequantized to f32 and train on the same token ids (the engine writes them for the peer),
 # from the same initial adapter and in the same example order (the engine's; SAME_START=0: each side
 # draws its own, with the same distributions), so their eval losses differ by numerics, not by luck.
+# The engine packs the prompt prefix a batch's examples share once (same loss and gradients, less
+# compute); for the targets in UNSHARED_TARGETS it also runs with --no-share-prefix, to show both.
 #   bash bench/train_vs_peft.sh   (THREADS, DATA, EPOCHS, ROWS (first N training rows), TARGETS ("q,v all"),
-#                                  SAME_START (1), OUT (where the JSON results stay) override)
+#                                  UNSHARED_TARGETS ("all"), SAME_START (1), OUT (where the JSON results stay) override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2} EPOCHS=${EPOCHS:-1} DATA=${DATA:-data/banking77_10intent} ROWS=${ROWS:-982}
-TARGETS=${TARGETS:-"q,v all"} OUT=${OUT:-$(mktemp -d)} SAME_START=${SAME_START:-1}
+TARGETS=${TARGETS:-"q,v all"} OUT=${OUT:-$(mktemp -d)} SAME_START=${SAME_START:-1} UNSHARED_TARGETS=${UNSHARED_TARGETS-all}
 bash scripts/setup.sh >/dev/null
 bash bench/venv.sh
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -27,6 +29,10 @@ for t in $TARGETS; do
   fi
   echo "== targets $t: pg_distill engine" >&2
   $engine --data "$DATA" --targets "$t" "${common[@]}" > "$out/engine-$t.json"
+  if [[ " $UNSHARED_TARGETS " == *" $t "* ]]; then
+    echo "== targets $t: pg_distill engine, prompt prefix not shared" >&2
+    $engine --data "$DATA" --targets "$t" "${common[@]}" --no-share-prefix > "$out/engine-noshare-$t.json"
+  fi
   echo "== targets $t: torch+PEFT" >&2
   OMP_NUM_THREADS=$THREADS bench/.venv/bin/python bench/peft_train.py --gguf "$model" --tokens "$out/tokens.json" \
     --targets "$t" --epochs "$EPOCHS" --batch-size 8 --lr 1e-3 --r 8 --alpha 16 --warmup-ratio 0.1 \

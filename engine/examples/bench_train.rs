@@ -3,7 +3,7 @@
 //!
 //! cargo run -p distill-engine --example bench_train -- --data ../shared/data/banking77_10intent \
 //!     [--targets q,v|all] [--epochs 1] [--batch 8] [--lr 1e-3] [--r 8] [--alpha 16] [--threads 2]
-//!     [--train-rows N] [--eval-rows 200] [--dump-tokens FILE]   (FILE: the tokenized examples and the order
+//!     [--train-rows N] [--eval-rows 200] [--no-share-prefix] [--dump-tokens FILE]   (FILE: the tokenized examples and the order
 //!     training visits them in, for the peer; then exit) [--dump-init DIR]   (DIR: the adapter training starts
 //!     from, in PEFT's format, for the peer; then exit)
 
@@ -50,6 +50,7 @@ fn main() -> distill_engine::Result<()> {
         learning_rate: num("--lr", 1e-3),
         batch_size: num("--batch", 8.0) as usize,
         lora: LoraConfig { r: num("--r", 8.0) as usize, alpha: num("--alpha", 16.0), targets: targets.clone(), ..Default::default() },
+        share_prefix: !args.iter().any(|a| a == "--no-share-prefix"),
         ..Default::default()
     };
     let dir = arg("--model-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
@@ -86,8 +87,9 @@ fn main() -> distill_engine::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "pg_distill engine",
+            "impl": if config.share_prefix { "pg_distill engine" } else { "pg_distill engine, no shared prefix" },
             "targets": names.join(","),
+            "computed_tokens": report.computed_tokens,
             "real_tokens": report.trained_tokens,
             "padded_tokens": report.trained_tokens,
             "wall_s": wall,

@@ -24,6 +24,9 @@ use crate::ops::{contiguous, with_values, Float, Out};
 pub struct PackedAttention {
     /// `(first token, length)` of each sequence in the packed token axis.
     pub segments: Vec<(usize, usize)>,
+    /// For each sequence, the tokens `(first, length)` it attends to before its own, all of them (a
+    /// prompt prefix packed once for several examples, `PackedBatch::push_shared`), or none.
+    pub context: Vec<Option<(usize, usize)>>,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -35,13 +38,13 @@ pub struct PackedAttention {
 }
 
 /// `q (tokens, heads * head_dim)`, `k` and `v (tokens, kv_heads * head_dim)`, all un-rotated, to the
-/// attention output `(tokens, heads * head_dim)`; each sequence attends causally within itself.
+/// attention output `(tokens, heads * head_dim)`; each sequence attends to its context and causally
+/// within itself.
 pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, att: &Arc<PackedAttention>) -> Result<Tensor> {
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Op(att.clone()))
 }
 
 struct Op(Arc<PackedAttention>);
-
 
 impl PackedAttention {
     fn rep(&self) -> usize {
@@ -63,36 +66,43 @@ impl PackedAttention {
         }
     }
 
-    /// Rotated copies `(n, d)` of one head's rows of a sequence, times `scale`.
-    fn rotated<T: Float>(&self, x: &[T], row: usize, head: usize, (start, n): (usize, usize), scale: T) -> Vec<T> {
+    /// Rotated copies `(rows, d)` of one head's rows in `ranges` (one after another), times `scale`.
+    fn rotated<T: Float>(&self, x: &[T], row: usize, head: usize, ranges: &[(usize, usize)], scale: T) -> Vec<T> {
         let d = self.head_dim;
-        let mut y = vec![T::zero(); n * d];
-        for i in 0..n {
-            let at = (start + i) * row + head * d;
-            self.rotate(&x[at..at + d], start + i, scale, false, &mut y[i * d..(i + 1) * d]);
+        let tokens: Vec<usize> = ranges.iter().flat_map(|&(start, n)| start..start + n).collect();
+        let mut y = vec![T::zero(); tokens.len() * d];
+        for (i, &t) in tokens.iter().enumerate() {
+            let at = t * row + head * d;
+            self.rotate(&x[at..at + d], t, scale, false, &mut y[i * d..(i + 1) * d]);
         }
         y
     }
 
-    /// Causal softmax of `qr krᵀ` (already scaled), `(n, n)` with zeros above the diagonal.
-    fn probabilities<T: Float>(&self, qr: &[T], kr: &[T], n: usize) -> Vec<T> {
+    /// The token ranges sequence `s` attends to: its context, then itself.
+    fn keys(&self, s: usize) -> Vec<(usize, usize)> {
+        self.context[s].into_iter().chain([self.segments[s]]).collect()
+    }
+
+    /// Softmax of `qr krᵀ` (already scaled), `(n, m)` for `n` queries over `m` keys, the last `n` of
+    /// which are the queries' own tokens: query `i` sees keys `..=m - n + i`, zeros after.
+    fn probabilities<T: Float>(&self, qr: &[T], kr: &[T], n: usize, m: usize) -> Vec<T> {
         let d = self.head_dim;
-        let mut p = vec![T::zero(); n * n];
-        // SAFETY: p is n x n, qr and kr are n x d, all row-major.
+        let mut p = vec![T::zero(); n * m];
+        // SAFETY: p is n x m, qr n x d and kr m x d, all row-major.
         unsafe {
-            gemm(n, n, d, p.as_mut_ptr(), 1, n as isize, false, qr.as_ptr(), 1, d as isize, kr.as_ptr(), d as isize, 1,
+            gemm(n, m, d, p.as_mut_ptr(), 1, m as isize, false, qr.as_ptr(), 1, d as isize, kr.as_ptr(), d as isize, 1,
                 T::zero(), T::one(), false, false, false, Parallelism::None);
         }
         for i in 0..n {
-            let row = &mut p[i * n..(i + 1) * n];
-            let max = row[..=i].iter().fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
+            let (row, seen) = (&mut p[i * m..(i + 1) * m], m - n + i + 1);
+            let max = row[..seen].iter().fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
             let mut sum = T::zero();
-            for v in &mut row[..=i] {
+            for v in &mut row[..seen] {
                 *v = (*v - max).exp();
                 sum = sum + *v;
             }
-            row[..=i].iter_mut().for_each(|v| *v = *v / sum);
-            row[i + 1..].iter_mut().for_each(|v| *v = T::zero());
+            row[..seen].iter_mut().for_each(|v| *v = *v / sum);
+            row[seen..].iter_mut().for_each(|v| *v = T::zero());
         }
         p
     }
@@ -110,16 +120,23 @@ impl PackedAttention {
         tasks.into_par_iter().for_each(|(s, h)| {
             let o = o;
             let seg @ (start, n) = self.segments[s];
+            let keys = self.keys(s);
+            let m = keys.iter().map(|r| r.1).sum();
             let g = h / self.rep();
-            let qr = self.rotated(q, qs, h, seg, scale);
-            let kr = self.rotated(k, ks, g, seg, T::one());
-            let p = self.probabilities(&qr, &kr, n);
-            // out[seg, head h] = p · v[seg, kv head g]. SAFETY: each (sequence, head) block of the
-            // output is written by this task only; strides stay inside the buffers.
-            unsafe {
-                gemm(n, d, n, o.0.add(start * hq + h * d), 1, hq as isize, false, p.as_ptr(), 1, n as isize,
-                    v.as_ptr().add(start * vs + g * d), 1, vs as isize, T::zero(), T::one(), false, false, false,
-                    Parallelism::None);
+            let qr = self.rotated(q, qs, h, &[seg], scale);
+            let kr = self.rotated(k, ks, g, &keys, T::one());
+            let p = self.probabilities(&qr, &kr, n, m);
+            // out[seg, head h] = p · v[keys, kv head g], one product per key range, read in place.
+            // SAFETY: each (sequence, head) block of the output is written by this task only; strides
+            // stay inside the buffers.
+            let mut col = 0;
+            for (r, &(from, len)) in keys.iter().enumerate() {
+                unsafe {
+                    gemm(n, d, len, o.0.add(start * hq + h * d), 1, hq as isize, r > 0, p.as_ptr().add(col), 1, m as isize,
+                        v.as_ptr().add(from * vs + g * d), 1, vs as isize, T::one(), T::one(), false, false, false,
+                        Parallelism::None);
+                }
+                col += len;
             }
         });
         out
@@ -147,41 +164,50 @@ impl PackedAttention {
         // One task per (sequence, kv head): the query heads sharing a kv head add into its dk, dv.
         let tasks: Vec<(usize, usize)> =
             (0..self.segments.len()).flat_map(|s| (0..self.kv_heads).map(move |g| (s, g))).collect();
-        tasks.into_par_iter().for_each(|(s, g)| {
+        // Each task writes its own rows of dk and dv and returns what its queries send to their context's
+        // keys and values, which other sequences share: added once all tasks are done.
+        let to_context: Vec<(usize, usize, Vec<T>, Vec<T>)> = tasks.into_par_iter().filter_map(|(s, g)| {
             let (pq, pk, pv) = (pq, pk, pv);
             let seg @ (start, n) = self.segments[s];
-            let kr = self.rotated(k, ks, g, seg, T::one());
-            let (mut dkr, mut dvs) = (vec![T::zero(); n * d], vec![T::zero(); n * d]);
-            let (mut dp, mut dqr) = (vec![T::zero(); n * n], vec![T::zero(); n * d]);
-            let vp = unsafe { v.as_ptr().add(start * vs + g * d) };
+            let keys = self.keys(s);
+            let m: usize = keys.iter().map(|r| r.1).sum();
+            let kr = self.rotated(k, ks, g, &keys, T::one());
+            let (mut dkr, mut dvs) = (vec![T::zero(); m * d], vec![T::zero(); m * d]);
+            let (mut dp, mut dqr) = (vec![T::zero(); n * m], vec![T::zero(); n * d]);
             for h in g * self.rep()..(g + 1) * self.rep() {
-                let qr = self.rotated(q, qs, h, seg, scale);
-                let p = self.probabilities(&qr, &kr, n);
+                let qr = self.rotated(q, qs, h, &[seg], scale);
+                let p = self.probabilities(&qr, &kr, n, m);
                 let gos = unsafe { go.as_ptr().add(start * hq + h * d) };
                 // SAFETY (all gemm calls): row-major buffers of the stated shapes; go and v are read
                 // through their (tokens, heads * d) strides.
                 unsafe {
                     // dv += pᵀ go
-                    gemm(n, d, n, dvs.as_mut_ptr(), 1, d as isize, true, p.as_ptr(), n as isize, 1, gos, 1, hq as isize,
+                    gemm(m, d, n, dvs.as_mut_ptr(), 1, d as isize, true, p.as_ptr(), m as isize, 1, gos, 1, hq as isize,
                         T::one(), T::one(), false, false, false, Parallelism::None);
-                    // dp = go vᵀ
-                    gemm(n, n, d, dp.as_mut_ptr(), 1, n as isize, false, gos, 1, hq as isize, vp, vs as isize, 1,
-                        T::zero(), T::one(), false, false, false, Parallelism::None);
+                    // dp = go vᵀ, one block of columns per key range
+                    let mut col = 0;
+                    for &(from, len) in &keys {
+                        gemm(n, len, d, dp.as_mut_ptr().add(col), 1, m as isize, false, gos, 1, hq as isize,
+                            v.as_ptr().add(from * vs + g * d), vs as isize, 1, T::zero(), T::one(), false, false, false,
+                            Parallelism::None);
+                        col += len;
+                    }
                 }
                 // ds = p (dp - rowsum(p dp)), in place of dp.
                 for i in 0..n {
-                    let (pr, dr) = (&p[i * n..i * n + i + 1], &mut dp[i * n..(i + 1) * n]);
+                    let seen = m - n + i + 1;
+                    let (pr, dr) = (&p[i * m..i * m + seen], &mut dp[i * m..(i + 1) * m]);
                     let dot = pr.iter().zip(dr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
-                    for j in 0..=i {
+                    for j in 0..seen {
                         dr[j] = pr[j] * (dr[j] - dot);
                     }
-                    dr[i + 1..].iter_mut().for_each(|x| *x = T::zero());
+                    dr[seen..].iter_mut().for_each(|x| *x = T::zero());
                 }
                 unsafe {
                     // dqr = ds kr;  dkr += dsᵀ qr
-                    gemm(n, d, n, dqr.as_mut_ptr(), 1, d as isize, false, dp.as_ptr(), 1, n as isize, kr.as_ptr(), 1,
+                    gemm(n, d, m, dqr.as_mut_ptr(), 1, d as isize, false, dp.as_ptr(), 1, m as isize, kr.as_ptr(), 1,
                         d as isize, T::zero(), T::one(), false, false, false, Parallelism::None);
-                    gemm(n, d, n, dkr.as_mut_ptr(), 1, d as isize, true, dp.as_ptr(), n as isize, 1, qr.as_ptr(), 1,
+                    gemm(m, d, n, dkr.as_mut_ptr(), 1, d as isize, true, dp.as_ptr(), m as isize, 1, qr.as_ptr(), 1,
                         d as isize, T::one(), T::one(), false, false, false, Parallelism::None);
                 }
                 // dq = scale * rotate⁻¹(dqr). SAFETY: this task owns rows seg of head h in dq.
@@ -190,14 +216,36 @@ impl PackedAttention {
                     self.rotate(&dqr[i * d..(i + 1) * d], start + i, scale, true, dst);
                 }
             }
-            // SAFETY: this task owns rows seg of kv head g in dk and dv.
+            // Un-rotated key gradients, in place: token by token, as the keys were rotated.
+            let mut row = vec![T::zero(); d];
+            for (i, t) in keys.iter().flat_map(|&(from, len)| from..from + len).enumerate() {
+                row.copy_from_slice(&dkr[i * d..(i + 1) * d]);
+                self.rotate(&row, t, T::one(), true, &mut dkr[i * d..(i + 1) * d]);
+            }
+            // SAFETY: this task owns rows seg of kv head g in dk and dv (its own tokens are the last n keys).
+            let own = (m - n) * d;
             for i in 0..n {
                 let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * dk_stride + g * d), d) };
-                self.rotate(&dkr[i * d..(i + 1) * d], start + i, T::one(), true, dst);
+                dst.copy_from_slice(&dkr[own + i * d..own + (i + 1) * d]);
                 let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * dv_stride + g * d), d) };
-                dst.copy_from_slice(&dvs[i * d..(i + 1) * d]);
+                dst.copy_from_slice(&dvs[own + i * d..own + (i + 1) * d]);
             }
-        });
+            (own > 0).then(|| {
+                dkr.truncate(own);
+                dvs.truncate(own);
+                (s, g, dkr, dvs)
+            })
+        }).collect();
+        for (s, g, dkc, dvc) in to_context {
+            let (cs, cn) = self.context[s].expect("only sequences with a context send to it");
+            // SAFETY: every task has finished; the context's rows of kv head g are inside dk and dv.
+            for i in 0..cn {
+                let dk = unsafe { std::slice::from_raw_parts_mut(pk.0.add((cs + i) * dk_stride + g * d), d) };
+                dk.iter_mut().zip(&dkc[i * d..(i + 1) * d]).for_each(|(a, &b)| *a = *a + b);
+                let dv = unsafe { std::slice::from_raw_parts_mut(pv.0.add((cs + i) * dv_stride + g * d), d) };
+                dv.iter_mut().zip(&dvc[i * d..(i + 1) * d]).for_each(|(a, &b)| *a = *a + b);
+            }
+        }
     }
 
     /// [`Self::forward`] of q, k and v side by side in rows of `w = hq + 2 hk` (the stacked projection).
@@ -231,8 +279,11 @@ impl PackedAttention {
         if self.heads % self.kv_heads != 0 || self.head_dim % 2 != 0 {
             bail!("packed attention: {} heads, {} kv heads, head_dim {}", self.heads, self.kv_heads, self.head_dim);
         }
-        if self.segments.iter().any(|&(s, n)| n == 0 || s + n > tokens) {
+        if self.segments.iter().chain(self.context.iter().flatten()).any(|&(s, n)| n == 0 || s + n > tokens) {
             bail!("packed attention: a sequence lies outside the {tokens} tokens");
+        }
+        if self.context.len() != self.segments.len() {
+            bail!("packed attention: {} contexts for {} sequences", self.context.len(), self.segments.len());
         }
         Ok(())
     }

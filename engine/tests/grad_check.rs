@@ -95,7 +95,56 @@ fn angles(tokens: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
 /// Four query heads over two kv heads, head_dim 4.
 fn attention(segments: Vec<(usize, usize)>, tokens: usize, interleaved: bool) -> Arc<PackedAttention> {
     let (cos, sin) = angles(tokens, 11);
-    Arc::new(PackedAttention { segments, heads: 4, kv_heads: 2, head_dim: 4, cos, sin, interleaved })
+    let context = vec![None; segments.len()];
+    Arc::new(PackedAttention { segments, context, heads: 4, kv_heads: 2, head_dim: 4, cos, sin, interleaved })
+}
+
+/// A prompt prefix packed once (tokens 0..3) and two sequences continuing it (3..5, 5..9): gradients
+/// against finite differences, and forward and gradients equal to packing the prefix into each sequence.
+#[test]
+fn packed_attention_with_a_shared_context() {
+    // Positions: the prefix 0..3, then each sequence from 3. Angles belong to positions.
+    let positions = [0, 1, 2, 3, 4, 3, 4, 5, 6];
+    let (cos_p, sin_p) = angles(7, 11);
+    let table = |p: &[usize], t: &[f64]| p.iter().flat_map(|&i| t[i * 2..i * 2 + 2].to_vec()).collect::<Vec<f64>>();
+    for interleaved in [true, false] {
+        let shared = Arc::new(PackedAttention {
+            segments: vec![(0, 3), (3, 2), (5, 4)],
+            context: vec![None, Some((0, 3)), Some((0, 3))],
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 4,
+            cos: table(&positions, &cos_p),
+            sin: table(&positions, &sin_p),
+            interleaved,
+        });
+        // The same tokens with the prefix copied into both sequences: rows of the shared layout.
+        let rows = [0u32, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 8];
+        let whole_positions = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6];
+        let whole = Arc::new(PackedAttention {
+            segments: vec![(0, 5), (5, 7)],
+            context: vec![None, None],
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 4,
+            cos: table(&whole_positions, &cos_p),
+            sin: table(&whole_positions, &sin_p),
+            interleaved,
+        });
+        let (q, k, v) = (randn(&[9, 16], 12), randn(&[9, 8], 13), randn(&[9, 8], 14));
+        check("context dq", &q, |q| packed_attention(q, &k, &v, &shared).unwrap());
+        check("context dk", &k, |k| packed_attention(&q, k, &v, &shared).unwrap());
+        check("context dv", &v, |v| packed_attention(&q, &k, v, &shared).unwrap());
+        // Each copy of a prefix row in the whole layout reads the shared row: its output is the shared
+        // output, and the gradient reaching a shared row is the sum over its copies.
+        let idx = Tensor::new(&rows[..], &Device::Cpu).unwrap();
+        let ours = |t: &[&Tensor]| packed_attention(t[0], t[1], t[2], &shared).unwrap().index_select(&idx, 0).unwrap();
+        let theirs = |t: &[&Tensor]| {
+            let copy = |x: &Tensor| x.index_select(&idx, 0).unwrap();
+            packed_attention(&copy(t[0]), &copy(t[1]), &copy(t[2]), &whole).unwrap()
+        };
+        same_forward_and_gradients(&[q, k, v], ours, theirs);
+    }
 }
 
 #[test]

@@ -212,3 +212,98 @@ fn memory_estimate_grows_with_the_batch() {
     // At least the f32 weights (135M parameters), and not absurd for 16 short tickets.
     assert!(small.bytes > 500 << 20 && large.bytes < 32 << 30, "{small:?} {large:?}");
 }
+
+/// `push_shared` on token ids: the common prefix once, stopped before the first scored position,
+/// suffixes continuing its positions, the same targets as `push`; nothing shared falls back to `push`.
+#[test]
+fn push_shared_packs_the_common_prefix_once() {
+    let (a, b) = ([1u32, 2, 3, 4, 5, 6], [1u32, 2, 3, 4, 9]);
+    let mut shared = PackedBatch::default();
+    // b's completion starts at 3: position 2 predicts it, so only tokens 0..2 can be shared.
+    shared.push_shared(&[(&a[..], 5), (&b[..], 3)]);
+    assert_eq!(shared.ids, [1, 2, 3, 4, 5, 6, 3, 4, 9]);
+    assert_eq!(shared.segments, [(0, 2), (2, 4), (6, 3)]);
+    assert_eq!(shared.continues, [None, Some(0), Some(0)]);
+    assert_eq!(shared.positions, [0, 1, 2, 3, 4, 5, 2, 3, 4]);
+    let mut plain = PackedBatch::default();
+    plain.push(&a, 5);
+    plain.push(&b, 3);
+    assert_eq!(shared.targets, plain.targets);
+    assert_eq!(shared.targets, [6, 4, 9]);
+    assert_eq!(shared.loss_positions, [4, 6, 7]);
+    // Nothing in common, or one example: as `push`.
+    for examples in [&[(&a[..], 5), (&[7u32, 2, 3][..], 2)][..], &[(&a[..], 5)][..]] {
+        let (mut s, mut p) = (PackedBatch::default(), PackedBatch::default());
+        s.push_shared(examples);
+        examples.iter().for_each(|&(ids, t)| p.push(ids, t));
+        assert_eq!((s.ids, s.segments, s.continues, s.positions, s.loss_positions), (p.ids, p.segments, p.continues, p.positions, p.loss_positions));
+    }
+}
+
+/// Three examples with the same instruction, packed with their shared prompt prefix once and packed
+/// whole: the same logits, loss and adapter gradients, by the hand-written step and by autograd.
+#[test]
+fn shared_prefix_gives_the_same_loss_and_gradients() {
+    use candle_core::Device;
+    use distill_engine::train::tokenize_example;
+    let model = f32_model();
+    let examples = [
+        Example::new("Classify this support ticket.\nTicket: My bill shows roaming charges from a trip I never took.", "billing"),
+        Example::new("Classify this support ticket.\nTicket: Add a line", "account management"),
+        Example::new("Classify this support ticket.\nTicket: No signal at home since Monday", "network"),
+    ];
+    let toks: Vec<(Vec<u32>, usize)> = examples.iter().map(|e| tokenize_example(model, e, 512).map(|(ids, s, _)| (ids, s)).unwrap()).collect();
+    let refs: Vec<(&[u32], usize)> = toks.iter().map(|(ids, s)| (ids.as_slice(), *s)).collect();
+    let (mut plain, mut shared) = (PackedBatch::default(), PackedBatch::default());
+    refs.iter().for_each(|&(ids, s)| plain.push(ids, s));
+    shared.push_shared(&refs);
+    let prefix = shared.segments[0].1;
+    assert!(prefix > 10, "the chat template and the instruction are shared: {prefix} tokens");
+    assert_eq!(shared.ids.len() + 2 * prefix, plain.ids.len());
+    assert_eq!(shared.targets, plain.targets);
+
+    let config = LoraConfig::default();
+    let (adapter, vars) = LoraAdapter::init(&config, &model.llama.config, 7, &Device::Cpu).unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let x: Vec<f32> = common::values(v.elem_count(), i as u64).iter().map(|x| x * 0.05).collect();
+        v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+    let no_dropout = || Dropout::new(0.0, 0);
+    let logits = |b: &PackedBatch| model.llama.forward_train(b, &adapter, &mut no_dropout()).unwrap();
+    let (want, got) = (logits(&plain), logits(&shared));
+    let range = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(max_diff(&got, &want) < 1e-4 * range, "logits differ by {} (range {range})", max_diff(&got, &want));
+
+    let want = model.llama.train_step(&plain, &adapter, &no_dropout()).unwrap().unwrap();
+    let got = model.llama.train_step(&shared, &adapter, &no_dropout()).unwrap().unwrap();
+    assert!((got.loss - want.loss).abs() < 1e-5 * want.loss.abs().max(1.0), "loss {} vs {}", got.loss, want.loss);
+    // The autograd path through the attention op's backward with a context, on the shared batch.
+    let targets = Tensor::new(shared.targets.as_slice(), &Device::Cpu).unwrap();
+    let autograd = candle_nn::loss::cross_entropy(&logits(&shared), &targets).unwrap().backward().unwrap();
+    for ((t, g), (_, w)) in got.grads.iter().zip(&want.grads) {
+        let scale = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 0.0, "a zero gradient {:?} checks nothing", t.dims());
+        for (name, g) in [("hand-written", g), ("autograd", autograd.get(t).unwrap())] {
+            let diff = max_diff(g, w);
+            assert!(diff <= 1e-3 * scale, "{name}: gradient {:?} differs by {diff} (max {scale})", t.dims());
+        }
+    }
+}
+
+/// `train` packs shared prefixes by default: the same losses as without, fewer tokens computed.
+#[test]
+fn training_with_and_without_shared_prefixes_agrees() {
+    let model = f32_model();
+    let data = &tickets("train.csv")[..8];
+    let run = |share_prefix: bool| {
+        let cfg = TrainConfig { epochs: 1, batch_size: 4, share_prefix, ..Default::default() };
+        train(model, data, &data[..4], &cfg, &mut NoObserver).unwrap().1
+    };
+    let (on, off) = (run(true), run(false));
+    assert_eq!(on.trained_tokens, off.trained_tokens);
+    assert_eq!(off.computed_tokens, off.trained_tokens);
+    assert!(on.computed_tokens * 10 < on.trained_tokens * 9, "{} of {} tokens computed", on.computed_tokens, on.trained_tokens);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-4 * b.abs().max(1.0);
+    assert!(close(on.train_loss[0], off.train_loss[0]), "train loss {:?} vs {:?}", on.train_loss, off.train_loss);
+    assert!(close(on.eval_loss[0], off.eval_loss[0]), "eval loss {:?} vs {:?}", on.eval_loss, off.eval_loss);
+}
