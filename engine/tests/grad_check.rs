@@ -107,30 +107,15 @@ fn packed_attention_with_a_shared_context() {
     let positions = [0, 1, 2, 3, 4, 3, 4, 5, 6];
     let (cos_p, sin_p) = angles(7, 11);
     let table = |p: &[usize], t: &[f64]| p.iter().flat_map(|&i| t[i * 2..i * 2 + 2].to_vec()).collect::<Vec<f64>>();
+    let layout = |segments: Vec<(usize, usize)>, context, positions: &[usize], interleaved| {
+        let (cos, sin) = (table(positions, &cos_p), table(positions, &sin_p));
+        Arc::new(PackedAttention { segments, context, heads: 4, kv_heads: 2, head_dim: 4, cos, sin, interleaved })
+    };
     for interleaved in [true, false] {
-        let shared = Arc::new(PackedAttention {
-            segments: vec![(0, 3), (3, 2), (5, 4)],
-            context: vec![None, Some((0, 3)), Some((0, 3))],
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 4,
-            cos: table(&positions, &cos_p),
-            sin: table(&positions, &sin_p),
-            interleaved,
-        });
+        let shared = layout(vec![(0, 3), (3, 2), (5, 4)], vec![None, Some((0, 3)), Some((0, 3))], &positions, interleaved);
         // The same tokens with the prefix copied into both sequences: rows of the shared layout.
         let rows = [0u32, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 8];
-        let whole_positions = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6];
-        let whole = Arc::new(PackedAttention {
-            segments: vec![(0, 5), (5, 7)],
-            context: vec![None, None],
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 4,
-            cos: table(&whole_positions, &cos_p),
-            sin: table(&whole_positions, &sin_p),
-            interleaved,
-        });
+        let whole = layout(vec![(0, 5), (5, 7)], vec![None, None], &[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6], interleaved);
         let (q, k, v) = (randn(&[9, 16], 12), randn(&[9, 8], 13), randn(&[9, 8], 14));
         check("context dq", &q, |q| packed_attention(q, &k, &v, &shared).unwrap());
         check("context dk", &k, |k| packed_attention(&q, k, &v, &shared).unwrap());
