@@ -552,7 +552,7 @@ impl Dropout {
 }
 
 /// Token sequences packed back to back for training: no padding, each sequence attends only to
-/// itself (and to the segment it continues, if any) and its positions restart at 0.
+/// itself and to the segment it continues, if any; its positions restart at 0 or go on from there.
 #[derive(Debug, Clone, Default)]
 pub struct PackedBatch {
     pub ids: Vec<u32>,
