@@ -46,6 +46,11 @@ pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, att: &Arc<PackedAtte
 
 struct Op(Arc<PackedAttention>);
 
+/// The token indices of `ranges`, one range after another.
+fn tokens(ranges: &[(usize, usize)]) -> impl Iterator<Item = usize> + '_ {
+    ranges.iter().flat_map(|&(from, len)| from..from + len)
+}
+
 impl PackedAttention {
     fn rep(&self) -> usize {
         self.heads / self.kv_heads
@@ -69,9 +74,8 @@ impl PackedAttention {
     /// Rotated copies `(rows, d)` of one head's rows in `ranges` (one after another), times `scale`.
     fn rotated<T: Float>(&self, x: &[T], row: usize, head: usize, ranges: &[(usize, usize)], scale: T) -> Vec<T> {
         let d = self.head_dim;
-        let tokens: Vec<usize> = ranges.iter().flat_map(|&(start, n)| start..start + n).collect();
-        let mut y = vec![T::zero(); tokens.len() * d];
-        for (i, &t) in tokens.iter().enumerate() {
+        let mut y = vec![T::zero(); ranges.iter().map(|r| r.1).sum::<usize>() * d];
+        for (i, t) in tokens(ranges).enumerate() {
             let at = t * row + head * d;
             self.rotate(&x[at..at + d], t, scale, false, &mut y[i * d..(i + 1) * d]);
         }
@@ -218,7 +222,7 @@ impl PackedAttention {
             }
             // Un-rotated key gradients, in place: token by token, as the keys were rotated.
             let mut row = vec![T::zero(); d];
-            for (i, t) in keys.iter().flat_map(|&(from, len)| from..from + len).enumerate() {
+            for (i, t) in tokens(&keys).enumerate() {
                 row.copy_from_slice(&dkr[i * d..(i + 1) * d]);
                 self.rotate(&row, t, T::one(), true, &mut dkr[i * d..(i + 1) * d]);
             }
