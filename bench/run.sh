@@ -2,11 +2,12 @@
 # pg_distill against its peers, in one invocation, 2 threads each, ratios first; writes BENCHMARKS.md.
 #   T  training        distill.finetune() and the engine alone vs torch + PEFT, LoRA r 8 on banking77_10intent
 #   C  classification  SELECT distill.complete() over 1,000 ticket rows vs llama.cpp (Python loop, PL/Python)
-#   A  accuracy        fine-tuned through SQL and scored with distill.evaluate() on banking77_10intent and
-#                      BANKING77, beside TF-IDF + logistic regression on the same rows
+#   A  accuracy        fine-tuned through SQL (3 epochs, the product's default) and scored with
+#                      distill.evaluate() on banking77_10intent and the whole BANKING77, beside TF-IDF +
+#                      logistic regression on the same rows
 #   P  profiles        perf profiles of the training step and of classification
 #
-#   bash bench/run.sh            # every phase: about 2 hours on the 2-core machine here
+#   bash bench/run.sh            # every phase: about 2.5 hours on the 2-core machine here (A ~1.7 h)
 #   bash bench/run.sh C P        # some phases; BENCHMARKS.md keeps the other phases' last results
 #   SMOKE=1 bash bench/run.sh    # every phase on a handful of rows, into /tmp (checks the scripts, ~10 min)
 #
@@ -17,8 +18,8 @@
 # meaningless under load (llama.cpp's spinning threads slow ~15x).
 # Overrides: RESULTS (where results and their BENCHMARKS.md go; default bench/results and ./BENCHMARKS.md,
 # e.g. bench/results/extra/NAME for another machine's run), C_ROWS (default 1000), FORMATS (C, "file"),
-# T_ROWS (982), T_TARGETS (T, "all"; "q,v all" adds q,v), EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER (A on
-# BANKING77: a stratified subsample, see finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
+# T_ROWS (982), T_TARGETS (T, "all"; "q,v all" adds q,v), EPOCHS_10, EPOCHS_77 (A: 3), EVAL_CHOICES (A: 1),
+# B77_TRAIN_PER, B77_TEST_PER (A on BANKING77: "all", or a stratified subsample, see finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phases=${*:-T C A P}
@@ -26,7 +27,7 @@ phases=${*:-T C A P}
 res=${RESULTS:-bench/results} report=${RESULTS:+$RESULTS/}BENCHMARKS.md
 if [ -n "${SMOKE:-}" ]; then
   res=${RESULTS:-/tmp/pg_distill-bench-smoke} report=$res/BENCHMARKS.md
-  export C_ROWS=6 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6
+  export C_ROWS=6 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 EPOCHS_10=1 EPOCHS_77=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6
 fi
 export B77_DIR=${B77_DIR:-$PWD/../shared/data/banking77}
 log() { printf '\n=== bench: %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
@@ -46,7 +47,8 @@ bash bench/venv_llama.sh
 cargo build -q -p distill-engine --example bench_train --example classify_rows
 mkdir -p "$res"
 
-# Records the machine, and the commit and date of a phase that has just finished (others are kept).
+# Records the machine, commit and date of a phase that has just finished (others are kept: phases of
+# one results folder may come from different invocations, so each carries its own machine).
 stamp() {
   python3 - "$res/environment.json" "$1" <<'PY'
 import json, os, subprocess, sys, time
@@ -56,7 +58,8 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
 env.update(cpu=cpu, cores=os.cpu_count(), memory=f"{int(mem) / 2**20:.0f} GiB")
 commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-env["phases"][phase] = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+env["phases"][phase] = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "machine": f"{cpu}, {os.cpu_count()} cores, {env['memory']}"}
 json.dump(env, open(path, "w"), indent=1)
 PY
 }
@@ -84,8 +87,11 @@ for phase in $phases; do
       OUT=$dir bash bench/finetune_sql.sh
       bench/.venv/bin/python bench/tfidf_baseline.py --train data/banking77_10intent/train.csv \
         --test data/banking77_10intent/test.csv >"$dir/tfidf-10intent.json"
+      per=() # the same rows as the job: the whole splits unless a subsample was asked for
+      [ "${B77_TRAIN_PER:-all}" = all ] || per+=(--train-per "$B77_TRAIN_PER")
+      [ "${B77_TEST_PER:-all}" = all ] || per+=(--test-per "$B77_TEST_PER")
       bench/.venv/bin/python bench/tfidf_baseline.py --train "$B77_DIR/train.csv" --test "$B77_DIR/test.csv" \
-        --train-per "${B77_TRAIN_PER:-20}" --test-per "${B77_TEST_PER:-5}" >"$dir/tfidf-banking77.json"
+        "${per[@]}" >"$dir/tfidf-banking77.json"
       python3 bench/report.py accuracy "$dir"
       keep A
       ;;
