@@ -41,7 +41,8 @@ def sql_training(adir):
     desc = d["describe"]
     secs = desc["data"]["train_seconds"]
     return {"real_tokens": desc["trained_tokens"], "wall_s": secs, "real_tokens_per_s": desc["trained_tokens"] / secs,
-            "peak_rss_mib": d["worker_peak_rss_mib"], "eval_loss": desc["training_result"]["validation_loss"]}
+            "peak_rss_mib": d["worker_peak_rss_mib"], "eval_loss": desc["training_result"]["validation_loss"],
+            "epochs": len(desc.get("epochs") or []) or 1}
 
 
 def training_rows(tdir, adir=None):
@@ -56,8 +57,9 @@ def training_rows(tdir, adir=None):
         if os.path.exists(unshared):
             runs.append(("engine alone, prompt prefix not shared", load(unshared)))
         s = sql_training(adir) if (adir and t == "all") else None
-        if s:
-            runs.append(("distill.finetune()", s))
+        if s:  # phase A's job: its rate compares at any epoch count, its eval loss only after one epoch
+            runs.append(("distill.finetune()" if s["epochs"] == 1 else
+                         f"distill.finetune(), {s['epochs']} epochs (eval loss not comparable)", s))
         for name, r in runs:
             rows.append([t if t == "q,v" else "all seven", name,
                          f"{r['real_tokens_per_s'] / p['real_tokens_per_s']:.2f}x",
@@ -170,13 +172,24 @@ def summary_rows(res):
     return summary
 
 
+def machines(env):
+    """The header's machine lines: one when every phase ran on the same machine, else one per phase."""
+    phases = sorted(env.get("phases", {}).items())
+    default = f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('memory', '?')}"
+    names = {v.get("machine", default) for _, v in phases} or {default}
+    if len(names) == 1:
+        return [f"Machine: {names.pop()}; every runner on 2 threads.",
+                "Phases: " + "; ".join(f"{k} at {v['commit']}, {v['date']}" for k, v in phases) + "."]
+    return ["Phases (each on its own machine; every runner on 2 threads; ratios compare within a phase only): " +
+            "; ".join(f"{k} at {v['commit']}, {v['date']}, on {v.get('machine', default)}" for k, v in phases) + "."]
+
+
 def markdown(res):
     t, c, a, p = (os.path.join(res, x) for x in ("T", "C", "A", "profiles"))
     env = load(os.path.join(res, "environment.json")) if os.path.exists(os.path.join(res, "environment.json")) else {}
     out = ["# BENCHMARKS", "",
            "Written by `bash bench/run.sh` from the files in `bench/results/` (each phase's raw JSON, outputs and logs).",
-           f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('memory', '?')}; every runner on 2 threads.",
-           "Phases: " + "; ".join(f"{k} at {v['commit']}, {v['date']}" for k, v in sorted(env.get("phases", {}).items())) + ".", ""]
+           ] + machines(env) + [""]
     summary = summary_rows(res)
     out += ["## Summary: pg_distill against the targets", "", table(["benchmark", "pg_distill vs peer / value", "target", ""], summary, True), ""]
     if os.path.exists(os.path.join(res, "NOTES.md")):
@@ -192,10 +205,11 @@ def markdown(res):
         out += ["## T, training: LoRA on banking77_10intent vs torch + PEFT", "",
                 "r 8, alpha 16, batch 8, AdamW lr 1e-3 (linear warm-up 10% + decay), clip 1.0, seed 42, one epoch of the "
                 "982 training rows, eval loss on the first 200 test rows; both sides read the GGUF dequantized to f32 "
-                f"and train on the same token ids, {start} (`bench/train_vs_peft.sh`). `distill.finetune()` is the same run as a "
-                "job in a background worker (`bench/finetune_sql.sh`, set 10intent): its time is DESCRIBE's "
-                "`data.train_seconds` (training only; the validation passes are timed apart), its RSS the worker "
-                "process's peak, its eval loss the job's validation loss on the same 200 test rows.", "",
+                f"and train on the same token ids, {start} (`bench/train_vs_peft.sh`). `distill.finetune()` is the same training "
+                "as a job in a background worker: phase A's banking77_10intent job (`bench/finetune_sql.sh`), which trains "
+                "the product's default 3 epochs unless EPOCHS_10=1 (the row says so), so its tokens/s compare and its eval "
+                "loss does not. Its time is DESCRIBE's `data.train_seconds` (training only; the validation passes are timed "
+                "apart), its RSS the worker process's peak, its eval loss the job's validation loss on the same 200 test rows.", "",
                 table(h, rows, True), ""]
     if os.path.isdir(c):
         meta, h, rows = classify_rows(c)
@@ -214,8 +228,8 @@ def markdown(res):
         h, rows = accuracy_rows(a)
         out += ["## A, accuracy: fine-tuned through SQL vs TF-IDF + logistic regression", "",
                 "Fine-tuned with `distill.finetune()` (options as in T), evaluated with `distill.evaluate()` (greedy, "
-                "exact match) on the test split (BANKING77 unless the table says otherwise: a stratified subsample, the first rows of each intent in file "
-                "order, to fit the machine's time; the row counts are in the table); \"with choices\" is the same model evaluated with "
+                "exact match) on the whole test split (a BANKING77 row says so when it was a stratified subsample, the first rows of each "
+                "intent in file order; the row counts are in the table); \"with choices\" (blank when EVAL_CHOICES=0) is the same model evaluated with "
                 "`'{\"choices\": true}'` (each reply constrained to one of the labels); the baseline (`bench/tfidf_baseline.py`, word 1-2-grams + char 2-5-grams, "
                 "C=10) is fitted on the same training rows, and on the full training split for reference.", "",
                 table(h, rows, True), ""]
