@@ -32,10 +32,17 @@ def table(headers, rows, md):
 
 # --- T: training ---------------------------------------------------------------------------------
 
+def same_machine(res, *phases):
+    """Whether these phases of a results folder ran on one machine (a ratio across machines means nothing)."""
+    path = os.path.join(res, "environment.json")
+    env = load(path) if os.path.exists(path) else {}
+    return len({env.get("phases", {}).get(p, {}).get("machine") for p in phases}) == 1
+
+
 def sql_training(adir):
     """The 10intent job of finetune_sql.sh as a training run: real tokens/s over the job's training time."""
     path = os.path.join(adir, "10intent.json")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not same_machine(os.path.dirname(os.path.abspath(adir)), "T", "A"):
         return None
     d = load(path)
     desc = d["describe"]
@@ -168,7 +175,8 @@ def summary_rows(res):
     if os.path.isdir(a):
         h, rows = accuracy_rows(a)
         for r in rows:
-            summary.append([f"A accuracy, {r[0]}", r[1], f">= {r[3]}", "met" if float(r[1]) >= float(r[3]) else "short"])
+            epochs = f"{r[10]} epoch" + ("" if r[10] == 1 else "s")
+            summary.append([f"A accuracy, {r[0]}, {epochs}", r[1], f">= {r[3]}", "met" if float(r[1]) >= float(r[3]) else "short"])
     return summary
 
 
