@@ -32,11 +32,15 @@ def table(headers, rows, md):
 
 # --- T: training ---------------------------------------------------------------------------------
 
+def environment(res):
+    """run.sh's record of a results folder: the machine, and each phase's commit, date and machine."""
+    path = os.path.join(res, "environment.json")
+    return load(path) if os.path.exists(path) else {}
+
+
 def same_machine(res, *phases):
     """Whether these phases of a results folder ran on one machine (a ratio across machines means nothing)."""
-    path = os.path.join(res, "environment.json")
-    env = load(path) if os.path.exists(path) else {}
-    return len({env.get("phases", {}).get(p, {}).get("machine") for p in phases}) == 1
+    return len({environment(res).get("phases", {}).get(p, {}).get("machine") for p in phases}) == 1
 
 
 def sql_training(adir):
@@ -194,7 +198,7 @@ def machines(env):
 
 def markdown(res):
     t, c, a, p = (os.path.join(res, x) for x in ("T", "C", "A", "profiles"))
-    env = load(os.path.join(res, "environment.json")) if os.path.exists(os.path.join(res, "environment.json")) else {}
+    env = environment(res)
     out = ["# BENCHMARKS", "",
            "Written by `bash bench/run.sh` from the files in `bench/results/` (each phase's raw JSON, outputs and logs).",
            ] + machines(env) + [""]
