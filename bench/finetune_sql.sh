@@ -22,6 +22,9 @@ SETS=${SETS:-"10intent banking77"} OUT=${OUT:-/tmp/pg_distill-bench-finetune}
 EPOCHS_10=${EPOCHS_10:-3} EPOCHS_77=${EPOCHS_77:-3} B77_TRAIN_PER=${B77_TRAIN_PER:-all} B77_TEST_PER=${B77_TEST_PER:-all}
 EVAL_CHOICES=${EVAL_CHOICES:-1}
 B10_TRAIN_ROWS=${B10_TRAIN_ROWS:-100000} B10_TEST_ROWS=${B10_TEST_ROWS:-100000}
+# They go into SQL text: a clear error here rather than a syntax error from psql later.
+for v in EPOCHS_10 EPOCHS_77 B10_TRAIN_ROWS B10_TEST_ROWS; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a whole number >= 1, got '${!v}'" >&2; exit 2; }; done
+for v in B77_TRAIN_PER B77_TEST_PER; do [[ ${!v} =~ ^([1-9][0-9]*|all)$ ]] || { echo "$v must be a whole number >= 1 or all, got '${!v}'" >&2; exit 2; }; done
 b77=${B77_DIR:-$root/../shared/data/banking77}
 if [[ " $SETS " == *" banking77 "* && ! -f "$b77/train.csv" ]]; then
   echo "BANKING77 not found in $b77 (set B77_DIR to the folder with train.csv and test.csv)" >&2; exit 1
