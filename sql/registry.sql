@@ -1,6 +1,20 @@
 -- The registry: fine-tuning jobs and the models they produce. Private tables (only the extension's
 -- own functions touch them, as their owner, after their own checks) and public views for psql.
 
+-- The roles an administrator grants (see the privileges at the end of finalize.sql). Roles belong to
+-- the cluster, not the database: a second database's CREATE EXTENSION finds them there already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'distill_user') THEN
+        CREATE ROLE distill_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'distill_trainer') THEN
+        CREATE ROLE distill_trainer NOLOGIN IN ROLE distill_user;
+    END IF;
+END $$;
+COMMENT ON ROLE distill_user IS 'pg_distill: may run models (complete, evaluate, ...) and manage its own models and jobs';
+COMMENT ON ROLE distill_trainer IS 'pg_distill: distill_user, and may create fine-tuning jobs and import adapters';
+
 CREATE TABLE distill.job_registry (
     id               text PRIMARY KEY,
     model            text NOT NULL,
@@ -83,7 +97,9 @@ SELECT pg_catalog.pg_extension_config_dump('distill.model_registry_version_seq',
 REVOKE ALL ON distill.job_registry, distill.model_registry, distill.model_grants FROM PUBLIC;
 
 -- The models a role may use: its own, those granted to it (or to PUBLIC), all for superusers.
-CREATE VIEW distill.models AS
+-- security_barrier: a caller's WHERE clause (a cheap function that prints its argument) runs only on
+-- rows the view's own filter let through.
+CREATE VIEW distill.models WITH (security_barrier) AS
 SELECT m.name, m.base_model, m.owner, m.created_on, m.job_id,
        pg_catalog.octet_length(m.adapter) AS adapter_bytes, m.options, m.metrics,
        ARRAY(SELECT g.grantee FROM distill.model_grants g WHERE g.model = m.name ORDER BY 1) AS granted_to
@@ -93,6 +109,5 @@ WHERE pg_catalog.pg_has_role(current_user, m.owner, 'USAGE')
               AND CASE WHEN g.grantee::oid = 0 THEN true ELSE pg_catalog.pg_has_role(current_user, g.grantee, 'USAGE') END)
 ORDER BY m.name;
 
-GRANT SELECT ON distill.models TO PUBLIC;
--- Every role may call the functions and read the views; the functions check rights themselves.
+-- Every role may look into the schema; what it may call and read is granted in finalize.sql.
 GRANT USAGE ON SCHEMA distill TO PUBLIC;

@@ -1,7 +1,8 @@
 -- Views and SQL-language functions that call the extension's Rust functions (created after them).
 
--- A role sees its own jobs (and those of roles it belongs to); superusers see all.
-CREATE VIEW distill.jobs AS
+-- A role sees its own jobs (and those of roles it belongs to); superusers see all. security_barrier,
+-- as every view here that filters by role: the caller's WHERE runs after the view's filter.
+CREATE VIEW distill.jobs WITH (security_barrier) AS
 SELECT id, model, base_model, owner, status, distill.progress_bar(progress) AS progress,
        distill.sparkline(recent_losses) AS recent_losses,
        created_on, finished_on, trained_tokens, training_loss, validation_loss,
@@ -12,7 +13,7 @@ ORDER BY created_on;
 
 -- Use of each model by each role: fine-tuning (from the job registry) and completion calls (counted
 -- in shared memory since the server started; see src/usage.rs). A role sees its own rows.
-CREATE VIEW distill.usage AS
+CREATE VIEW distill.usage WITH (security_barrier) AS
 WITH training AS (
     SELECT model, owner::oid AS role, count(*) AS jobs,
            count(*) FILTER (WHERE status = 'SUCCESS') AS succeeded_jobs,
@@ -34,7 +35,6 @@ FROM training t
 FULL JOIN distill.completion_usage() c ON c.model = t.model AND c.role = t.role
 ORDER BY 1, 2;
 
-GRANT SELECT ON distill.jobs, distill.usage TO PUBLIC;
 
 -- try_complete: complete(), but NULL where complete() would raise an error (Cortex's TRY_COMPLETE).
 -- PL/pgSQL's exception block runs the call in a subtransaction, which is what makes catching any

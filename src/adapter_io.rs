@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::errors::{report_sql, OrReport};
 use crate::model_cache::with_model;
-use crate::{finetune, registry};
+use crate::{finetune, guc, registry};
 
 /// Owner (or superuser) only: the weights are the model; a grant lets a role use it, not copy it.
 #[pg_extern(volatile, parallel_safe)]
@@ -27,9 +27,18 @@ fn export_adapter(model: &str) -> Vec<u8> {
 /// Checks the archive against the base model's shapes (layers, widths, target modules) before storing.
 #[pg_extern(volatile, parallel_unsafe)]
 fn import_adapter(name: &str, base_model: &str, archive: &[u8]) -> JsonB {
+    let limit = guc::max_adapter_bytes();
+    if archive.len() as u64 > limit {
+        report_sql(
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            &format!("the adapter archive is {} bytes, more than distill.max_adapter_bytes ({limit})", archive.len()),
+            None,
+        );
+    }
     finetune::check_new_model(name, base_model);
     let blob = with_model(base_model, |m, _| {
-        let adapter = LoraAdapter::from_archive(archive, &m.llama.config)?;
+        // The same limit bounds each file once decompressed; shapes are checked from the header first.
+        let adapter = LoraAdapter::from_archive(archive, &m.llama.config, limit)?;
         let blob = adapter.to_bytes(model_store::peft_base_name(base_model), &m.llama.config)?;
         Ok((adapter.config, blob))
     });

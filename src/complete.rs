@@ -57,6 +57,7 @@ fn complete_chat(model: &str, messages: JsonB, options: default!(JsonB, "'{}'"))
 /// to the prompt it was trained on: use `complete(model, prompt, '{"choices": [...]}')` for that.
 #[pg_extern(volatile, parallel_safe)]
 fn classify(model: &str, text: &str, labels: Vec<Option<String>>) -> String {
+    check_input_size("text", text.len());
     if text.trim().is_empty() {
         invalid("text is empty");
     }
@@ -74,6 +75,7 @@ fn classify(model: &str, text: &str, labels: Vec<Option<String>>) -> String {
 #[pg_extern(volatile, parallel_safe)]
 fn count_tokens(model: &str, text: &str) -> i32 {
     check_model_name(model);
+    check_input_size("text", text.len());
     with_model(model, |m, _| m.count_tokens(text)).or_report() as i32
 }
 
@@ -152,8 +154,22 @@ pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
     r
 }
 
+/// Refuses an input longer than `distill.max_input_bytes` before any work (tokenizing a 12 MB text
+/// takes seconds and over a GB, and no cancel can stop the tokenizer).
+pub fn check_input_size(what: &str, bytes: usize) {
+    let limit = crate::guc::max_input_bytes();
+    if bytes > limit {
+        report_sql(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            &format!("{what} is {bytes} bytes long, more than distill.max_input_bytes ({limit})"),
+            Some("Shorten it, or ask an administrator to raise distill.max_input_bytes."),
+        );
+    }
+}
+
 /// A prompt as one user message; a blank prompt is an error.
 fn user(prompt: &str) -> Message {
+    check_input_size("prompt", prompt.len());
     if prompt.trim().is_empty() {
         invalid("prompt is empty");
     }
@@ -179,6 +195,8 @@ fn parse_messages(v: Value) -> Vec<Message> {
         )
     };
     let Value::Array(items) = v else { bad("not a JSON array".into()) };
+    let content_bytes: usize = items.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).map(str::len).sum();
+    check_input_size("messages", content_bytes);
     if items.is_empty() {
         bad("the array is empty".into());
     }

@@ -31,8 +31,18 @@ pub fn report(e: Error) -> ! {
         Error::Io(_) => ERRCODE_IO_ERROR,
         Error::ModelDirNotWritable { .. } => ERRCODE_INSUFFICIENT_RESOURCES,
         Error::Candle(_) => ERRCODE_INTERNAL_ERROR,
+        Error::Interrupted => ERRCODE_QUERY_CANCELED,
     };
-    report_sql(code, &e.to_string(), e.hint().as_deref())
+    let (message, hint) = (e.to_string(), e.hint());
+    // distill.model_dir is a superuser-only setting: other roles learn a model is missing, not where
+    // the server keeps its files.
+    // SAFETY: reads the current user's superuser flag; main thread, in a transaction.
+    if unsafe { pgrx::pg_sys::superuser() } {
+        return report_sql(code, &message, hint.as_deref());
+    }
+    let dir = crate::guc::model_dir().display().to_string();
+    let hide = |s: &str| if dir.is_empty() { s.to_string() } else { s.replace(&dir, "distill.model_dir") };
+    report_sql(code, &hide(&message), hint.map(|h| hide(&h)).as_deref())
 }
 
 /// An ERROR with this SQLSTATE, message and optional HINT.

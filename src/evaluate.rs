@@ -23,7 +23,9 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
     let Value::Object(mut options) = options.0 else {
         invalid("options must be a JSON object, e.g. '{\"choices\": true}'")
     };
-    let rows = user_query::read("evaluation query", sql);
+    // Bounded as a fine-tuning job's queries are: the rows are all held at once.
+    let mut budget = user_query::Budget::training();
+    let rows = user_query::read("evaluation query", sql, &mut budget);
     if rows.examples.is_empty() {
         invalid(format!(
             "the evaluation query returned no usable rows ({} skipped for a NULL or blank prompt or completion)",

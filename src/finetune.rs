@@ -100,14 +100,19 @@ fn finetune_create(
 pub fn check_new_model(name: &str, base_model: &str) {
     check_model_name(name);
     let store = ModelStore::new(guc::model_dir(), false);
-    if let Some(tuned) = registry::find_model(base_model) {
-        report_sql(
-            ERRCODE_FEATURE_NOT_SUPPORTED,
-            &format!("\"{base_model}\" is a fine-tuned model, not a base model"),
-            Some(&format!("Use its base model, \"{}\".", tuned.base_model)),
-        );
-    }
-    let base_path = store.resolve(base_model).or_report();
+    // A base model file wins over a tuned model's name, as in complete().
+    let base_path = store.resolve(base_model).unwrap_or_else(|e| {
+        if let Some(tuned) = registry::find_model(base_model) {
+            // Its base is named only to a role that may use it.
+            let hint = tuned.usable.then(|| format!("Use its base model, \"{}\".", tuned.base_model));
+            report_sql(
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                &format!("\"{base_model}\" is a fine-tuned model, not a base model"),
+                hint.as_deref(),
+            );
+        }
+        crate::errors::report(e)
+    });
     if base_path.is_file() {
         // Reads the header and checks every tensor lies inside the file: a truncated or corrupt base
         // model fails here rather than in the worker.

@@ -16,8 +16,17 @@ static TRAINING_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static MAX_TRAINING_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 static INJECT_FAULT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WEIGHT_FORMAT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"file"));
+// Limits a superuser sets (a role cannot raise its own); see README "Security and limits".
+static MAX_PENDING_JOBS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(3);
+static MAX_JOBS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static MAX_MODELS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(100);
+static MAX_QUERY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+static MAX_INPUT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+static MAX_ADAPTER_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+static MAX_TRAINING_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 
 pub fn init() {
+    define_limits();
     GucRegistry::define_string_guc(
         c"distill.database",
         c"Database whose fine-tuning jobs the background workers run.",
@@ -100,15 +109,125 @@ pub fn init() {
     );
 }
 
+fn define_limits() {
+    fn limit(
+        name: &'static CStr,
+        short: &'static CStr,
+        long: &'static CStr,
+        setting: &'static GucSetting<i32>,
+        min: i32,
+        max: i32,
+        context: GucContext,
+    ) {
+        GucRegistry::define_int_guc(name, short, long, setting, min, max, context, GucFlags::default())
+    }
+    limit(
+        c"distill.max_pending_jobs_per_role",
+        c"Unfinished (PENDING or IN_PROGRESS) fine-tuning jobs one role may have; CREATE past it is refused.",
+        c"Keeps one role from filling the queue ahead of everyone else.",
+        &MAX_PENDING_JOBS_PER_ROLE,
+        1,
+        100_000,
+        GucContext::Suset,
+    );
+    limit(
+        c"distill.max_jobs_per_role",
+        c"Fine-tuning job rows (finished ones included) kept for one role; CREATE past it is refused.",
+        c"Job rows hold the queries' text and results; a superuser deletes old ones from distill.job_registry.",
+        &MAX_JOBS_PER_ROLE,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+    );
+    limit(
+        c"distill.max_models_per_role",
+        c"Fine-tuned or imported models (and unfinished jobs) one role may own; CREATE and import_adapter past it are refused.",
+        c"Each model stores an adapter of up to distill.max_adapter_bytes.",
+        &MAX_MODELS_PER_ROLE,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+    );
+    limit(
+        c"distill.max_query_bytes",
+        c"Longest training, validation or evaluation query text accepted, in bytes.",
+        c"Checked before the query is parsed.",
+        &MAX_QUERY_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Suset,
+    );
+    limit(
+        c"distill.max_input_bytes",
+        c"Longest prompt, chat, classify text or count_tokens text accepted, in bytes.",
+        c"Checked before tokenizing; every choice list counts too.",
+        &MAX_INPUT_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Suset,
+    );
+    limit(
+        c"distill.max_adapter_bytes",
+        c"Largest adapter archive import_adapter accepts, and the largest file inside it once decompressed, in bytes.",
+        c"Checked before anything is decompressed; tensor shapes are checked from the safetensors header before any data is read.",
+        &MAX_ADAPTER_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Suset,
+    );
+    limit(
+        c"distill.max_training_rows",
+        c"Most rows a fine-tuning job's training and validation queries may return together; the job ends in ERROR past it.",
+        c"Counted as the worker reads them, before the rows are all in memory.",
+        &MAX_TRAINING_ROWS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+    );
+}
+
+pub fn max_pending_jobs_per_role() -> i64 {
+    MAX_PENDING_JOBS_PER_ROLE.get() as i64
+}
+
+pub fn max_jobs_per_role() -> i64 {
+    MAX_JOBS_PER_ROLE.get() as i64
+}
+
+pub fn max_models_per_role() -> i64 {
+    MAX_MODELS_PER_ROLE.get() as i64
+}
+
+pub fn max_query_bytes() -> usize {
+    MAX_QUERY_BYTES.get().max(0) as usize
+}
+
+pub fn max_input_bytes() -> usize {
+    MAX_INPUT_BYTES.get().max(0) as usize
+}
+
+pub fn max_adapter_bytes() -> u64 {
+    MAX_ADAPTER_BYTES.get().max(0) as u64
+}
+
+pub fn max_training_rows() -> usize {
+    MAX_TRAINING_ROWS.get().max(0) as usize
+}
+
 pub fn model_dir() -> PathBuf {
     let raw = MODEL_DIR.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
     PathBuf::from(raw.replace("$sharedir", &share_dir()))
 }
 
 pub fn threads() -> usize {
-    match THREADS.get() {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        n => n as usize,
+    thread_count(THREADS.get())
+}
+
+/// A thread-count setting: 0 means one per CPU core.
+fn thread_count(setting: i32) -> usize {
+    match setting {
+        n if n > 0 => n as usize,
+        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }
 }
 
@@ -138,10 +257,7 @@ pub fn workers() -> usize {
 }
 
 pub fn training_threads() -> usize {
-    match TRAINING_THREADS.get() {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        n => n as usize,
-    }
+    thread_count(TRAINING_THREADS.get())
 }
 
 pub fn max_training_memory_bytes() -> u64 {

@@ -13,6 +13,7 @@ mod guc;
 mod job_display;
 mod model_access;
 mod model_cache;
+mod pg;
 mod registry;
 mod training_job;
 mod usage;
@@ -35,7 +36,7 @@ pgrx::extension_sql_file!(
         complete::complete_chat
     ]
 );
-pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -44,9 +44,11 @@ pub fn check_owner(name: &str, what: &str) {
     }
 }
 
-/// A role by its exact name, or 0 for PUBLIC.
+/// A role by its exact name, or 0 for PUBLIC. Only `public` as GRANT spells the keyword (lower
+/// case) means PUBLIC: a role may be called "Public" or "PUBLIC", and a grant to it must not reach
+/// every role. (No role can be called "public": PostgreSQL reserves the name.)
 fn resolve_role(role: &str) -> pg_sys::Oid {
-    if role.eq_ignore_ascii_case("public") {
+    if role == "public" {
         return pg_sys::Oid::INVALID;
     }
     Spi::get_one_with_args::<pg_sys::Oid>(

@@ -3,8 +3,8 @@
 //! that base) plus its LoRA adapter (small, cached by registry version: a dropped or replaced model is
 //! noticed on the next call, because every call looks the name up in the registry).
 //!
-//! No lock is needed: a backend runs SQL on one thread, and the engine's worker threads only ever see
-//! borrowed `&TextModel`/`&LoraAdapter` inside `pool.install`, never this cache.
+//! No lock is needed: a backend runs SQL on one thread, and the engine's threads only ever see
+//! borrowed `&TextModel`/`&LoraAdapter` for the length of one call (a scoped thread), never this cache.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use std::rc::Rc;
 use candle_core::Device;
 use distill_engine::{LoraAdapter, Result, TextModel, WeightFormat};
 
+use crate::pg::interrupts;
 use crate::{guc, registry};
 
 thread_local! {
@@ -23,27 +24,29 @@ thread_local! {
     static LOADS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Runs `f` with the model called `name` (a base model, or a fine-tuned one as base + adapter), on
-/// this backend's signal-safe thread pool.
+/// Runs `f` with the model called `name` (a base model, or a fine-tuned one as base + adapter) on
+/// this backend's signal-safe thread pool, driven from an engine thread while this (the backend's
+/// main) thread watches for query cancel and `statement_timeout`: the engine stops within one
+/// token and the cancel is raised here, as Postgres raises it.
+///
+/// A base model file wins over a fine-tuned model of the same name: a model installed by the
+/// administrator must not be answered by someone's adapter that took its name first.
 pub fn with_model<R: Send>(
     name: &str,
     f: impl FnOnce(&TextModel, Option<&LoraAdapter>) -> Result<R> + Send,
 ) -> Result<R> {
-    let (model, adapter) = match registry::find_model(name) {
-        Some(tuned) if !tuned.usable => {
-            return Err(distill_engine::Error::PermissionDenied(format!(
-                "permission denied for model \"{name}\": it belongs to {}",
-                tuned.owner
-            )))
+    let (model, adapter) = match base_or_tuned(name)? {
+        Resolved::Base(path) => {
+            forget_adapter(name);
+            (get(name, Some(path))?, None)
         }
-        Some(tuned) => {
-            let base = get(&tuned.base_model)?;
+        Resolved::Tuned(tuned) if !tuned.usable => {
+            return Err(distill_engine::Error::PermissionDenied(format!("permission denied for model \"{name}\"")))
+        }
+        Resolved::Tuned(tuned) => {
+            let base = get(&tuned.base_model, None)?;
             let adapter = adapter(name, &tuned, &base)?;
             (base, Some(adapter))
-        }
-        None => {
-            forget_adapter(name);
-            (get(name)?, None)
         }
     };
     POOL.with(|cell| {
@@ -58,16 +61,47 @@ pub fn with_model<R: Send>(
         };
         let model: &TextModel = &model;
         let adapter: Option<&LoraAdapter> = adapter.as_deref();
-        pool.install(|| f(model, adapter))
+        let r = distill_engine::threads::run_watched(|| pool.install(|| f(model, adapter)), interrupts::cancel_pending);
+        if let Err(distill_engine::Error::Interrupted) = r {
+            // Raises the cancel (or timeout, or termination) with Postgres's own message.
+            pgrx::check_for_interrupts!();
+        }
+        r
     })
 }
 
-fn get(name: &str) -> Result<Rc<TextModel>> {
+enum Resolved {
+    Base(PathBuf),
+    Tuned(registry::TunedModel),
+}
+
+/// A file in the model directory first, then the registry; a tuned model's name never has a '/',
+/// so Hub ids (org/repo) go to the store, which may download them.
+fn base_or_tuned(name: &str) -> Result<Resolved> {
+    let store = guc::model_store();
+    if name.contains('/') {
+        return Ok(Resolved::Base(store.resolve(name)?));
+    }
+    match store.resolve(name) {
+        Ok(path) => Ok(Resolved::Base(path)),
+        Err(not_found @ distill_engine::Error::ModelNotFound { .. }) => match registry::find_model(name) {
+            Some(tuned) => Ok(Resolved::Tuned(tuned)),
+            None => Err(not_found),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// The base model `name`, loaded once per backend; `path` when the caller already resolved it.
+fn get(name: &str, path: Option<PathBuf>) -> Result<Rc<TextModel>> {
     let key = (guc::model_dir(), name.to_string(), guc::weight_format()?);
     if let Some(m) = MODELS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(m);
     }
-    let path = guc::model_store().resolve(name)?;
+    let path = match path {
+        Some(p) => p,
+        None => guc::model_store().resolve(name)?,
+    };
     let model = Rc::new(TextModel::load(&path, key.2, &Device::Cpu)?);
     LOADS.with(|n| n.set(n.get() + 1));
     MODELS.with(|c| c.borrow_mut().insert(key, model.clone()));

@@ -2,9 +2,10 @@
 //! reads or writes them.
 //!
 //! The tables are private. Functions reach them as the tables' owner ([`as_owner`]) after checking the
-//! caller's rights themselves, like SECURITY DEFINER functions. Everything here runs as that owner, so
-//! every name is schema-qualified, operators included (`OPERATOR(pg_catalog.=)`): a caller's
-//! search_path must not be able to substitute a function or operator of its own.
+//! caller's rights themselves, like SECURITY DEFINER functions. Everything here runs as that owner
+//! under `search_path = pg_catalog, pg_temp`, and every name is schema-qualified as well, operators
+//! and types included (`OPERATOR(pg_catalog.=)`, `::pg_catalog.text`): a caller's search_path must
+//! not be able to substitute a function or operator of its own.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -13,30 +14,19 @@ use pgrx::{pg_sys, JsonB};
 use pgrx::PgSqlErrorCode::*;
 
 use crate::errors::report_sql;
+use crate::guc;
+use crate::pg::elevated::Elevated;
 
-/// Runs `f` with the registry owner's privileges. The previous identity is restored afterwards; on an
-/// ERROR the (sub)transaction abort restores it.
+/// Runs `f` as the registry owner (see [`Elevated::registry_owner`]); the caller's identity, search_path
+/// and any setting changed inside come back afterwards, on an ERROR too.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT c.relowner FROM pg_catalog.pg_class c \
-         WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('distill.job_registry')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| report_sql(ERRCODE_UNDEFINED_TABLE, "the pg_distill registry tables are missing", None));
-    let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0i32);
-    // SAFETY: plain reads/writes of the backend's current user id; main thread.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
-        pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let r = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(uid, ctx) };
-    r
+    let _owner = Elevated::registry_owner();
+    f()
 }
 
 /// The calling role and whether it is a superuser (read before any [`as_owner`]).
 pub fn caller() -> (pg_sys::Oid, bool) {
+    // SAFETY: reads of the backend's current user; main thread, in a transaction.
     unsafe { (pg_sys::GetUserId(), pg_sys::superuser()) }
 }
 
@@ -61,14 +51,24 @@ pub struct NewJob<'a> {
     pub search_path: String,
 }
 
+/// Unfinished states, as the partial unique index `job_registry_active_model` names them.
+const UNFINISHED: &str = "'{PENDING,IN_PROGRESS}'::pg_catalog.text[]";
+
 /// Queues a job; None when an unfinished job for the same model name exists (also under a race: the
-/// partial unique index decides, ON CONFLICT turns the loser into None).
+/// partial unique index decides, ON CONFLICT turns the loser into None). Refused past the caller's
+/// limits ([`check_job_counts`]).
 pub fn insert_job(j: &NewJob) -> Option<String> {
+    let is_super = caller().1;
     as_owner(|| {
+        if !is_super {
+            check_job_counts(j.owner);
+        }
         one::<String>(
-            "INSERT INTO distill.job_registry (id, model, base_model, owner, training_sql, validation_sql, options, search_path) \
-             VALUES ('ft_' OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (model) WHERE status IN ('PENDING', 'IN_PROGRESS') DO NOTHING RETURNING id",
+            &format!(
+                "INSERT INTO distill.job_registry (id, model, base_model, owner, training_sql, validation_sql, options, search_path) \
+                 VALUES ('ft_' OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid()::pg_catalog.text, $1, $2, $3::pg_catalog.oid::pg_catalog.regrole, $4, $5, $6, $7) \
+                 ON CONFLICT (model) WHERE status OPERATOR(pg_catalog.=) ANY ({UNFINISHED}) DO NOTHING RETURNING id"
+            ),
             &[
                 j.model.into(),
                 j.base_model.into(),
@@ -82,6 +82,77 @@ pub fn insert_job(j: &NewJob) -> Option<String> {
     })
 }
 
+/// Refuses a new job past the role's limits (superusers have none): unfinished jobs, job rows and
+/// models, under a per-role lock so that racing CREATEs of one role cannot pass them together.
+fn check_job_counts(role: pg_sys::Oid) {
+    lock_role(role);
+    let (unfinished, rows) = job_counts(role);
+    let limit = guc::max_pending_jobs_per_role();
+    if unfinished >= limit {
+        report_sql(
+            ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            &format!("you already have {unfinished} unfinished fine-tuning jobs (distill.max_pending_jobs_per_role = {limit})"),
+            Some("Wait for one to finish, or CANCEL one: SELECT distill.finetune('SHOW') lists them."),
+        );
+    }
+    let limit = guc::max_jobs_per_role();
+    if rows >= limit {
+        report_sql(
+            ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            &format!("you have {rows} fine-tuning jobs on record (distill.max_jobs_per_role = {limit})"),
+            Some("Ask an administrator to delete old rows of distill.job_registry or to raise the limit."),
+        );
+    }
+    check_model_count(role);
+}
+
+/// Serialises this transaction's limit checks with other transactions of the same role (released
+/// at commit or abort). The key's high half marks pg_distill's locks.
+fn lock_role(role: pg_sys::Oid) {
+    let key = (0x7064_6973_i64 << 32) | role.to_u32() as i64;
+    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1::pg_catalog.int8)", &[key.into()])
+        .unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None));
+}
+
+/// A role's unfinished jobs and all its job rows.
+fn job_counts(role: pg_sys::Oid) -> (i64, i64) {
+    let row = Spi::get_two_with_args::<i64, i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) ANY ({UNFINISHED})), pg_catalog.count(*) \
+             FROM distill.job_registry j WHERE j.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid"
+        ),
+        &[role.into()],
+    );
+    match row {
+        Ok((a, b)) => (a.unwrap_or(0), b.unwrap_or(0)),
+        Err(e) => report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None),
+    }
+}
+
+/// Refuses a new model (job or import) past `distill.max_models_per_role`, counting the role's
+/// models and its unfinished jobs (each will make one).
+fn check_model_count(role: pg_sys::Oid) {
+    let n = one::<i64>(
+        &format!(
+            "SELECT (SELECT pg_catalog.count(*) FROM distill.model_registry m \
+                     WHERE m.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid) \
+             OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM distill.job_registry j \
+                     WHERE j.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid \
+                     AND j.status OPERATOR(pg_catalog.=) ANY ({UNFINISHED}))"
+        ),
+        &[role.into()],
+    )
+    .unwrap_or(0);
+    let limit = guc::max_models_per_role();
+    if n >= limit {
+        report_sql(
+            ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            &format!("you already own {n} models and unfinished jobs (distill.max_models_per_role = {limit})"),
+            Some("Drop a model you no longer need: SELECT distill.drop_model(name)."),
+        );
+    }
+}
+
 /// A job's row as JSON, if it exists and the caller may see it.
 pub fn job_row(id: &str) -> Option<serde_json::Value> {
     let (caller, is_super) = caller();
@@ -90,7 +161,7 @@ pub fn job_row(id: &str) -> Option<serde_json::Value> {
             "SELECT pg_catalog.to_jsonb(j) OPERATOR(pg_catalog.||) \
                     pg_catalog.jsonb_build_object('owner', j.owner::pg_catalog.text) \
              FROM distill.job_registry j WHERE j.id OPERATOR(pg_catalog.=) $1 \
-             AND ($3 OR pg_catalog.pg_has_role($2, j.owner, 'USAGE'))",
+             AND ($3 OR pg_catalog.pg_has_role($2, j.owner::pg_catalog.oid, 'USAGE'))",
             &[id.into(), caller.into(), is_super.into()],
         )
     })
@@ -103,7 +174,7 @@ pub fn job_rows() -> Vec<serde_json::Value> {
     let all = as_owner(|| {
         one::<JsonB>(
             "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(j) ORDER BY j.created_on, j.id), '[]'::pg_catalog.jsonb) \
-             FROM distill.job_registry j WHERE $2 OR pg_catalog.pg_has_role($1, j.owner, 'USAGE')",
+             FROM distill.job_registry j WHERE $2 OR pg_catalog.pg_has_role($1, j.owner::pg_catalog.oid, 'USAGE')",
             &[caller.into(), is_super.into()],
         )
     });
@@ -113,23 +184,47 @@ pub fn job_rows() -> Vec<serde_json::Value> {
     }
 }
 
+/// What the worker shows in pg_stat_activity.query while it runs a job's queries: how CANCEL finds
+/// a worker to interrupt (the training that follows stops through the job row instead).
+pub fn reading_activity(job_id: &str) -> String {
+    format!("reading rows of job {job_id}")
+}
+
 /// Asks an unfinished job to stop: a PENDING job is CANCELLED at once, an IN_PROGRESS one is flagged
-/// for its worker (which stops within one training step). Returns whether a job was changed.
+/// for its worker (which stops within one training step), and a worker still running the job's query
+/// gets a query cancel (its abort then sees the flag once this transaction commits). Returns whether
+/// a job was changed.
 pub fn cancel_job(id: &str) -> bool {
     let (caller, is_super) = caller();
     as_owner(|| {
-        one::<bool>(
-            "UPDATE distill.job_registry j SET \
-                status = CASE WHEN j.status OPERATOR(pg_catalog.=) 'PENDING' THEN 'CANCELLED' ELSE j.status END, \
-                finished_on = CASE WHEN j.status OPERATOR(pg_catalog.=) 'PENDING' THEN pg_catalog.now() END, \
-                cancel_requested = true \
-             WHERE j.id OPERATOR(pg_catalog.=) $1 AND j.status IN ('PENDING', 'IN_PROGRESS') \
-               AND ($3 OR pg_catalog.pg_has_role($2, j.owner, 'USAGE')) \
-             RETURNING true",
+        let pid = Spi::get_two_with_args::<bool, i32>(
+            &format!(
+                "UPDATE distill.job_registry j SET \
+                    status = CASE WHEN j.status OPERATOR(pg_catalog.=) 'PENDING' THEN 'CANCELLED' ELSE j.status END, \
+                    finished_on = CASE WHEN j.status OPERATOR(pg_catalog.=) 'PENDING' THEN pg_catalog.now() END, \
+                    cancel_requested = true \
+                 WHERE j.id OPERATOR(pg_catalog.=) $1 AND j.status OPERATOR(pg_catalog.=) ANY ({UNFINISHED}) \
+                   AND ($3 OR pg_catalog.pg_has_role($2, j.owner::pg_catalog.oid, 'USAGE')) \
+                 RETURNING true, j.worker_pid"
+            ),
             &[id.into(), caller.into(), is_super.into()],
-        )
+        );
+        let (changed, pid) = match pid {
+            Ok((changed, pid)) => (changed.unwrap_or(false), pid),
+            Err(pgrx::spi::SpiError::InvalidPosition) => (false, None),
+            Err(e) => report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None),
+        };
+        if let Some(pid) = pid {
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_cancel_backend(a.pid) FROM pg_catalog.pg_stat_activity a \
+                 WHERE a.pid OPERATOR(pg_catalog.=) $1 AND a.backend_type OPERATOR(pg_catalog.=) $2 \
+                   AND a.query OPERATOR(pg_catalog.=) $3",
+                &[pid.into(), crate::worker::BACKEND_TYPE.into(), reading_activity(id).as_str().into()],
+            )
+            .unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None));
+        }
+        changed
     })
-    .unwrap_or(false)
 }
 
 // ---- models -----------------------------------------------------------------------------------
@@ -139,7 +234,6 @@ pub fn cancel_job(id: &str) -> bool {
 pub struct TunedModel {
     pub version: i64,
     pub base_model: String,
-    pub owner: String,
     /// The caller owns it (or belongs to its owner), is a superuser, or was granted it.
     pub usable: bool,
 }
@@ -149,11 +243,11 @@ pub fn find_model(name: &str) -> Option<TunedModel> {
     let row = as_owner(|| {
         Spi::connect(|c| {
             let t = c.select(
-                "SELECT m.version, m.base_model, m.owner::pg_catalog.text,
-                        $3 OR pg_catalog.pg_has_role($2, m.owner, 'USAGE') OR EXISTS (
+                "SELECT m.version, m.base_model,
+                        $3 OR pg_catalog.pg_has_role($2, m.owner::pg_catalog.oid, 'USAGE') OR EXISTS (
                             SELECT FROM distill.model_grants g WHERE g.model OPERATOR(pg_catalog.=) m.name
                             AND CASE WHEN g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN true
-                                     ELSE pg_catalog.pg_has_role($2, g.grantee, 'USAGE') END)
+                                     ELSE pg_catalog.pg_has_role($2, g.grantee::pg_catalog.oid, 'USAGE') END)
                  FROM distill.model_registry m WHERE m.name OPERATOR(pg_catalog.=) $1",
                 None,
                 &[name.into(), caller.into(), is_super.into()],
@@ -165,8 +259,7 @@ pub fn find_model(name: &str) -> Option<TunedModel> {
             Ok(Some(TunedModel {
                 version: r.get(1)?.unwrap_or_default(),
                 base_model: r.get(2)?.unwrap_or_default(),
-                owner: r.get(3)?.unwrap_or_default(),
-                usable: r.get(4)?.unwrap_or(false),
+                usable: r.get(3)?.unwrap_or(false),
             }))
         })
     });
@@ -205,7 +298,7 @@ pub fn owns_model(name: &str) -> Option<bool> {
     let (caller, is_super) = caller();
     as_owner(|| {
         one::<bool>(
-            "SELECT $3 OR pg_catalog.pg_has_role($2, m.owner, 'USAGE') FROM distill.model_registry m \
+            "SELECT $3 OR pg_catalog.pg_has_role($2, m.owner::pg_catalog.oid, 'USAGE') FROM distill.model_registry m \
              WHERE m.name OPERATOR(pg_catalog.=) $1",
             &[name.into(), caller.into(), is_super.into()],
         )
@@ -257,10 +350,14 @@ pub fn job_holds_name(name: &str) -> bool {
 }
 
 /// Stores an adapter made elsewhere (an import) as a model owned by the caller; false if the name was
-/// taken meanwhile.
+/// taken meanwhile. Refused past `distill.max_models_per_role` (superusers have no such limit).
 pub fn insert_model(name: &str, base_model: &str, adapter: Vec<u8>, options: serde_json::Value) -> bool {
-    let owner = caller().0;
+    let (owner, is_super) = caller();
     as_owner(|| {
+        if !is_super {
+            lock_role(owner);
+            check_model_count(owner);
+        }
         one::<bool>(
             "INSERT INTO distill.model_registry (name, base_model, owner, adapter, options, metrics) \
              VALUES ($1, $2, $3::pg_catalog.oid::pg_catalog.regrole, $4, $5, '{}') \

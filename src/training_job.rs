@@ -21,13 +21,14 @@ use candle_core::Device;
 use distill_engine::metrics;
 use distill_engine::train::{self, Progress, TrainObserver};
 use distill_engine::{Example, LoraAdapter, ModelStore, TextModel, TrainConfig, TrainReport, WeightFormat};
-use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
+use crate::pg::elevated::Elevated;
+use crate::pg::interrupts;
 use crate::worker::{shutdown_requested, transaction, Job};
-use crate::{finetune, guc, user_query};
+use crate::{finetune, guc, registry, user_query};
 
 /// How often the job row gets the latest progress (and the worker learns of a CANCEL).
 const REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -59,10 +60,15 @@ impl Runner {
             Err(panic) => Some(format!("internal error: {}", panic_text(&*panic))),
         };
         if let Some(message) = error {
+            // A CANCEL that interrupted the job's query is not an error: the row says it was asked
+            // for (this UPDATE waits for the CANCEL's transaction to commit, then sees its flag).
             let done = transaction(|| {
                 Spi::run_with_args(
-                    "UPDATE distill.job_registry SET status = 'ERROR', error = $2, finished_on = now(),
-                            updated_on = now(), worker_pid = NULL WHERE id = $1",
+                    "UPDATE distill.job_registry j SET
+                            status = CASE WHEN j.cancel_requested THEN 'CANCELLED' ELSE 'ERROR' END,
+                            error = CASE WHEN j.cancel_requested THEN NULL ELSE $2 END,
+                            finished_on = pg_catalog.now(), updated_on = pg_catalog.now(), worker_pid = NULL
+                     WHERE j.id OPERATOR(pg_catalog.=) $1",
                     &[job.id.as_str().into(), message.as_str().into()],
                 )
             });
@@ -75,7 +81,15 @@ impl Runner {
 
     fn run_job(&mut self, job: &Job) -> Result<(), String> {
         let (config, holdout_fraction) = finetune::train_config(&job.options).map_err(engine_error)?;
-        let (train_rows, validation_rows) = transaction(|| read_rows(job))??;
+        // While the job's queries run, CANCEL may interrupt them (see registry::cancel_job); a cancel
+        // that lands just after they end must not fail the worker's next statement.
+        interrupts::forget_query_cancel();
+        set_activity(pg_sys::BackendState::STATE_RUNNING, &registry::reading_activity(&job.id));
+        let rows = transaction(|| read_rows(job));
+        set_activity(pg_sys::BackendState::STATE_RUNNING, &format!("fine-tuning {} ({})", job.id, job.model));
+        interrupts::forget_query_cancel();
+        let (train_rows, validation_rows) = rows??;
+        reset_peak_rss();
         let no_rows = |label: &str, skipped: usize| {
             format!("{label} returned no usable rows ({skipped} skipped for a NULL or blank prompt or completion)")
         };
@@ -119,8 +133,8 @@ impl Runner {
         });
         let cancelled = transaction(|| {
             Spi::get_one_with_args::<bool>(
-                "UPDATE distill.job_registry SET data = $2, total_steps = $3, updated_on = now() WHERE id = $1
-                 RETURNING cancel_requested",
+                "UPDATE distill.job_registry j SET data = $2, total_steps = $3, updated_on = pg_catalog.now()
+                 WHERE j.id OPERATOR(pg_catalog.=) $1 RETURNING j.cancel_requested",
                 &[job.id.as_str().into(), JsonB(data.clone()).into(), (total_steps as i32).into()],
             )
         })?;
@@ -140,6 +154,8 @@ impl Runner {
         data["train_seconds"] = json!(report.train_seconds);
         data["validation_loss_seconds"] = json!(report.eval_seconds);
         data["job_seconds"] = json!(started.elapsed().as_secs_f64());
+        // Beside memory_estimate_mb: what the worker process really reached (rows, model, training).
+        data["peak_rss_mb"] = json!(peak_rss_mb());
         store(job, &model, &adapter, &report, &data, validation_metrics)
     }
 
@@ -174,7 +190,7 @@ impl Runner {
         let mut last_report = Instant::now();
         let mut shutdown_since: Option<Instant> = None;
         loop {
-            BackgroundWorker::wait_latch(Some(Duration::from_millis(200)));
+            interrupts::wait_latch(Duration::from_millis(200));
             while let Ok(event) = rx.try_recv() {
                 state.apply(event);
             }
@@ -270,11 +286,12 @@ enum Trained {
     Cancelled,
 }
 
-/// Reads the job's rows in the current transaction as the job's owner, with the owner's search_path
-/// from CREATE time, read-only.
+/// Reads the job's rows in the current transaction as the job's owner (see [`Elevated::job_owner`]),
+/// with the owner's search_path from CREATE time, read-only; at most `distill.max_training_rows`
+/// rows and `distill.max_training_memory` bytes of text, counted as they arrive.
 fn read_rows(job: &Job) -> Result<(user_query::Rows, Option<user_query::Rows>), String> {
     let role_exists = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_roles WHERE oid = $1)",
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1)",
         &[job.owner.into()],
     )
     .ok()
@@ -283,45 +300,11 @@ fn read_rows(job: &Job) -> Result<(user_query::Rows, Option<user_query::Rows>), 
     if !role_exists {
         return Err("the role that created this job no longer exists".into());
     }
-    Ok(as_role(job.owner, &job.search_path, || {
-        let train = user_query::read("training_sql", &job.training_sql);
-        let validation = job.validation_sql.as_deref().map(|sql| user_query::read("validation_sql", sql));
-        (train, validation)
-    }))
-}
-
-/// Runs `f` as `role`, like a security-restricted operation (as autovacuum and REFRESH MATERIALIZED
-/// VIEW do): the role's own privileges only, no SET ROLE back, in a read-only transaction.
-fn as_role<R>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> R) -> R {
-    let path = CString::new(search_path).unwrap_or_default();
-    let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0i32);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
-        );
-        pg_sys::XactReadOnly = true;
-    }
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    unsafe {
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            path.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pgrx::PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
-    let r = f();
-    unsafe {
-        pg_sys::AtEOXact_GUC(true, nest);
-        pg_sys::SetUserIdAndSecContext(uid, ctx);
-    }
-    r
+    let mut budget = user_query::Budget::training();
+    let _owner = Elevated::job_owner(job.owner, &job.search_path);
+    let train = user_query::read("training_sql", &job.training_sql, &mut budget);
+    let validation = job.validation_sql.as_deref().map(|sql| user_query::read("validation_sql", sql, &mut budget));
+    Ok((train, validation))
 }
 
 /// Adapter and final status in one transaction. A model name taken meanwhile (another job, an
@@ -353,15 +336,17 @@ fn store(
         Spi::get_one_with_args::<String>(
             "WITH m AS (
                 INSERT INTO distill.model_registry (name, base_model, owner, job_id, adapter, options, metrics)
-                SELECT j.model, j.base_model, j.owner, j.id, $2, j.options, $3 FROM distill.job_registry j WHERE j.id = $1
+                SELECT j.model, j.base_model, j.owner, j.id, $2, j.options, $3 FROM distill.job_registry j
+                WHERE j.id OPERATOR(pg_catalog.=) $1
                 ON CONFLICT (name) DO NOTHING RETURNING name)
              UPDATE distill.job_registry j SET
                 status = CASE WHEN EXISTS (SELECT FROM m) THEN 'SUCCESS' ELSE 'ERROR' END,
                 error = CASE WHEN EXISTS (SELECT FROM m) THEN NULL
-                             ELSE format('model name %s was taken while this job ran', quote_literal(j.model)) END,
+                             ELSE pg_catalog.format('model name %s was taken while this job ran', pg_catalog.quote_literal(j.model)) END,
                 progress = 1, step = $4, trained_tokens = $5, training_loss = $6, validation_loss = $7,
-                epochs = $8, data = $9, validation_metrics = $10, eta_seconds = 0, finished_on = now(), updated_on = now(), worker_pid = NULL
-             WHERE j.id = $1 RETURNING j.status",
+                epochs = $8, data = $9, validation_metrics = $10, eta_seconds = 0, finished_on = pg_catalog.now(),
+                updated_on = pg_catalog.now(), worker_pid = NULL
+             WHERE j.id OPERATOR(pg_catalog.=) $1 RETURNING j.status",
             &[
                 job.id.as_str().into(),
                 blob.into(),
@@ -385,8 +370,9 @@ fn store(
 fn finish_cancelled(job: &Job) -> Result<(), String> {
     transaction(|| {
         Spi::run_with_args(
-            "UPDATE distill.job_registry SET status = 'CANCELLED', finished_on = now(), updated_on = now(),
-                    worker_pid = NULL, eta_seconds = NULL WHERE id = $1",
+            "UPDATE distill.job_registry j SET status = 'CANCELLED', finished_on = pg_catalog.now(),
+                    updated_on = pg_catalog.now(), worker_pid = NULL, eta_seconds = NULL
+             WHERE j.id OPERATOR(pg_catalog.=) $1",
             &[job.id.as_str().into()],
         )
     })?
@@ -397,9 +383,10 @@ fn finish_cancelled(job: &Job) -> Result<(), String> {
 fn requeue(job: &Job) -> Result<(), String> {
     transaction(|| {
         Spi::run_with_args(
-            "UPDATE distill.job_registry SET status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'PENDING' END,
-                    finished_on = CASE WHEN cancel_requested THEN now() END, worker_pid = NULL,
-                    progress = 0, step = 0, eta_seconds = NULL, updated_on = now() WHERE id = $1",
+            "UPDATE distill.job_registry j SET status = CASE WHEN j.cancel_requested THEN 'CANCELLED' ELSE 'PENDING' END,
+                    finished_on = CASE WHEN j.cancel_requested THEN pg_catalog.now() END, worker_pid = NULL,
+                    progress = 0, step = 0, eta_seconds = NULL, updated_on = pg_catalog.now()
+             WHERE j.id OPERATOR(pg_catalog.=) $1",
             &[job.id.as_str().into()],
         )
     })?
@@ -502,11 +489,12 @@ impl ProgressState {
             .last_train_loss
             .or((self.epoch_steps > 0).then(|| self.epoch_sum / self.epoch_steps as f64));
         Spi::get_one_with_args::<bool>(
-            "UPDATE distill.job_registry SET progress = $2, step = $3, trained_tokens = $4, recent_losses = $5,
-                    epochs = $6, eta_seconds = $7, training_loss = $8, validation_loss = $9, updated_on = now(),
-                    data = CASE WHEN $10::text IS NULL THEN data
-                                ELSE data || jsonb_build_object('validation_rows_answered', $10::text) END
-             WHERE id = $1 RETURNING cancel_requested",
+            "UPDATE distill.job_registry j SET progress = $2, step = $3, trained_tokens = $4, recent_losses = $5,
+                    epochs = $6, eta_seconds = $7, training_loss = $8, validation_loss = $9, updated_on = pg_catalog.now(),
+                    data = CASE WHEN $10::pg_catalog.text IS NULL THEN j.data
+                                ELSE j.data OPERATOR(pg_catalog.||)
+                                     pg_catalog.jsonb_build_object('validation_rows_answered', $10::pg_catalog.text) END
+             WHERE j.id OPERATOR(pg_catalog.=) $1 RETURNING j.cancel_requested",
             &[
                 id.into(),
                 progress.into(),
@@ -526,7 +514,22 @@ impl ProgressState {
 /// What pg_stat_activity shows for this worker.
 fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
     let c = CString::new(text).unwrap_or_default();
+    // SAFETY: copies the string into this backend's activity slot; main thread.
     unsafe { pg_sys::pgstat_report_activity(state, c.as_ptr()) };
+}
+
+/// Starts this process's peak-RSS count afresh (Linux: "5" to clear_refs resets VmHWM), so that a
+/// job reports its own peak rather than an earlier, larger job's.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since [`reset_peak_rss`], in MB (None off Linux).
+fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 /// An engine error as the job's error text, with its hint when it has one.

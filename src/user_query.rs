@@ -12,6 +12,7 @@ use pgrx::PgSqlErrorCode::*;
 use pgrx::{pg_sys, PgTupleDesc};
 
 use crate::errors::report_sql;
+use crate::guc;
 
 /// Which query a message is about ("training_sql" or "validation_sql").
 pub type Label = &'static str;
@@ -31,9 +32,32 @@ pub struct Rows {
     pub skipped: usize,
 }
 
+/// How many rows and bytes of text a read may still return; the setting named is the one to raise.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub rows: usize,
+    pub rows_setting: &'static str,
+    pub bytes: usize,
+    pub bytes_setting: &'static str,
+}
+
+impl Budget {
+    /// What one job's (or one evaluate() call's) queries may return together: the rows are all held
+    /// in memory at once, so their text alone must fit the training memory limit.
+    pub fn training() -> Self {
+        Budget {
+            rows: guc::max_training_rows(),
+            rows_setting: "distill.max_training_rows",
+            bytes: guc::max_training_memory_bytes() as usize,
+            bytes_setting: "distill.max_training_memory",
+        }
+    }
+}
+
 /// Checks that `sql` is one SELECT with usable columns and that the current role may run it (the
 /// executor's permission checks run when a cursor opens; no row is fetched).
 pub fn check(label: Label, sql: &str) {
+    // SAFETY: SPI calls on the main thread inside Spi::connect; the portal is closed before returning.
     Spi::connect(|_| unsafe {
         let (plan, _) = prepare(label, sql);
         let portal = pg_sys::SPI_cursor_open(std::ptr::null(), plan, std::ptr::null_mut(), std::ptr::null(), true);
@@ -42,8 +66,11 @@ pub fn check(label: Label, sql: &str) {
 }
 
 /// Runs `sql` as the current role and returns its (prompt, completion) rows. NULL or blank values
-/// skip the row (counted).
-pub fn read(label: Label, sql: &str) -> Rows {
+/// skip the row (counted). Past the budget's rows or bytes (skipped rows count too) the read stops
+/// with an ERROR naming the setting, before the rest is fetched.
+pub fn read(label: Label, sql: &str, budget: &mut Budget) -> Rows {
+    // SAFETY: SPI calls on the main thread inside Spi::connect; each fetched tuple table is freed
+    // after its rows are copied out, and the portal is closed before returning.
     Spi::connect(|_| unsafe {
         let (plan, cols) = prepare(label, sql);
         let portal = pg_sys::SPI_cursor_open(std::ptr::null(), plan, std::ptr::null_mut(), std::ptr::null(), true);
@@ -57,9 +84,26 @@ pub fn read(label: Label, sql: &str) -> Rows {
                 break;
             }
             for i in 0..n {
+                if budget.rows == 0 {
+                    report_sql(
+                        ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                        &format!("{label} returned more rows than {} allows", budget.rows_setting),
+                        Some("Add a LIMIT to the query, or ask an administrator to raise the setting."),
+                    );
+                }
+                budget.rows -= 1;
                 let tuple = *(*table).vals.add(i);
                 let prompt = text_value(tuple, (*table).tupdesc, cols.prompt);
                 let completion = text_value(tuple, (*table).tupdesc, cols.completion);
+                let bytes = prompt.as_ref().map_or(0, String::len) + completion.as_ref().map_or(0, String::len);
+                if bytes > budget.bytes {
+                    report_sql(
+                        ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                        &format!("{label} returned more text than {} allows", budget.bytes_setting),
+                        Some("Select fewer or shorter rows, or ask an administrator to raise the setting."),
+                    );
+                }
+                budget.bytes -= bytes;
                 match (prompt, completion) {
                     (Some(p), Some(c)) if !p.trim().is_empty() && !c.trim().is_empty() => {
                         rows.examples.push(distill_engine::Example { prompt: p, completion: c })
@@ -74,6 +118,10 @@ pub fn read(label: Label, sql: &str) -> Rows {
     })
 }
 
+/// The text in column `col` of `tuple`.
+///
+/// # Safety
+/// `tuple` and `desc` come from the current SPI tuple table and `col` is a text-typed column of it.
 unsafe fn text_value(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, col: i32) -> Option<String> {
     let mut isnull = false;
     let datum = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
@@ -86,7 +134,20 @@ unsafe fn text_value(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, col: i32
     Some(s)
 }
 
+/// Prepares `sql` after checking it is one plain SELECT with usable columns, no longer than
+/// `distill.max_query_bytes`.
+///
+/// # Safety
+/// Called inside `Spi::connect` on the main thread; the plan lives until SPI_finish.
 unsafe fn prepare(label: Label, sql: &str) -> (pg_sys::SPIPlanPtr, Columns) {
+    let limit = guc::max_query_bytes();
+    if sql.len() > limit {
+        report_sql(
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            &format!("{label} is {} bytes long, more than distill.max_query_bytes ({limit})", sql.len()),
+            Some("Put the logic in a view and select from it."),
+        );
+    }
     let not_select = |what: &str| -> ! {
         report_sql(
             ERRCODE_WRONG_OBJECT_TYPE,

@@ -15,6 +15,8 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
 
 use crate::errors::report_sql;
+use crate::pg::elevated::Elevated;
+use crate::pg::interrupts;
 use crate::{guc, training_job};
 
 /// pg_stat_activity.backend_type of our workers.
@@ -62,6 +64,7 @@ pub fn check_can_run_jobs() {
 
 /// True once the postmaster asked this process to exit (SIGTERM).
 pub fn shutdown_requested() -> bool {
+    // SAFETY: a volatile read of a flag the SIGTERM handler sets; main thread.
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
@@ -71,26 +74,24 @@ pub extern "C-unwind" fn distill_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&guc::database()), None);
     distill_engine::threads::init_global_pool(1);
-    // Registry SQL below names pg_catalog objects unqualified: no schema a user can create in may come first.
-    let _ = transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"));
     let mut runner = training_job::Runner::new();
     while !shutdown_requested() {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: rereads postgresql.conf in this process, as any backend does on SIGHUP; main thread.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         match transaction(claim_next_job) {
             Ok(Some(job)) => runner.run(job),
-            Ok(None) => {
-                BackgroundWorker::wait_latch(Some(Duration::from_secs(1)));
-            }
+            Ok(None) => interrupts::wait_latch(Duration::from_secs(1)),
             Err(e) => {
                 log!("pg_distill worker: {e}");
-                BackgroundWorker::wait_latch(Some(Duration::from_secs(5)));
+                interrupts::wait_latch(Duration::from_secs(5));
             }
         }
     }
     // Exit code 1: the postmaster starts a worker again if it is still running (e.g. after
     // pg_terminate_backend); at shutdown nothing is restarted.
+    // SAFETY: ends this process the way Postgres ends a worker; nothing of ours is left to drop.
     unsafe { pg_sys::proc_exit(1) };
 }
 
@@ -108,32 +109,38 @@ pub struct Job {
 }
 
 fn claim_next_job() -> Option<Job> {
-    let installed = Spi::get_one::<bool>("SELECT to_regclass('distill.job_registry') IS NOT NULL").ok().flatten();
+    let installed =
+        Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('distill.job_registry') IS NOT NULL").ok().flatten();
     if installed != Some(true) {
         return None;
     }
     // A job IN_PROGRESS without a live worker lost it (crash, kill -9, restart): run it again, up to
     // three starts in all; a job that keeps killing its worker ends in ERROR.
-    Spi::run(&format!(
+    Spi::run_with_args(
         "UPDATE distill.job_registry j SET
-            status = CASE WHEN j.cancel_requested THEN 'CANCELLED' WHEN j.attempts >= 3 THEN 'ERROR' ELSE 'PENDING' END,
-            error = CASE WHEN j.cancel_requested THEN NULL WHEN j.attempts >= 3
+            status = CASE WHEN j.cancel_requested THEN 'CANCELLED'
+                          WHEN j.attempts OPERATOR(pg_catalog.>=) 3 THEN 'ERROR' ELSE 'PENDING' END,
+            error = CASE WHEN j.cancel_requested THEN NULL WHEN j.attempts OPERATOR(pg_catalog.>=) 3
                          THEN 'the training worker stopped during this job 3 times; giving up' END,
-            finished_on = CASE WHEN j.cancel_requested OR j.attempts >= 3 THEN now() END,
-            worker_pid = NULL, updated_on = now()
-         WHERE j.status = 'IN_PROGRESS' AND NOT EXISTS (
-            SELECT FROM pg_stat_activity a WHERE a.pid = j.worker_pid AND a.backend_type = '{BACKEND_TYPE}')"
-    ))
+            finished_on = CASE WHEN j.cancel_requested OR j.attempts OPERATOR(pg_catalog.>=) 3 THEN pg_catalog.now() END,
+            worker_pid = NULL, updated_on = pg_catalog.now()
+         WHERE j.status OPERATOR(pg_catalog.=) 'IN_PROGRESS' AND NOT EXISTS (
+            SELECT FROM pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) j.worker_pid
+            AND a.backend_type OPERATOR(pg_catalog.=) $1)",
+        &[BACKEND_TYPE.into()],
+    )
     .unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None));
     Spi::connect_mut(|c| {
         let rows = c
             .update(
-                "UPDATE distill.job_registry j SET status = 'IN_PROGRESS', worker_pid = pg_backend_pid(),
-                        attempts = j.attempts + 1, started_on = now(), updated_on = now(), progress = 0,
-                        step = 0, trained_tokens = 0, recent_losses = '[]', epochs = '[]', error = NULL
-                 WHERE j.id = (SELECT id FROM distill.job_registry WHERE status = 'PENDING'
-                               ORDER BY created_on, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING j.id, j.model, j.base_model, j.owner::oid, j.training_sql, j.validation_sql,
+                "UPDATE distill.job_registry j SET status = 'IN_PROGRESS', worker_pid = pg_catalog.pg_backend_pid(),
+                        attempts = j.attempts OPERATOR(pg_catalog.+) 1, started_on = pg_catalog.now(),
+                        updated_on = pg_catalog.now(), progress = 0, step = 0, trained_tokens = 0,
+                        recent_losses = '[]', epochs = '[]', error = NULL
+                 WHERE j.id OPERATOR(pg_catalog.=) (SELECT p.id FROM distill.job_registry p
+                               WHERE p.status OPERATOR(pg_catalog.=) 'PENDING'
+                               ORDER BY p.created_on, p.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING j.id, j.model, j.base_model, j.owner::pg_catalog.oid, j.training_sql, j.validation_sql,
                            j.options, j.search_path",
                 None,
                 &[],
@@ -154,16 +161,22 @@ fn claim_next_job() -> Option<Job> {
     })
 }
 
-/// Runs `f` in a transaction of its own and commits it. An ERROR (or a Rust panic) inside aborts the
+/// Runs `f` in a transaction of its own and commits it, under [`Elevated::worker`] (a fixed
+/// search_path; settings changed inside are rolled back). An ERROR (or a Rust panic) inside aborts the
 /// transaction and comes back as `Err(message)`, so the worker lives on.
 pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    // SAFETY: the worker's main thread, between transactions: starts one with a snapshot for SPI.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     PgTryBuilder::new(AssertUnwindSafe(move || {
-        let r = f();
+        let r = {
+            let _settings = Elevated::worker();
+            f()
+        };
+        // SAFETY: pops the snapshot pushed above and commits the transaction started above.
         unsafe {
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
@@ -171,6 +184,7 @@ pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         Ok(r)
     }))
     .catch_others(|e| {
+        // SAFETY: the ERROR left the transaction started above in an aborted state; end it.
         unsafe { pg_sys::AbortCurrentTransaction() };
         Err(message_of(&e))
     })

@@ -44,7 +44,7 @@ SELECT distill.export_adapter('no_such_model');
 SELECT count(*) AS stored FROM distill.models WHERE name LIKE 'bad%';
 
 -- Only the owner exports (a grant lets a role use a model, not copy it); the importer owns the import.
-CREATE ROLE regress_importer;
+CREATE ROLE regress_importer IN ROLE distill_trainer;
 CREATE TABLE adapter_zips AS SELECT pg_read_binary_file(:'zips' || '/peft_layout.zip') AS zip;
 GRANT SELECT ON adapter_zips TO regress_importer;
 SELECT distill.grant_model('ticket_classifier', 'regress_importer');

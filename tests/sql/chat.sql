@@ -70,7 +70,7 @@ SELECT distill.count_tokens('smollm2-135m', NULL) IS NULL AS null_text;
 -- Usage: completion calls and tokens per model and role, counted by every backend.
 SELECT model, role, jobs, completion_calls, prompt_tokens > 0 AS prompt_tokens, completion_tokens > 0 AS completion_tokens
 FROM distill.usage WHERE model = 'smollm2-135m';
-CREATE ROLE regress_chat_user;
+CREATE ROLE regress_chat_user IN ROLE distill_user;
 SET ROLE regress_chat_user;
 SELECT distill.complete('smollm2-135m', 'Say yes.', '{"max_tokens": 1}') IS NOT NULL AS answered;
 -- A role sees its own counters only.

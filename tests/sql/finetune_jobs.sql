@@ -30,7 +30,7 @@ SELECT distill.finetune('CREATE', 'cancel_me', 'smollm2-135m',
 SELECT wait_for_step(:'long_job') AS training;
 
 -- Meanwhile, a role without SELECT on a table cannot train on it ...
-CREATE ROLE regress_analyst;
+CREATE ROLE regress_analyst IN ROLE distill_trainer;
 GRANT SELECT ON tickets_test TO regress_analyst;
 SET ROLE regress_analyst;
 SELECT distill.finetune('CREATE', 'analyst_model', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train');

@@ -2,8 +2,8 @@
 -- to (or PUBLIC), superusers. Registry tables are private; Hub downloads need server-file rights.
 \set VERBOSITY default
 SET client_min_messages = warning;
-CREATE ROLE regress_owner;
-CREATE ROLE regress_other;
+CREATE ROLE regress_owner IN ROLE distill_trainer;
+CREATE ROLE regress_other IN ROLE distill_user;
 CREATE ROLE regress_member IN ROLE regress_owner;
 GRANT SELECT ON tickets_train TO regress_owner;
 

@@ -1,4 +1,5 @@
--- Documentation shown by \df+ distill.*
+-- Runs last, once every function exists: documentation (shown by \df+ distill.*) and privileges.
+
 COMMENT ON SCHEMA distill IS 'pg_distill: fine-tune small language models on your tables and run them in SQL';
 COMMENT ON FUNCTION distill.complete(text, text) IS
   'complete(model, prompt): the model''s reply to prompt as one user message, greedy. NULL prompt gives NULL.';
@@ -37,3 +38,22 @@ COMMENT ON FUNCTION distill.reset_usage() IS 'reset_usage(): zeroes the completi
 COMMENT ON FUNCTION distill.progress_bar(double precision) IS 'progress_bar(fraction): a text progress bar, as DESCRIBE and distill.jobs show.';
 COMMENT ON FUNCTION distill.sparkline(jsonb) IS 'sparkline(json array of numbers): one block character per value, lowest to highest (recent losses in distill.jobs).';
 COMMENT ON VIEW distill.usage IS 'Per model and role: fine-tuning jobs, trained tokens and time; completion calls, tokens and time since the server started.';
+
+-- Privileges. Like Cortex's CORTEX_USER database role, calling models and training them are rights
+-- an administrator gives: GRANT distill_user TO alice (complete, evaluate, count_tokens, the views,
+-- and managing one's own models and jobs); GRANT distill_trainer TO bob (also finetune CREATE and
+-- import_adapter, which use the worker and the disk). Superusers need neither. The functions check
+-- model ownership and grants themselves on top of this.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA distill FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION distill.version(), distill.progress_bar(double precision), distill.sparkline(jsonb) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    distill.complete(text, text), distill.complete(text, text, jsonb), distill.complete(text, jsonb, jsonb),
+    distill.try_complete(text, text), distill.try_complete(text, text, jsonb), distill.try_complete(text, jsonb, jsonb),
+    distill.classify(text, text, text[]), distill.count_tokens(text, text), distill.evaluate(text, text, jsonb),
+    distill.export_adapter(text), distill.drop_model(text), distill.grant_model(text, text),
+    distill.revoke_model(text, text), distill.wait(text, double precision), distill.finetune(text),
+    distill.finetune(text, text), distill.completion_usage()
+TO distill_user;
+GRANT EXECUTE ON FUNCTION distill.finetune(text, text, text, text, text, jsonb), distill.import_adapter(text, text, bytea)
+TO distill_trainer;
+GRANT SELECT ON distill.jobs, distill.models, distill.usage TO distill_user;
