@@ -27,3 +27,6 @@ bash tests/faults.sh
 
 echo "== concurrency: 8 sessions while training, racing CREATEs, drop while in use"
 bash tests/concurrency.sh
+
+echo "== security: privilege escalation, leaks, squatting, floods, memory bombs, cancel latency"
+bash tests/security.sh

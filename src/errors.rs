@@ -37,10 +37,10 @@ pub fn report(e: Error) -> ! {
     // distill.model_dir is a superuser-only setting: other roles learn a model is missing, not where
     // the server keeps its files.
     // SAFETY: reads the current user's superuser flag; main thread, in a transaction.
-    if unsafe { pgrx::pg_sys::superuser() } {
-        return report_sql(code, &message, hint.as_deref());
-    }
-    let dir = crate::guc::model_dir().display().to_string();
+    let dir = match unsafe { pgrx::pg_sys::superuser() } {
+        true => String::new(),
+        false => crate::guc::model_dir().display().to_string(),
+    };
     let hide = |s: &str| if dir.is_empty() { s.to_string() } else { s.replace(&dir, "distill.model_dir") };
     report_sql(code, &hide(&message), hint.map(|h| hide(&h)).as_deref())
 }

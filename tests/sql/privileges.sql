@@ -45,7 +45,17 @@ SET ROLE regress_owner;
 SELECT distill.revoke_model('owned', 'regress_other');
 SET ROLE regress_other;
 SELECT distill.complete('owned', 'hi');
+-- A role called "Public" is that role, not PUBLIC: a grant to it reaches its members only.
+RESET ROLE;
+CREATE ROLE "Public";
 SET ROLE regress_owner;
+SELECT distill.grant_model('owned', 'Public');
+SELECT distill.grant_model('owned', 'PUBLIC');
+SET ROLE regress_other;
+SELECT distill.complete('owned', 'hi');
+SELECT count(*) AS visible_models FROM distill.models;
+SET ROLE regress_owner;
+SELECT distill.revoke_model('owned', 'Public');
 SELECT distill.grant_model('owned', 'public');
 SET ROLE regress_other;
 SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS public_uses;
@@ -57,4 +67,21 @@ SELECT length(distill.complete('owned', 'hi', '{"max_tokens": 2}')) > 0 AS super
 SELECT distill.drop_model('owned');
 SELECT count(*) AS grants_left FROM distill.model_grants;
 REVOKE SELECT ON tickets_train FROM regress_owner;
-DROP ROLE regress_member, regress_other, regress_owner;
+DROP ROLE regress_member, regress_other, regress_owner, "Public";
+
+-- Without distill_user (or distill_trainer) a role calls no model and queues no job; distill_user
+-- alone does not queue jobs either.
+CREATE ROLE regress_nobody;
+CREATE ROLE regress_user_only IN ROLE distill_user;
+SET ROLE regress_nobody;
+SELECT distill.complete('smollm2-135m', 'hi');
+SELECT distill.count_tokens('smollm2-135m', 'hi');
+SELECT distill.finetune('SHOW');
+SELECT count(*) FROM distill.jobs;
+SELECT distill.version() IS NOT NULL AS version_is_public;
+SET ROLE regress_user_only;
+SELECT distill.count_tokens('smollm2-135m', 'hi') AS user_counts;
+SELECT distill.finetune('CREATE', 'nope', 'smollm2-135m', 'SELECT ''a'' AS prompt, ''b'' AS completion');
+SELECT distill.import_adapter('nope', 'smollm2-135m', '\x00'::bytea);
+RESET ROLE;
+DROP ROLE regress_nobody, regress_user_only;
