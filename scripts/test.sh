@@ -7,7 +7,13 @@ root=$PWD
 bash scripts/setup.sh
 
 echo "== engine tests"
-DISTILL_MODEL_DIR="$root/models" cargo test -p distill-engine
+# Three tests compare the hand-written training step with autograd to 1e-3; on CPUs with AMX the
+# training matmuls round through bf16, past that tolerance, so those three run on the f32 kernels
+# (DISTILL_NO_AMX=1); the AMX kernels have tests of their own (tests/amx.rs, grad_check.rs).
+exact_step_tests=(hand_written_step_equals_autograd shared_prefix_gives_the_same_loss_and_gradients
+                  training_with_and_without_shared_prefixes_agrees)
+DISTILL_MODEL_DIR="$root/models" cargo test -p distill-engine -- "${exact_step_tests[@]/#/--skip=}"
+DISTILL_MODEL_DIR="$root/models" DISTILL_NO_AMX=1 cargo test -p distill-engine --test train -- "${exact_step_tests[@]}"
 
 echo "== pgrx tests"
 pgrx_data=/tmp/pg_distill-pgrx-tests

@@ -32,10 +32,31 @@ pub struct Choice {
     pub prompt_tokens: usize,
 }
 
-/// Checks a set of choices: at least one, none empty, no duplicates.
+/// Most choices one call takes: each costs tokenizing and a share of the forward passes, and a label
+/// set this large is more likely a mistake (or a way to tie up the server) than a classification.
+pub const MAX_CHOICES: usize = 1000;
+/// Longest choice in bytes, checked before anything is tokenized.
+pub const MAX_CHOICE_BYTES: usize = 1024;
+/// Most tokens in one choice (its closing EOS not counted): with scores, each is a forward pass.
+pub const MAX_CHOICE_TOKENS: usize = 256;
+
+/// Checks a set of choices: at least one and at most [`MAX_CHOICES`], none empty or longer than
+/// [`MAX_CHOICE_BYTES`], no duplicates. Needs no model: nothing is tokenized yet.
 pub fn validate(choices: &[String]) -> Result<()> {
     if choices.is_empty() {
         return Err(Error::InvalidInput("choices must not be empty".into()));
+    }
+    if choices.len() > MAX_CHOICES {
+        return Err(Error::InvalidInput(format!(
+            "too many choices: {} given, at most {MAX_CHOICES} are allowed",
+            choices.len()
+        )));
+    }
+    if let Some((i, c)) = choices.iter().enumerate().find(|(_, c)| c.len() > MAX_CHOICE_BYTES) {
+        return Err(Error::InvalidInput(format!(
+            "choice {i} (counting from 0) is {} bytes long, at most {MAX_CHOICE_BYTES} bytes per choice are allowed",
+            c.len()
+        )));
     }
     if choices.iter().any(|c| c.trim().is_empty()) {
         return Err(Error::InvalidInput("choices must not contain an empty string".into()));
@@ -45,6 +66,26 @@ pub fn validate(choices: &[String]) -> Result<()> {
         return Err(Error::InvalidInput(format!("choices must be distinct: \"{dup}\" appears twice")));
     }
     Ok(())
+}
+
+/// Each choice's tokens as decoding follows them: the choice, then EOS. Refuses one longer than
+/// [`MAX_CHOICE_TOKENS`].
+pub fn tokenize(model: &TextModel, choices: &[String]) -> Result<Vec<Vec<u32>>> {
+    choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut ids = model.tokenizer.encode(c)?;
+            if ids.len() > MAX_CHOICE_TOKENS {
+                return Err(Error::InvalidInput(format!(
+                    "choice {i} (counting from 0) is {} tokens long, at most {MAX_CHOICE_TOKENS} tokens per choice are allowed",
+                    ids.len()
+                )));
+            }
+            ids.push(model.tokenizer.eos_id);
+            Ok(ids)
+        })
+        .collect()
 }
 
 /// Which of `choices` the model answers after `prompt` (token ids of a fully rendered prompt).
@@ -57,24 +98,14 @@ pub fn choose(
 ) -> Result<Choice> {
     validate(choices)?;
     let context = model.llama.config.max_position_embeddings;
-    let seqs: Vec<Vec<u32>> = choices
-        .iter()
-        .map(|c| {
-            let mut ids = model.tokenizer.encode(c)?;
-            ids.push(model.tokenizer.eos_id);
-            Ok(ids)
-        })
-        .collect::<Result<_>>()?;
+    let seqs = tokenize(model, choices)?;
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
     if prompt.len() + longest >= context {
         return Err(Error::PromptTooLong { tokens: prompt.len() + longest, context });
     }
     let (logits, mut cache) = crate::generation::prefill(model, prompt, adapter)?;
     let (index, probs, steps) = if scores {
-        let mut logp = vec![f64::NEG_INFINITY; choices.len()];
-        let all: Vec<usize> = (0..choices.len()).collect();
-        let mut steps = 0;
-        score_subtree(model, adapter, &seqs, &all, 0, &logits, &cache, 0.0, &mut logp, &mut steps)?;
+        let (logp, steps) = log_probs(model, adapter, &seqs, logits, &mut cache)?;
         let max = logp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = logp.iter().map(|l| (l - max).exp()).sum();
         let probs: Vec<f64> = logp.iter().map(|l| (l - max).exp() / total).collect();
@@ -111,6 +142,7 @@ fn greedy(
         let token = best.expect("at least two alive");
         alive.retain(|&c| seqs[c][pos] == token);
         if alive.len() > 1 {
+            crate::interrupt::check()?;
             logits = model.llama.forward_with(&[token], cache, adapter)?;
             steps += 1;
         }
@@ -118,8 +150,31 @@ fn greedy(
     unreachable!("choices are finite")
 }
 
+/// The model's log-probability of saying each of `seqs` (token ids, none empty) next, where `logits`
+/// are the next token's logits after the positions held in `cache`; and the forward passes that took.
+/// Choices that share their first tokens share those passes. `cache` grows by one branch at a time
+/// and ends as it started, so memory stays that of the prompt plus the longest choice.
+pub fn log_probs(
+    model: &TextModel,
+    adapter: Option<&LoraAdapter>,
+    seqs: &[Vec<u32>],
+    logits: Tensor,
+    cache: &mut KvCache,
+) -> Result<(Vec<f64>, usize)> {
+    if seqs.iter().any(Vec::is_empty) {
+        return Err(Error::InvalidInput("a choice has no tokens".into()));
+    }
+    let mut logp = vec![f64::NEG_INFINITY; seqs.len()];
+    let all: Vec<usize> = (0..seqs.len()).collect();
+    let mut steps = 0;
+    score_subtree(model, adapter, seqs, &all, 0, logits, cache, 0.0, &mut logp, &mut steps)?;
+    Ok((logp, steps))
+}
+
 /// Adds the log-probability of every choice in `group` (which share their first `pos` tokens and
-/// whose next-token logits are `logits`) to `logp`.
+/// whose next-token logits are `logits`) to `logp`. Depth first through one shared `cache`: each
+/// branch appends its token, and the cache is cut back before the next (a copy per branch would hold
+/// one cache per position of a long choice at once: quadratic in its length).
 #[allow(clippy::too_many_arguments)]
 fn score_subtree(
     model: &TextModel,
@@ -127,30 +182,37 @@ fn score_subtree(
     seqs: &[Vec<u32>],
     group: &[usize],
     pos: usize,
-    logits: &Tensor,
-    cache: &KvCache,
+    logits: Tensor,
+    cache: &mut KvCache,
     prefix: f64,
     logp: &mut [f64],
     steps: &mut usize,
 ) -> Result<()> {
-    let values = to_vec(logits)?;
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_total = max + values.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     let mut by_token: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for &c in group {
         by_token.entry(seqs[c][pos]).or_default().push(c);
     }
-    for (token, members) in by_token {
-        let lp = prefix + values[token as usize] as f64 - log_total;
+    // The log-probabilities this level needs, so the vocabulary-sized logits are freed before the
+    // recursion (one set per level of a long choice would add up).
+    let branches: Vec<(u32, f64, Vec<usize>)> = {
+        let values = to_vec(&logits)?;
+        drop(logits);
+        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_total = max + values.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        by_token.into_iter().map(|(t, members)| (t, prefix + values[t as usize] as f64 - log_total, members)).collect()
+    };
+    let start = cache.len();
+    for (token, lp, members) in branches {
         let (done, more): (Vec<usize>, Vec<usize>) = members.into_iter().partition(|&c| pos + 1 == seqs[c].len());
         for c in done {
             logp[c] = lp;
         }
         if !more.is_empty() {
-            let mut branch = cache.clone();
-            let next = model.llama.forward_with(&[token], &mut branch, adapter)?;
+            crate::interrupt::check()?;
+            let next = model.llama.forward_with(&[token], cache, adapter)?;
             *steps += 1;
-            score_subtree(model, adapter, seqs, &more, pos + 1, &next, &branch, lp, logp, steps)?;
+            score_subtree(model, adapter, seqs, &more, pos + 1, next, cache, lp, logp, steps)?;
+            cache.truncate(start)?;
         }
     }
     Ok(())

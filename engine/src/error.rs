@@ -40,6 +40,10 @@ pub enum Error {
     #[error("prompt is too long: {tokens} tokens, the model's context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
 
+    /// [`crate::interrupt::request`] was called (the query was cancelled) while this work ran.
+    #[error("interrupted")]
+    Interrupted,
+
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 

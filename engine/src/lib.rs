@@ -10,6 +10,7 @@ pub mod error;
 pub mod generation;
 pub mod infer_ops;
 pub mod gguf;
+pub mod interrupt;
 pub mod lora;
 pub mod metrics;
 pub mod model_store;

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::adapter_archive::SafetensorsHeader;
 use crate::error::{Error, Result};
 use crate::models::llama::Config;
 
@@ -61,6 +62,11 @@ impl Target {
             Target::Q | Target::K | Target::V | Target::O => "self_attn",
             _ => "mlp",
         }
+    }
+
+    /// PEFT's key of this target's `lora_A` or `lora_B` (`ab`) weight in transformer block `layer`.
+    fn peft_key(self, layer: usize, ab: &str) -> String {
+        format!("base_model.model.model.layers.{layer}.{}.{}.lora_{ab}.weight", self.peft_module(), self.hf_name())
     }
 
     /// (in, out) features of this layer.
@@ -189,57 +195,72 @@ impl LoraAdapter {
         let mut out = HashMap::new();
         for (i, layer) in self.layers.iter().enumerate() {
             for (&t, pair) in layer {
-                let prefix = format!("base_model.model.model.layers.{i}.{}.{}", t.peft_module(), t.hf_name());
                 let b = match t {
                     Target::Q => unpermute_rows(&pair.b, model.num_attention_heads, model.rope_interleaved)?,
                     Target::K => unpermute_rows(&pair.b, model.num_key_value_heads, model.rope_interleaved)?,
                     _ => pair.b.clone(),
                 };
-                out.insert(format!("{prefix}.lora_A.weight"), pair.a.detach().contiguous()?);
-                out.insert(format!("{prefix}.lora_B.weight"), b.detach().contiguous()?);
+                out.insert(t.peft_key(i, "A"), pair.a.detach().contiguous()?);
+                out.insert(t.peft_key(i, "B"), b.detach().contiguous()?);
             }
         }
         Ok(out)
     }
 
-    fn from_peft_tensors(
-        config: LoraConfig,
-        mut tensors: HashMap<String, Tensor>,
-        model: &Config,
-    ) -> Result<Self> {
-        config.validate()?;
-        let bad = |m: String| Error::InvalidInput(format!("adapter does not fit the base model: {m}"));
-        let mut layers = Vec::with_capacity(model.num_hidden_layers);
+    /// Every tensor a PEFT adapter with `config` holds for `model`: its key, layer, target, and
+    /// shape (`lora_A` is `(r, in)`, `lora_B` `(out, r)`).
+    fn peft_layout(config: &LoraConfig, model: &Config) -> Vec<(String, usize, Target, [usize; 2])> {
+        let mut out = Vec::new();
         for i in 0..model.num_hidden_layers {
-            let mut layer = BTreeMap::new();
             for &t in &config.targets {
-                let prefix = format!("base_model.model.model.layers.{i}.{}.{}", t.peft_module(), t.hf_name());
-                let mut take = |ab: &str| {
-                    let key = format!("{prefix}.lora_{ab}.weight");
-                    tensors.remove(&key).ok_or_else(|| bad(format!("missing tensor {key}")))
-                };
-                let (a, b) = (take("A")?.to_dtype(DType::F32)?, take("B")?.to_dtype(DType::F32)?);
                 let (fan_in, fan_out) = t.dims(model);
-                if a.dims() != [config.r, fan_in] || b.dims() != [fan_out, config.r] {
-                    return Err(bad(format!(
-                        "{prefix}: A {:?}, B {:?}, expected [{}, {fan_in}] and [{fan_out}, {}]",
-                        a.dims(),
-                        b.dims(),
-                        config.r,
-                        config.r
-                    )));
-                }
-                let b = match t {
-                    Target::Q => permute_rows(&b, model.num_attention_heads, model.rope_interleaved)?,
-                    Target::K => permute_rows(&b, model.num_key_value_heads, model.rope_interleaved)?,
-                    _ => b,
-                };
-                layer.insert(t, LoraPair { a, b });
+                out.push((t.peft_key(i, "A"), i, t, [config.r, fan_in]));
+                out.push((t.peft_key(i, "B"), i, t, [fan_out, config.r]));
             }
-            layers.push(layer);
         }
-        if let Some(extra) = tensors.keys().next() {
-            return Err(bad(format!("unexpected tensor {extra} (more layers or modules than the base model has)")));
+        out
+    }
+
+    /// Checks a safetensors header against what `config` on `model` needs: every tensor's name and
+    /// shape, none missing and none extra (the header reader admits float dtypes only). Reads no
+    /// tensor data.
+    pub fn check_header(config: &LoraConfig, header: &SafetensorsHeader, model: &Config) -> Result<()> {
+        let bad = |m: String| Error::InvalidInput(format!("adapter does not fit the base model: {m}"));
+        let mut expected: HashMap<String, [usize; 2]> =
+            Self::peft_layout(config, model).into_iter().map(|(key, _, _, shape)| (key, shape)).collect();
+        for t in &header.tensors {
+            let Some(shape) = expected.remove(&t.name) else {
+                return Err(bad(format!("unexpected tensor {} (more layers or modules than the base model has)", t.name)));
+            };
+            if t.shape != shape {
+                return Err(bad(format!("tensor {} has shape {:?}, the base model needs {shape:?}", t.name, t.shape)));
+            }
+        }
+        // The first missing one in layer order, for a stable message.
+        if let Some((key, ..)) = Self::peft_layout(config, model).into_iter().find(|(k, ..)| expected.contains_key(k)) {
+            return Err(bad(format!("missing tensor {key}")));
+        }
+        Ok(())
+    }
+
+    /// The adapter from PEFT tensors whose names and shapes [`check_header`](Self::check_header) passed.
+    fn from_peft_tensors(config: LoraConfig, mut tensors: HashMap<String, Tensor>, model: &Config) -> Result<Self> {
+        let mut layers = vec![BTreeMap::new(); model.num_hidden_layers];
+        let mut a_of = HashMap::new();
+        for (key, i, t, _) in Self::peft_layout(&config, model) {
+            let tensor = tensors.remove(&key).ok_or_else(|| Error::InvalidInput(format!("missing tensor {key}")))?;
+            let tensor = tensor.to_dtype(DType::F32)?;
+            check_finite(&key, &tensor)?;
+            let Some(a) = a_of.remove(&(i, t)) else {
+                a_of.insert((i, t), tensor);
+                continue;
+            };
+            let b = match t {
+                Target::Q => permute_rows(&tensor, model.num_attention_heads, model.rope_interleaved)?,
+                Target::K => permute_rows(&tensor, model.num_key_value_heads, model.rope_interleaved)?,
+                _ => tensor,
+            };
+            layers[i].insert(t, LoraPair { a, b });
         }
         Ok(Self { config, layers, cache_id: new_cache_id() })
     }
@@ -304,9 +325,13 @@ impl LoraAdapter {
         crate::adapter_archive::write_zip(&crate::adapter_archive::AdapterFiles { config, safetensors: blob.to_vec() })
     }
 
-    /// An adapter from a PEFT zip, checked against the base model's shapes.
-    pub fn from_archive(archive: &[u8], model: &Config) -> Result<Self> {
-        let files = crate::adapter_archive::read_zip(archive)?;
+    /// An adapter from a PEFT zip, checked against the base model: tensor names, dtypes and shapes
+    /// from the safetensors header before any tensor data is inflated, and nothing larger than
+    /// `max_bytes` read (see [`read_zip_checked`](crate::adapter_archive::read_zip_checked)).
+    pub fn from_archive(archive: &[u8], model: &Config, max_bytes: u64) -> Result<Self> {
+        let files = crate::adapter_archive::read_zip_checked(archive, max_bytes, |config, header| {
+            Self::check_header(&lora_config_from_peft(config)?, header, model)
+        })?;
         Self::from_peft_parts(&files.config, &files.safetensors, model)
     }
 
@@ -330,6 +355,10 @@ impl LoraAdapter {
 
     fn to_safetensors(&self, config: Option<serde_json::Value>, model: &Config) -> Result<Vec<u8>> {
         let tensors = self.peft_tensors(model)?;
+        // A run that diverged must not be stored: every later use of the adapter would output garbage.
+        for (name, t) in &tensors {
+            check_finite(name, t)?;
+        }
         let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let metadata = config.map(|c| {
@@ -339,35 +368,54 @@ impl LoraAdapter {
     }
 
     fn from_peft_parts(config: &serde_json::Value, bytes: &[u8], model: &Config) -> Result<Self> {
-        let bad = |m: &str| Error::InvalidInput(format!("adapter_config: {m}"));
-        if config["peft_type"].as_str() != Some("LORA") {
-            return Err(bad("peft_type must be LORA"));
-        }
-        for (key, unsupported) in [("use_dora", true), ("use_rslora", true)] {
-            if config[key].as_bool() == Some(unsupported) {
-                return Err(bad(&format!("{key} adapters are not supported")));
-            }
-        }
-        if config["rank_pattern"].as_object().is_some_and(|m| !m.is_empty())
-            || config["alpha_pattern"].as_object().is_some_and(|m| !m.is_empty())
-        {
-            return Err(bad("per-layer rank_pattern/alpha_pattern is not supported"));
-        }
-        let r = config["r"].as_u64().ok_or_else(|| bad("r is missing"))? as usize;
-        let alpha = config["lora_alpha"].as_f64().ok_or_else(|| bad("lora_alpha is missing"))?;
-        let dropout = config["lora_dropout"].as_f64().unwrap_or(0.0);
-        let targets = match &config["target_modules"] {
-            // PEFT's shorthand for every linear layer but the output head: the seven targets here.
-            serde_json::Value::String(s) if s == "all-linear" => Target::ALL.to_vec(),
-            serde_json::Value::Array(a) => a
-                .iter()
-                .map(|v| v.as_str().ok_or_else(|| bad("target_modules must be strings")).and_then(Target::parse))
-                .collect::<Result<Vec<_>>>()?,
-            _ => return Err(bad("target_modules must be a list")),
-        };
+        let config = lora_config_from_peft(config)?;
+        Self::check_header(&config, &crate::adapter_archive::parse_header(bytes)?, model)?;
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| Error::InvalidInput(format!("adapter tensors: {e}")))?;
-        Self::from_peft_tensors(LoraConfig { r, alpha, dropout, targets }, tensors, model)
+        Self::from_peft_tensors(config, tensors, model)
+    }
+}
+
+/// The LoRA settings of PEFT's `adapter_config.json`; refuses PEFT variants this engine does not run.
+fn lora_config_from_peft(config: &serde_json::Value) -> Result<LoraConfig> {
+    let bad = |m: &str| Error::InvalidInput(format!("adapter_config: {m}"));
+    if config["peft_type"].as_str() != Some("LORA") {
+        return Err(bad("peft_type must be LORA"));
+    }
+    for (key, unsupported) in [("use_dora", true), ("use_rslora", true)] {
+        if config[key].as_bool() == Some(unsupported) {
+            return Err(bad(&format!("{key} adapters are not supported")));
+        }
+    }
+    if config["rank_pattern"].as_object().is_some_and(|m| !m.is_empty())
+        || config["alpha_pattern"].as_object().is_some_and(|m| !m.is_empty())
+    {
+        return Err(bad("per-layer rank_pattern/alpha_pattern is not supported"));
+    }
+    let r = config["r"].as_u64().ok_or_else(|| bad("r is missing"))? as usize;
+    let alpha = config["lora_alpha"].as_f64().ok_or_else(|| bad("lora_alpha is missing"))?;
+    let dropout = config["lora_dropout"].as_f64().unwrap_or(0.0);
+    let targets = match &config["target_modules"] {
+        // PEFT's shorthand for every linear layer but the output head: the seven targets here.
+        serde_json::Value::String(s) if s == "all-linear" => Target::ALL.to_vec(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| bad("target_modules must be strings")).and_then(Target::parse))
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(bad("target_modules must be a list")),
+    };
+    let config = LoraConfig { r, alpha, dropout, targets };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Refuses a tensor holding NaN or infinity (`name` says which, in PEFT's key names).
+fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!("adapter tensor {name} holds non-finite values (NaN or infinity)")))
     }
 }
 

@@ -86,6 +86,7 @@ pub fn classification_metrics<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a 
 pub fn reply_budget<'a>(model: &TextModel, expected: impl IntoIterator<Item = &'a str>) -> Result<usize> {
     let mut longest = 0;
     for e in expected {
+        crate::interrupt::check()?;
         longest = longest.max(model.count_tokens(e.trim())?);
     }
     Ok(longest + 16)

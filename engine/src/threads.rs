@@ -5,7 +5,11 @@
 //! the wrong thread. Every pool thread therefore blocks all signals, from birth: the mask is set in
 //! the spawning thread around the spawn (threads inherit it) and again in the start handler.
 
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
 use crate::error::Result;
+use crate::interrupt;
 
 pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
     let _blocked = SignalsBlocked::new();
@@ -33,6 +37,64 @@ pub fn init_global_pool(threads: usize) {
 pub fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<std::thread::JoinHandle<T>> {
     let _blocked = SignalsBlocked::new();
     std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+/// Runs `work` on a signal-blocked thread while the calling thread (a backend's main thread, which
+/// owns the signal handlers) watches `stop`, e.g. Postgres's `QueryCancelPending`: every 50 ms
+/// without a result it asks `stop`, and the first time `stop` says yes it calls
+/// [`interrupt::request`], which the engine's loops see at their next step (they then return
+/// [`Error::Interrupted`](crate::error::Error::Interrupted)). A result that comes sooner is returned
+/// at once. The interrupt flag is clear before `work` starts and after this returns. `work` may use
+/// a rayon pool (`pool.install`) as usual. A panic in `work` resumes on the calling thread.
+pub fn run_watched<R: Send>(work: impl FnOnce() -> R + Send, mut stop: impl FnMut() -> bool) -> R {
+    /// Clears the flag however this returns (a panic included), so the next call starts clean.
+    struct ClearOnDrop;
+    impl Drop for ClearOnDrop {
+        fn drop(&mut self) {
+            interrupt::clear();
+        }
+    }
+    interrupt::clear();
+    let _clear = ClearOnDrop;
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    // Borrowed by the thread, so that `work` is still here when no thread can be started.
+    let slot = parking_lot::Mutex::new(Some(work));
+    let slot = &slot;
+    std::thread::scope(|scope| {
+        let spawned = {
+            let _blocked = SignalsBlocked::new();
+            // The stack of a backend's main thread rather than a spawned thread's 2 MiB: `work` renders
+            // chat templates (recursive) before it reaches the pool.
+            std::thread::Builder::new().name("distill-watched".into()).stack_size(8 << 20).spawn_scoped(scope, move || {
+                let work = slot.lock().take().expect("the work runs once");
+                let result = work();
+                // Dropping the sender without sending also wakes the watcher (when `work` panics).
+                let _ = done_tx.send(());
+                result
+            })
+        };
+        let handle = match spawned {
+            Ok(h) => h,
+            // No thread to be had (a resource limit): run here, unwatched, as without this function.
+            Err(_) => return slot.lock().take().expect("the thread never started")(),
+        };
+        let mut asked = false;
+        loop {
+            match done_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !asked && stop() {
+                        interrupt::request();
+                        asked = true;
+                    }
+                }
+            }
+        }
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 fn block_all_signals() {

@@ -393,45 +393,82 @@ pub struct MemoryEstimate {
     pub bytes: u64,
     /// Tokens of the largest possible batch (the `batch_size` longest examples, after truncation).
     pub largest_batch_tokens: usize,
+    /// Of those, the tokens run through the model: less the prompt prefix that every example shares,
+    /// packed once per batch (`TrainConfig::share_prefix`).
+    pub largest_batch_computed_tokens: usize,
     pub longest_example_tokens: usize,
 }
 
-/// Peak memory of [`train`] on these examples: f32 base weights, the activations the backward pass
-/// keeps for the largest batch, per-example attention scores and completion logits, plus a fixed
-/// allowance for the runtime. Calibrated on SmolLM2-135M before attention and the LoRA layers became
-/// single ops (banking77, batch 8: measured 5.3 GB with all seven targets, 3.7 GB with q,v; the
-/// estimate, ~5.1 GB, assumes all seven). Those ops keep less (3.4 GB measured on 96 rows of
-/// banking77_10intent, bf16 weight packing for AMX included), so the estimate now errs high, which is
-/// the safe side for the memory guard that uses it.
+/// Peak resident memory of a process that loads the f32 model and runs [`train`] on these examples
+/// (the fine-tuning worker), for the largest batch they can form. Sums what is held at the end of
+/// that batch's forward pass, where the step peaks:
+///
+/// - the f32 weights and, where the CPU has AMX, their bf16 packings (forward and backward: 2 x 2
+///   bytes per weight of every matmul, the output head included; made by the first step);
+/// - per token computed: what the backward reads. The hand-written step keeps per block its input, the
+///   two norms' outputs, the q/k/v, attention, gate/up and activation outputs (`4h + 2hq + 2hk + 3i`
+///   values) plus one block's backward buffers; candle's autograd (dropout, biases, GPUs) keeps every
+///   op's output and a gradient per graph edge: about `40h + 20i` values per block (6.2 MiB per token
+///   measured on SmolLM2-135M, batch 8, dropout 0.1);
+/// - the head's logits on the completion tokens (and their gradient);
+/// - attention's per-task buffers: scores and their gradient, `(tokens, keys)` for one (sequence,
+///   head) on each thread of the pool this is called in;
+/// - the adapter: its values, AdamW's two moments, the gradients and the step's copies of them;
+/// - 100 MiB for the process itself (code, tokenizer, thread stacks; a worker's own Postgres memory).
+///
+/// The sum is then raised by 15%, for allocator slack and run-to-run variation: it predicts the
+/// measured peaks within a few percent (`engine/examples/memory_estimate.rs`: SmolLM2-135M, batch 8,
+/// all seven targets: the quickstart's tickets 2,139 MiB with AMX and 1,561 without;
+/// banking77_10intent 1,849 MiB), and the memory guard that uses it needs to err high, not low.
 pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainConfig) -> Result<MemoryEstimate> {
     let c = &model.llama.config;
-    let mut lens = Vec::with_capacity(examples.len());
-    let mut completion_lens = Vec::with_capacity(examples.len());
+    let mut toks = Vec::with_capacity(examples.len());
     for e in examples {
-        let (t, _) = tokenize(model, e, config.max_seq_len)?;
-        completion_lens.push(t.ids.len() - t.completion_start);
-        lens.push(t.ids.len());
+        crate::interrupt::check()?;
+        toks.push(tokenize(model, e, config.max_seq_len)?.0);
     }
-    let mut sorted = lens.clone();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let worst: &[usize] = &sorted[..config.batch_size.min(sorted.len())];
-    let batch_tokens: usize = worst.iter().sum();
-    let max_completion: usize = {
-        let mut cl = completion_lens;
-        cl.sort_unstable_by(|a, b| b.cmp(a));
-        cl.iter().take(config.batch_size).sum()
+    let k = config.batch_size.min(toks.len());
+    let top = |mut v: Vec<usize>| -> usize {
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.iter().take(k).sum()
     };
-    let (h, i, l) = (c.hidden_size as u64, c.intermediate_size as u64, c.num_hidden_layers as u64);
-    let q = (c.num_attention_heads * c.head_dim) as u64;
-    let kv = (c.num_key_value_heads * c.head_dim) as u64;
-    let params = c.vocab_size as u64 * h * if c.tie_word_embeddings { 1 } else { 2 } + l * (h * q * 2 + h * kv * 2 + 3 * h * i);
-    let per_token = l * (28 * h + 10 * i) * 4;
-    let attention: u64 = worst.iter().map(|&n| l * c.num_attention_heads as u64 * (n as u64).pow(2) * 4 * 3).sum();
-    let logits = max_completion as u64 * c.vocab_size as u64 * 4 * 3;
-    let bytes = params * 4 + per_token * batch_tokens as u64 + attention + logits + (300 << 20);
+    let batch_tokens = top(toks.iter().map(|t| t.ids.len()).collect());
+    let completion_tokens = top(toks.iter().map(|t| t.ids.len() - t.completion_start).collect());
+    let longest = toks.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+    // Any batch shares at least what all examples share, so this bounds every batch's computed tokens.
+    let share_prefix = config.share_prefix && config.lora.dropout == 0.0;
+    let shared = if share_prefix && k >= 2 {
+        PackedBatch::shared_prefix(&toks.iter().map(|t| (t.ids.as_slice(), t.completion_start)).collect::<Vec<_>>())
+    } else {
+        0
+    };
+    let computed = batch_tokens - (k.max(1) - 1) * shared;
+
+    let (h, i, l, vocab) = (c.hidden_size as u64, c.intermediate_size as u64, c.num_hidden_layers as u64, c.vocab_size as u64);
+    let hq = (c.num_attention_heads * c.head_dim) as u64;
+    let hk = (c.num_key_value_heads * c.head_dim) as u64;
+    // Weights of the blocks' matmuls and of the output head (a matmul whether tied or not).
+    let matmul_params = l * (2 * h * hq + 2 * h * hk + 3 * h * i) + vocab * h;
+    let params = matmul_params + if c.tie_word_embeddings { 0 } else { vocab * h };
+    let packed = if crate::amx::available() { matmul_params * 2 * 2 } else { 0 };
+    // The conditions of `Llama::train_step` that a configuration decides (f32 weights are a given).
+    let hand_written = config.lora.dropout == 0.0 && !c.attention_bias && model.llama.device().is_cpu();
+    let per_token = if hand_written {
+        l * (4 * h + 2 * hq + 2 * hk + 3 * i) + (2 * h + 4 * i + 2 * hq + 2 * hk)
+    } else {
+        l * (40 * h + 20 * i)
+    } * 4;
+    let logits = completion_tokens as u64 * vocab * 4 * 2;
+    let attention = rayon::current_num_threads() as u64 * 3 * (longest as u64).pow(2) * 4;
+    let adapter_params: u64 = config.lora.targets.iter().map(|t| t.dims(c)).map(|(fan_in, fan_out)| (fan_in + fan_out) as u64).sum::<u64>()
+        * config.lora.r as u64
+        * l;
+    let adapter = adapter_params * 4 * 7;
+    let sum = params * 4 + packed + per_token * computed as u64 + logits + attention + adapter + (100 << 20);
     Ok(MemoryEstimate {
-        bytes,
+        bytes: sum + sum * 15 / 100,
         largest_batch_tokens: batch_tokens,
-        longest_example_tokens: sorted.first().copied().unwrap_or(0),
+        largest_batch_computed_tokens: computed,
+        longest_example_tokens: longest,
     })
 }

@@ -91,3 +91,73 @@ fn bad_choice_sets_are_refused() {
     assert_eq!(err(&["a", " "]), "choices must not contain an empty string");
     assert_eq!(err(&["a", "b", "a"]), "choices must be distinct: \"a\" appears twice");
 }
+
+/// A choice's log-probability the plain way: its own fresh cache, the prompt, then one token at a
+/// time, summing the log-softmax of each next token (EOS included). No sharing between choices.
+fn independent_log_prob(m: &TextModel, prompt: &[u32], seq: &[u32]) -> f64 {
+    let mut cache = distill_engine::models::llama::KvCache::new(&m.llama.config);
+    let mut logits = m.llama.forward(prompt, &mut cache).unwrap();
+    let mut total = 0.0;
+    for &t in seq {
+        let v: Vec<f32> = logits.to_vec1().unwrap();
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = max + v.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        total += v[t as usize] as f64 - log_sum;
+        logits = m.llama.forward(&[t], &mut cache).unwrap();
+    }
+    total
+}
+
+/// Scores of long choices (two of ~200 tokens that part only at their end, two short ones) equal
+/// each choice scored alone, and scoring leaves the prompt's cache as it found it: the branches
+/// share one cache, cut back after each, rather than a copy per position.
+#[test]
+fn long_choices_score_as_independent_passes_in_one_cache() {
+    use distill_engine::choices;
+    let m = model();
+    let mut long = String::new();
+    while m.count_tokens(&long).unwrap() < 200 {
+        long += "Roaming fees on the last bill are wrong; check them. ";
+    }
+    assert!(long.len() + 10 <= choices::MAX_CHOICE_BYTES, "{} bytes", long.len());
+    let choices: Vec<String> = [format!("{long}Refund."), format!("{long}Escalate."), "Roaming fees".into(), "Closing account".into()].into();
+    let seqs = choices::tokenize(m, &choices).unwrap();
+    assert!((200..=choices::MAX_CHOICE_TOKENS).contains(&(seqs[0].len() - 1)), "{} tokens", seqs[0].len() - 1);
+    let ids = m.chat_prompt(&[distill_engine::Message::user(&prompt("My bill shows roaming charges"))]).unwrap();
+
+    let want: Vec<f64> = seqs.iter().map(|s| independent_log_prob(m, &ids, s)).collect();
+    let (logits, mut cache) = distill_engine::generation::prefill(m, &ids, None).unwrap();
+    let (got, steps) = choices::log_probs(m, None, &seqs, logits, &mut cache).unwrap();
+    assert_eq!(cache.len(), ids.len(), "the cache holds the prompt again");
+    // The long pair shares its passes up to where it parts.
+    assert!(steps < seqs.iter().map(|s| s.len() - 1).sum::<usize>(), "{steps} passes");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() < 1e-3 * w.abs().max(1.0), "choice {i}: {g} vs {w} scored alone");
+    }
+
+    let c = m.choose_chat(&[distill_engine::Message::user(&prompt("My bill shows roaming charges"))], &choices, true, None).unwrap();
+    let max = want.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = want.iter().map(|l| (l - max).exp()).sum();
+    for (p, w) in c.scores.unwrap().iter().zip(&want) {
+        assert!((p - (w - max).exp() / total).abs() < 1e-4, "{p} vs {}", (w - max).exp() / total);
+    }
+}
+
+/// Limits on choices, the first two checked before anything is tokenized (by `validate`, which
+/// needs no model).
+#[test]
+fn choice_limits() {
+    use distill_engine::choices::{validate, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_CHOICE_TOKENS};
+    let many: Vec<String> = (0..=MAX_CHOICES).map(|i| format!("label {i}")).collect();
+    assert_eq!(validate(&many).unwrap_err().to_string(), "too many choices: 1001 given, at most 1000 are allowed");
+    assert!(validate(&many[..MAX_CHOICES]).is_ok());
+    let long = vec!["yes".to_string(), "x".repeat(MAX_CHOICE_BYTES + 1)];
+    assert_eq!(validate(&long).unwrap_err().to_string(), "choice 1 (counting from 0) is 1025 bytes long, at most 1024 bytes per choice are allowed");
+    assert!(validate(&["x".repeat(MAX_CHOICE_BYTES)]).is_ok());
+    // Short in bytes, long in tokens.
+    let digits = "0123456789".repeat(40);
+    let tokens = model().count_tokens(&digits).unwrap();
+    assert!(tokens > MAX_CHOICE_TOKENS && digits.len() <= MAX_CHOICE_BYTES, "{tokens} tokens");
+    let err = model().choose_with("hi", &["no".to_string(), digits], true, None).unwrap_err().to_string();
+    assert_eq!(err, format!("choice 1 (counting from 0) is {tokens} tokens long, at most 256 tokens per choice are allowed"));
+}

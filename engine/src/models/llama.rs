@@ -583,10 +583,7 @@ impl PackedBatch {
     /// between examples). With fewer than two examples or nothing shared, the same as `push` on each.
     pub fn push_shared(&mut self, examples: &[(&[u32], usize)]) {
         let Some(&(first, _)) = examples.first() else { return };
-        let mut shared = examples.iter().map(|&(ids, t)| ids.len().min(t.max(1)).saturating_sub(1)).min().unwrap_or(0);
-        for &(ids, _) in &examples[1..] {
-            shared = first.iter().zip(ids).take(shared).take_while(|(a, b)| a == b).count();
-        }
+        let shared = Self::shared_prefix(examples);
         if examples.len() < 2 || shared == 0 {
             examples.iter().for_each(|&(ids, t)| self.push(ids, t));
             return;
@@ -596,6 +593,17 @@ impl PackedBatch {
         for &(ids, t) in examples {
             self.push_segment(&ids[shared..], shared, Some(prefix), t);
         }
+    }
+
+    /// How many tokens [`push_shared`](Self::push_shared) packs once for these examples: those they
+    /// all start with, up to the position before the first scored one of any of them.
+    pub fn shared_prefix(examples: &[(&[u32], usize)]) -> usize {
+        let Some(&(first, _)) = examples.first() else { return 0 };
+        let mut shared = examples.iter().map(|&(ids, t)| ids.len().min(t.max(1)).saturating_sub(1)).min().unwrap_or(0);
+        for &(ids, _) in &examples[1..] {
+            shared = first.iter().zip(ids).take(shared).take_while(|(a, b)| a == b).count();
+        }
+        shared
     }
 
     /// `ids` are the tokens from position `offset` of an example (the earlier ones are segment
@@ -675,6 +683,28 @@ impl KvCache {
             v.clear();
         });
         self.len = 0;
+    }
+    /// Drops the positions from `len` on, in place (nothing when it holds no more): scoring choices
+    /// runs one branch after another from the same prompt (`choices::log_probs`).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.take() {
+                if len > 0 {
+                    *layer = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+                }
+            }
+        }
+        // Each layer's rows hold `self.len` positions of equal width (`self.len > len >= 0` here).
+        for (k, v) in &mut self.rows {
+            let width = k.len() / self.len;
+            k.truncate(width * len);
+            v.truncate(width * len);
+        }
+        self.len = len;
+        Ok(())
     }
     /// The first `len` positions only (shares the tensors; later appends make new ones).
     pub fn truncated(&self, len: usize) -> Result<Self> {
