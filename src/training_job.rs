@@ -494,6 +494,7 @@ impl ProgressState {
                     data = CASE WHEN $10::pg_catalog.text IS NULL THEN j.data
                                 ELSE j.data OPERATOR(pg_catalog.||)
                                      pg_catalog.jsonb_build_object('validation_rows_answered', $10::pg_catalog.text) END
+                           OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('peak_rss_mb', $11::pg_catalog.int8)
              WHERE j.id OPERATOR(pg_catalog.=) $1 RETURNING j.cancel_requested",
             &[
                 id.into(),
@@ -506,6 +507,7 @@ impl ProgressState {
                 train_loss.into(),
                 self.last_eval_loss.into(),
                 self.answered.map(|(done, of)| format!("{done}/{of}")).into(),
+                peak_rss_mb().map(|mb| mb as i64).into(),
             ],
         )
     }

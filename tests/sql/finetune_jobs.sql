@@ -89,6 +89,9 @@ ALTER SYSTEM SET distill.max_training_memory = '1GB';
 SELECT pg_reload_conf();
 SELECT pg_sleep(1);
 SELECT distill.finetune('CREATE', 'too_big', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train') AS job \gset
-SELECT d->>'status' AS status, d->>'error' AS error, d->'trained_tokens' AS trained_tokens FROM distill.wait(:'job') AS d;
+-- The estimate itself depends on the CPU (bf16 copies of the weights where AMX trains): N here.
+SELECT d->>'status' AS status, regexp_replace(d->>'error', 'about \d+ MB', 'about N MB') AS error,
+       (d->>'error' ~ 'about \d+ MB') AS names_its_estimate, d->'trained_tokens' AS trained_tokens
+FROM distill.wait(:'job') AS d;
 ALTER SYSTEM RESET distill.max_training_memory;
 SELECT pg_reload_conf();
