@@ -41,7 +41,7 @@ bash scripts/setup.sh >/dev/null
 dpkg -s postgresql-plpython3-15 >/dev/null 2>&1 \
   || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-plpython3-15 >/dev/null 2>&1 \
   || echo "(postgresql-plpython3-15 not installable: the PL/Python peer is left out)" >&2
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+bash scripts/install_extension.sh >/dev/null
 bash bench/venv.sh
 bash bench/venv_llama.sh
 cargo build -q -p distill-engine --example bench_train --example classify_rows

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== building and installing pg_distill"
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+bash scripts/install_extension.sh >/dev/null
 dir=/var/tmp/pg_distill-demo port=5433
 bash scripts/cluster.sh stop "$dir" 2>/dev/null || true
 bash scripts/cluster.sh start "$dir" $port distill_demo

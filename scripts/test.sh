@@ -16,13 +16,15 @@ DISTILL_MODEL_DIR="$root/models" cargo test -p distill-engine -- "${exact_step_t
 DISTILL_MODEL_DIR="$root/models" DISTILL_NO_AMX=1 cargo test -p distill-engine --test train -- "${exact_step_tests[@]}"
 
 echo "== pgrx tests"
+# The test build (with its pg_test functions) goes into the private copy of PostgreSQL that
+# scripts/private_pg.sh makes, never over the system's files a running server may use.
 pgrx_data=/tmp/pg_distill-pgrx-tests
 rm -rf "$pgrx_data" && install -d -o postgres -g postgres "$pgrx_data"
-cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data"
+(source scripts/private_pg.sh && cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data")
 
 echo "== SQL regression tests"
-# `cargo pgrx test` installed a build with test-only functions; install the real one.
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+# The real build, installed into the system PostgreSQL the way a user upgrades (atomically).
+bash scripts/install_extension.sh >/dev/null
 bash tests/regress.sh
 
 echo "== dump and restore of a tuned model"
@@ -36,3 +38,6 @@ bash tests/concurrency.sh
 
 echo "== security: privilege escalation, leaks, squatting, floods, memory bombs, cancel latency"
 bash tests/security.sh
+
+echo "== upgrade: installing a new build under a running cluster"
+bash tests/upgrade.sh

@@ -79,9 +79,12 @@ fn count_tokens(model: &str, text: &str) -> i32 {
     with_model(model, |m, _| m.count_tokens(text)).or_report() as i32
 }
 
+/// `PG_DISTILL_BUILD`, when the build sets it (scripts/install_extension.sh), tells two builds of one
+/// version apart: after an upgrade, a reconnecting session shows which library its server runs.
 #[pg_extern(immutable, parallel_safe)]
 fn version() -> String {
-    format!("pg_distill {} (engine {}, {})", env!("CARGO_PKG_VERSION"), distill_engine::VERSION, distill_engine::DEVICE)
+    let build = option_env!("PG_DISTILL_BUILD").map(|b| format!(", build {b}")).unwrap_or_default();
+    format!("pg_distill {} (engine {}, {}{build})", env!("CARGO_PKG_VERSION"), distill_engine::VERSION, distill_engine::DEVICE)
 }
 
 /// What to do with the conversation: generate freely, or pick one of a fixed set of replies.
