@@ -14,8 +14,10 @@ psql_in -c "CREATE EXTENSION pg_distill"
 ask="SELECT distill.complete('smollm2-135m', 'Say yes.', '{\"max_tokens\": 3}')"
 worker_pid() { psql_in -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_distill worker'"; }
 before=$(psql_in -c "$ask")
-pid=$(worker_pid) started=$(psql_in -c "SELECT pg_postmaster_start_time()")
+# The worker started before the database existed; the postmaster starts it again within 5 s.
+for _ in $(seq 30); do pid=$(worker_pid); [ -n "$pid" ] && break; sleep 1; done
 [ -n "$pid" ] || fail "the cluster has no pg_distill worker"
+started=$(psql_in -c "SELECT pg_postmaster_start_time()")
 
 # A session that stays open across the install (fed through a FIFO).
 mkfifo "$work/session.in" && chown postgres "$work/session.in"
