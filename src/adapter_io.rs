@@ -19,8 +19,9 @@ use crate::{finetune, guc, registry};
 fn export_adapter(model: &str) -> Vec<u8> {
     crate::model_access::check_owner(model, "export it");
     let tuned = registry::find_model(model).expect("exists: checked above");
-    let blob = registry::adapter_blob(model, tuned.version)
-        .unwrap_or_else(|| report_sql(ERRCODE_OBJECT_IN_USE, &format!("model \"{model}\" was replaced while exporting; retry"), None));
+    let blob = registry::adapter_blob(model, tuned.version).unwrap_or_else(|| {
+        report_sql(ERRCODE_OBJECT_IN_USE, &format!("model \"{model}\" was replaced while exporting; retry"), None)
+    });
     LoraAdapter::blob_to_archive(&blob).or_report()
 }
 

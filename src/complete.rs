@@ -84,7 +84,12 @@ fn count_tokens(model: &str, text: &str) -> i32 {
 #[pg_extern(immutable, parallel_safe)]
 fn version() -> String {
     let build = option_env!("PG_DISTILL_BUILD").map(|b| format!(", build {b}")).unwrap_or_default();
-    format!("pg_distill {} (engine {}, {}{build})", env!("CARGO_PKG_VERSION"), distill_engine::VERSION, distill_engine::DEVICE)
+    format!(
+        "pg_distill {} (engine {}, {}{build})",
+        env!("CARGO_PKG_VERSION"),
+        distill_engine::VERSION,
+        distill_engine::DEVICE
+    )
 }
 
 /// What to do with the conversation: generate freely, or pick one of a fixed set of replies.
@@ -109,8 +114,9 @@ impl Request {
             opts.validate().or_report();
             return Request::Generate(opts);
         };
-        let choices: Vec<String> = serde_json::from_value(choices)
-            .unwrap_or_else(|_| invalid("choices must be an array of strings, e.g. '{\"choices\": [\"yes\", \"no\"]}'"));
+        let choices: Vec<String> = serde_json::from_value(choices).unwrap_or_else(|_| {
+            invalid("choices must be an array of strings, e.g. '{\"choices\": [\"yes\", \"no\"]}'")
+        });
         let scores = match o.remove("scores") {
             None => false,
             Some(Value::Bool(b)) => b,
@@ -145,12 +151,24 @@ pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
                 distill_engine::FinishReason::Stop => "stop",
                 distill_engine::FinishReason::Length => "length",
             };
-            Reply { text: g.text, scores: None, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason }
+            Reply {
+                text: g.text,
+                scores: None,
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.tokens.len(),
+                finish_reason,
+            }
         }
         Request::Choose { choices, scores } => {
             let c = with_model(model, |m, a| m.choose_chat(messages, choices, *scores, a)).or_report();
             let scores = c.scores.map(|p| choices.iter().cloned().zip(p.into_iter().map(Value::from)).collect());
-            Reply { text: c.text, scores, prompt_tokens: c.prompt_tokens, completion_tokens: c.steps, finish_reason: "stop" }
+            Reply {
+                text: c.text,
+                scores,
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.steps,
+                finish_reason: "stop",
+            }
         }
     };
     usage::record(model, r.prompt_tokens, r.completion_tokens, started.elapsed());
@@ -194,11 +212,14 @@ fn parse_messages(v: Value) -> Vec<Message> {
         report_sql(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             &format!("invalid messages: {m}"),
-            Some(r#"Pass a JSON array such as '[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello"}]'."#),
+            Some(
+                r#"Pass a JSON array such as '[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello"}]'."#,
+            ),
         )
     };
     let Value::Array(items) = v else { bad("not a JSON array".into()) };
-    let content_bytes: usize = items.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).map(str::len).sum();
+    let content_bytes: usize =
+        items.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).map(str::len).sum();
     check_input_size("messages", content_bytes);
     if items.is_empty() {
         bad("the array is empty".into());

@@ -79,10 +79,8 @@ fn finetune_create(
     if let Some(v) = &validation_sql {
         user_query::check("validation_sql", v);
     }
-    let search_path = Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let search_path =
+        Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')").ok().flatten().unwrap_or_default();
     let job = registry::NewJob {
         model: &name,
         base_model: &base_model,
@@ -232,7 +230,11 @@ fn summary(row: &Value) -> Value {
 
 fn verb_of(verb: Option<&str>) -> String {
     let Some(verb) = verb.map(|v| v.trim().to_uppercase()) else {
-        report_sql(ERRCODE_NULL_VALUE_NOT_ALLOWED, "finetune verb is NULL", Some("Use CREATE, DESCRIBE, SHOW or CANCEL."))
+        report_sql(
+            ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "finetune verb is NULL",
+            Some("Use CREATE, DESCRIBE, SHOW or CANCEL."),
+        )
     };
     if !matches!(verb.as_str(), "CREATE" | "DESCRIBE" | "SHOW" | "CANCEL") {
         report_sql(
@@ -342,7 +344,11 @@ fn progress_line(row: &Value) -> String {
         return s + &format!(", trained; answering validation rows {answered}");
     }
     if let Some(eta) = row["eta_seconds"].as_f64() {
-        s += &if eta >= 90.0 { format!(", about {:.0} min left", eta / 60.0) } else { format!(", about {eta:.0} s left") };
+        s += &if eta >= 90.0 {
+            format!(", about {:.0} min left", eta / 60.0)
+        } else {
+            format!(", about {eta:.0} s left")
+        };
     }
     s
 }

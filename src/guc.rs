@@ -7,7 +7,8 @@ use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// `$sharedir` is expanded at use, like `$libdir` in `dynamic_library_path`, so the default follows the
 /// installation and `SHOW distill.model_dir` still says where models are.
-static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
+static MODEL_DIR: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
 static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static HUB_DOWNLOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));

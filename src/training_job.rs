@@ -274,7 +274,9 @@ fn validation_metrics(
         let _ = observer.tx.send(Event::Answered { done: predicted.len(), of: rows.len() });
         predicted.push(model.complete_with(&e.prompt, &opts, Some(&adapter))?.text);
     }
-    let m = metrics::classification_metrics(rows.iter().map(|e| e.completion.as_str()).zip(predicted.iter().map(String::as_str)));
+    let m = metrics::classification_metrics(
+        rows.iter().map(|e| e.completion.as_str()).zip(predicted.iter().map(String::as_str)),
+    );
     let mut v = serde_json::to_value(m).expect("metrics serialise");
     v["of_validation_rows"] = json!(eval_set.len());
     v["seconds"] = json!(started.elapsed().as_secs_f64());
@@ -407,8 +409,15 @@ fn epochs_json(report: &TrainReport) -> Value {
 enum Event {
     Step(Progress),
     /// Validation rows the tuned model has answered (for `validation_metrics`).
-    Answered { done: usize, of: usize },
-    Epoch { epoch: usize, train_loss: f64, eval_loss: Option<f64> },
+    Answered {
+        done: usize,
+        of: usize,
+    },
+    Epoch {
+        epoch: usize,
+        train_loss: f64,
+        eval_loss: Option<f64>,
+    },
 }
 
 /// The engine thread's side: sends events, never touches Postgres.
@@ -479,15 +488,15 @@ impl ProgressState {
     fn report(&self, id: &str) -> Result<Option<bool>, pgrx::spi::SpiError> {
         let progress = if self.total_steps == 0 { 0.0 } else { self.step as f64 / self.total_steps as f64 };
         let eta = match self.started {
-            Some(t) if self.step > 0 => {
-                Some(t.elapsed().as_secs_f64() / self.step as f64 * (self.total_steps - self.step.min(self.total_steps)) as f64)
-            }
+            Some(t) if self.step > 0 => Some(
+                t.elapsed().as_secs_f64() / self.step as f64
+                    * (self.total_steps - self.step.min(self.total_steps)) as f64,
+            ),
             _ => None,
         };
         // Until the first epoch ends, the running mean of this epoch's steps.
-        let train_loss = self
-            .last_train_loss
-            .or((self.epoch_steps > 0).then(|| self.epoch_sum / self.epoch_steps as f64));
+        let train_loss =
+            self.last_train_loss.or((self.epoch_steps > 0).then(|| self.epoch_sum / self.epoch_steps as f64));
         Spi::get_one_with_args::<bool>(
             "UPDATE distill.job_registry j SET progress = $2, step = $3, trained_tokens = $4, recent_losses = $5,
                     epochs = $6, eta_seconds = $7, training_loss = $8, validation_loss = $9, updated_on = pg_catalog.now(),

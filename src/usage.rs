@@ -37,13 +37,22 @@ unsafe impl PGRXSharedMemory for UsageTable {}
 
 impl UsageTable {
     fn new() -> Self {
-        let empty = Entry { name: [0; NAME_BYTES], name_len: 0, role: 0, calls: 0, prompt_tokens: 0, completion_tokens: 0, micros: 0 };
+        let empty = Entry {
+            name: [0; NAME_BYTES],
+            name_len: 0,
+            role: 0,
+            calls: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            micros: 0,
+        };
         Self { used: 0, entries: [empty; SLOTS] }
     }
 
     fn slot(&mut self, name: &str, role: u32) -> &mut Entry {
         let name = truncate(name);
-        let found = self.entries[..self.used].iter().position(|e| e.role == role && &e.name[..e.name_len] == name.as_bytes());
+        let found =
+            self.entries[..self.used].iter().position(|e| e.role == role && &e.name[..e.name_len] == name.as_bytes());
         let i = match found {
             Some(i) => i,
             // The last slot is kept for (other).
@@ -127,7 +136,11 @@ fn completion_usage() -> TableIterator<
     let me = unsafe { pg_sys::GetUserId() };
     let rows: Vec<Entry> = {
         let table = USAGE.share();
-        table.entries[..table.used].iter().chain(table.entries[SLOTS - 1..].iter().filter(|e| e.calls > 0)).copied().collect()
+        table.entries[..table.used]
+            .iter()
+            .chain(table.entries[SLOTS - 1..].iter().filter(|e| e.calls > 0))
+            .copied()
+            .collect()
     };
     let rows: Vec<_> = rows
         .into_iter()

@@ -51,7 +51,10 @@ pub fn check_can_run_jobs() {
             Some("Add pg_distill to shared_preload_libraries (and distill.workers >= 1) in postgresql.conf, then restart PostgreSQL."),
         );
     }
-    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text").ok().flatten().unwrap_or_default();
+    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let jobs_db = guc::database();
     if here != jobs_db {
         report_sql(

@@ -19,7 +19,8 @@ fn main() -> distill_engine::Result<()> {
     // f32 weights: the same numbers the Hugging Face checkpoint dequantized from this GGUF holds.
     let model = TextModel::load(&PathBuf::from(arg("--gguf")), WeightFormat::F32, &Device::Cpu)?;
     let adapter = LoraAdapter::from_archive(&std::fs::read(arg("--adapter"))?, &model.llama.config, u64::MAX)?;
-    let prompts: Vec<String> = serde_json::from_str(&std::fs::read_to_string(arg("--prompts"))?).expect("a JSON list of strings");
+    let prompts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(arg("--prompts"))?).expect("a JSON list of strings");
     let mut out = Vec::new();
     for prompt in &prompts {
         let ids = model.chat_prompt(&[Message::user(prompt)])?;

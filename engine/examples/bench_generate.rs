@@ -18,7 +18,8 @@ fn main() -> distill_engine::Result<()> {
     let dir = arg("--model-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
     let path = ModelStore::new(dir, false).resolve("smollm2-135m")?;
     let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/smollm2_greedy_reference.json"))?).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/smollm2_greedy_reference.json"))?)
+            .unwrap();
     let pool = distill_engine::threads::pool(threads)?;
 
     println!("engine speed, {threads} threads, model {}", path.display());
@@ -32,23 +33,45 @@ fn main() -> distill_engine::Result<()> {
             println!("{:<10} {:<22} {:>8} {:>14.1} {:>14.1}", format!("{format:?}"), label, prompt.len(), prefill, gen);
         }
         // A LoRA adapter (r 8, all seven targets, B non-zero) applied unmerged, and merged into a copy.
-        let (mut adapter, _) = LoraAdapter::init(&LoraConfig::default(), &model.llama.config, 1, &candle_core::Device::Cpu)?;
+        let (mut adapter, _) =
+            LoraAdapter::init(&LoraConfig::default(), &model.llama.config, 1, &candle_core::Device::Cpu)?;
         for layer in adapter.layers.iter_mut() {
             for pair in layer.values_mut() {
-                pair.b = (candle_core::Tensor::ones(pair.b.shape(), candle_core::DType::F32, &candle_core::Device::Cpu)? * 0.001)?;
+                pair.b =
+                    (candle_core::Tensor::ones(pair.b.shape(), candle_core::DType::F32, &candle_core::Device::Cpu)?
+                        * 0.001)?;
             }
         }
         let (prefill, gen) = pool.install(|| measure(&model.llama, &reference, decode, Some(&adapter)))?;
-        println!("{:<10} {:<22} {:>8} {:>14.1} {:>14.1}", format!("{format:?}"), "+ adapter, unmerged", reference.len(), prefill, gen);
+        println!(
+            "{:<10} {:<22} {:>8} {:>14.1} {:>14.1}",
+            format!("{format:?}"),
+            "+ adapter, unmerged",
+            reference.len(),
+            prefill,
+            gen
+        );
         let merged = model.llama.merged(&adapter)?;
         let (prefill, gen) = pool.install(|| measure(&merged, &reference, decode, None))?;
-        println!("{:<10} {:<22} {:>8} {:>14.1} {:>14.1}", format!("{format:?}"), "+ adapter, merged", reference.len(), prefill, gen);
+        println!(
+            "{:<10} {:<22} {:>8} {:>14.1} {:>14.1}",
+            format!("{format:?}"),
+            "+ adapter, merged",
+            reference.len(),
+            prefill,
+            gen
+        );
     }
     Ok(())
 }
 
 /// Best of three runs: prefill tokens/s, then `decode` greedy steps' tokens/s (stop tokens ignored).
-fn measure(model: &Llama, prompt: &[u32], decode: usize, adapter: Option<&LoraAdapter>) -> distill_engine::Result<(f64, f64)> {
+fn measure(
+    model: &Llama,
+    prompt: &[u32],
+    decode: usize,
+    adapter: Option<&LoraAdapter>,
+) -> distill_engine::Result<(f64, f64)> {
     let (mut best_prefill, mut best_gen) = (0f64, 0f64);
     for _ in 0..3 {
         let mut cache = KvCache::new(&model.config);

@@ -49,7 +49,12 @@ fn main() -> distill_engine::Result<()> {
         epochs: num("--epochs", 1.0) as usize,
         learning_rate: num("--lr", 1e-3),
         batch_size: num("--batch", 8.0) as usize,
-        lora: LoraConfig { r: num("--r", 8.0) as usize, alpha: num("--alpha", 16.0), targets: targets.clone(), ..Default::default() },
+        lora: LoraConfig {
+            r: num("--r", 8.0) as usize,
+            alpha: num("--alpha", 16.0),
+            targets: targets.clone(),
+            ..Default::default()
+        },
         share_prefix: !args.iter().any(|a| a == "--no-share-prefix"),
         ..Default::default()
     };

@@ -24,7 +24,13 @@ impl TrainObserver for Printer {
             let secs = self.started.elapsed().as_secs_f64();
             eprintln!(
                 "step {:>4}/{} epoch {} loss {:.4} lr {:.2e} tokens {} ({:.0} tok/s)",
-                p.step, p.total_steps, p.epoch, p.loss, p.learning_rate, p.tokens, p.tokens as f64 / secs
+                p.step,
+                p.total_steps,
+                p.epoch,
+                p.loss,
+                p.learning_rate,
+                p.tokens,
+                p.tokens as f64 / secs
             );
         }
     }
@@ -71,7 +77,10 @@ fn main() -> distill_engine::Result<()> {
     let started = Instant::now();
     let (adapter, report) = pool.install(|| train(&model, &examples, &[], &config, &mut Printer { started }))?;
     let train_secs = started.elapsed().as_secs_f64();
-    eprintln!("trained {} steps, {} tokens in {train_secs:.1}s ({} truncated)", report.steps, report.trained_tokens, report.truncated);
+    eprintln!(
+        "trained {} steps, {} tokens in {train_secs:.1}s ({} truncated)",
+        report.steps, report.trained_tokens, report.truncated
+    );
     if let Some(dir) = arg("--save") {
         adapter.save_peft(std::path::Path::new(&dir), "HuggingFaceTB/SmolLM2-135M-Instruct", &model.llama.config)?;
     }

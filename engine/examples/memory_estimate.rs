@@ -55,7 +55,11 @@ fn main() -> distill_engine::Result<()> {
         epochs: num("--steps", 3),
         batch_size: batch,
         max_seq_len: num("--max-seq-len", 512),
-        lora: LoraConfig { targets, dropout: arg("--dropout").map(|v| v.parse().unwrap()).unwrap_or(0.0), ..Default::default() },
+        lora: LoraConfig {
+            targets,
+            dropout: arg("--dropout").map(|v| v.parse().unwrap()).unwrap_or(0.0),
+            ..Default::default()
+        },
         share_prefix: !args.iter().any(|a| a == "--no-share-prefix"),
         ..Default::default()
     };

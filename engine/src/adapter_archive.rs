@@ -98,7 +98,9 @@ fn read_header_raw(r: &mut impl Read, max_bytes: u64) -> Result<(SafetensorsHead
             "F64" => 8,
             "F32" => 4,
             "F16" | "BF16" => 2,
-            _ => return Err(bad(format!("tensor {name} has dtype {dtype}; adapter tensors are F32, F16, BF16 or F64"))),
+            _ => {
+                return Err(bad(format!("tensor {name} has dtype {dtype}; adapter tensors are F32, F16, BF16 or F64")))
+            }
         };
         let numbers = |key: &str| -> Option<Vec<u64>> { info[key].as_array()?.iter().map(|v| v.as_u64()).collect() };
         let shape = numbers("shape").ok_or_else(|| bad(format!("tensor {name} has no valid shape")))?;
@@ -106,7 +108,9 @@ fn read_header_raw(r: &mut impl Read, max_bytes: u64) -> Result<(SafetensorsHead
         let offsets = offsets.ok_or_else(|| bad(format!("tensor {name} has no valid data_offsets")))?;
         let bytes = shape.iter().try_fold(size, |n: u64, &d| n.checked_mul(d));
         if bytes != Some(offsets[1] - offsets[0]) {
-            return Err(bad(format!("tensor {name}: shape {shape:?} of {dtype} does not fill data_offsets {offsets:?}")));
+            return Err(bad(format!(
+                "tensor {name}: shape {shape:?} of {dtype} does not fill data_offsets {offsets:?}"
+            )));
         }
         let shape = shape.into_iter().map(|d| d as usize).collect();
         tensors.push((offsets[0], offsets[1], TensorInfo { name, dtype, shape }));
@@ -172,9 +176,8 @@ pub fn read_zip_checked(
             bytes.len()
         )));
     }
-    let mut zip = ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
-        Error::InvalidInput(format!("the adapter archive is not a readable zip file ({e})"))
-    })?;
+    let mut zip = ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| Error::InvalidInput(format!("the adapter archive is not a readable zip file ({e})")))?;
     // Where the two files are, by the central directory alone: nothing is inflated yet.
     let (mut config_at, mut weights_at) = (None, None);
     for i in 0..zip.len() {
@@ -191,7 +194,8 @@ pub fn read_zip_checked(
         *slot = Some(i);
     }
     let missing = |f: &str| Error::InvalidInput(format!("the adapter archive has no {f}"));
-    let (config_at, weights_at) = (config_at.ok_or_else(|| missing(CONFIG_FILE))?, weights_at.ok_or_else(|| missing(WEIGHTS_FILE))?);
+    let (config_at, weights_at) =
+        (config_at.ok_or_else(|| missing(CONFIG_FILE))?, weights_at.ok_or_else(|| missing(WEIGHTS_FILE))?);
 
     let config = {
         let limit = max_bytes.min(MAX_CONFIG_BYTES);
@@ -296,7 +300,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_folder_inside() {
-        let files = AdapterFiles { config: serde_json::json!({"peft_type": "LORA", "r": 2}), safetensors: safetensors_file(3) };
+        let files =
+            AdapterFiles { config: serde_json::json!({"peft_type": "LORA", "r": 2}), safetensors: safetensors_file(3) };
         assert_eq!(read_zip(&write_zip(&files).unwrap(), DEFAULT_MAX_BYTES).unwrap(), files);
 
         let weights = safetensors_file(100);
@@ -319,7 +324,8 @@ mod tests {
         assert!(err(b"not a zip").contains("not a readable zip file"), "{}", err(b"not a zip"));
         let only_config = deflated_zip(&[(CONFIG_FILE, b"{}")]);
         assert_eq!(err(&only_config), "the adapter archive has no adapter_model.safetensors");
-        let good = write_zip(&AdapterFiles { config: serde_json::json!({}), safetensors: safetensors_file(16) }).unwrap();
+        let good =
+            write_zip(&AdapterFiles { config: serde_json::json!({}), safetensors: safetensors_file(16) }).unwrap();
         assert!(err(&good[..good.len() / 2]).contains("not a readable zip file"));
         // Tensor data shorter or longer than the header says.
         let weights = safetensors_file(16);
@@ -339,15 +345,25 @@ mod tests {
     fn size_limits() {
         let limit = 1 << 20;
         let err = |b: &[u8]| read_zip(b, limit).unwrap_err().to_string();
-        let stored = write_zip(&AdapterFiles { config: serde_json::json!({}), safetensors: safetensors_file(300_000) }).unwrap();
+        let stored =
+            write_zip(&AdapterFiles { config: serde_json::json!({}), safetensors: safetensors_file(300_000) }).unwrap();
         assert!(stored.len() > 1 << 20);
-        assert_eq!(err(&stored), format!("the adapter archive is {} bytes, above the limit of 1048576 bytes", stored.len()));
+        assert_eq!(
+            err(&stored),
+            format!("the adapter archive is {} bytes, above the limit of 1048576 bytes", stored.len())
+        );
 
         // 40 MB of zeros deflate to about 40 KB: refused by the size the entry declares.
         let bomb = [&safetensors_file(4)[..], &vec![0; 40 << 20]].concat();
         let mut zip = deflated_zip(&[(CONFIG_FILE, b"{}"), (WEIGHTS_FILE, &bomb)]);
         assert!(zip.len() < 100 << 10, "{} bytes", zip.len());
-        assert_eq!(err(&zip), format!("adapter_model.safetensors in the adapter archive is {} bytes, above the limit of 1048576 bytes", bomb.len()));
+        assert_eq!(
+            err(&zip),
+            format!(
+                "adapter_model.safetensors in the adapter archive is {} bytes, above the limit of 1048576 bytes",
+                bomb.len()
+            )
+        );
         // The same entry declaring 100 bytes: reading stops one byte after the 16 its header describes.
         declare_size(&mut zip, WEIGHTS_FILE, 100);
         assert!(err(&zip).starts_with("adapter_model.safetensors in the adapter archive"), "{}", err(&zip));
@@ -361,7 +377,10 @@ mod tests {
         let header = br#"{"w":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#;
         let big = [&(header.len() as u64).to_le_bytes()[..], header].concat();
         let zip = deflated_zip(&[(CONFIG_FILE, b"{}"), (WEIGHTS_FILE, &big)]);
-        assert_eq!(err(&zip), "adapter_model.safetensors in the adapter archive is 4000074 bytes, above the limit of 1048576 bytes");
+        assert_eq!(
+            err(&zip),
+            "adapter_model.safetensors in the adapter archive is 4000074 bytes, above the limit of 1048576 bytes"
+        );
     }
 
     /// The check sees the config and header before any tensor data is read.
@@ -383,16 +402,28 @@ mod tests {
 
     #[test]
     fn headers_must_describe_their_data() {
-        let file = |json: &str, data: usize| [&(json.len() as u64).to_le_bytes()[..], json.as_bytes(), &vec![0; data]].concat();
+        let file = |json: &str, data: usize| {
+            [&(json.len() as u64).to_le_bytes()[..], json.as_bytes(), &vec![0; data]].concat()
+        };
         let err = |json: &str, data: usize| parse_header(&file(json, data)).unwrap_err().to_string();
-        assert!(err(r#"{"w":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#, 16).contains("tensor w has dtype I64"));
-        assert!(err(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8).contains("does not fill data_offsets"));
-        assert!(err(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#, 16).contains("starts at byte 8 of the data, expected 0"));
-        assert!(err(r#"{"w":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,8]}}"#, 8).contains("does not fill"));
+        assert!(
+            err(r#"{"w":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#, 16).contains("tensor w has dtype I64")
+        );
+        assert!(
+            err(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8).contains("does not fill data_offsets")
+        );
+        assert!(err(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#, 16)
+            .contains("starts at byte 8 of the data, expected 0"));
+        assert!(err(r#"{"w":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,8]}}"#, 8)
+            .contains("does not fill"));
         let json = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
         let n = 8 + json.len() + 8;
         assert!(err(json, 9).ends_with(&format!("{} bytes, its header describes {n}", n + 1)), "{}", err(json, 9));
-        let ok = parse_header(&file(r#"{"__metadata__":{"a":"b"},"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}"#, 8)).unwrap();
+        let ok = parse_header(&file(
+            r#"{"__metadata__":{"a":"b"},"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}"#,
+            8,
+        ))
+        .unwrap();
         assert_eq!((ok.metadata["a"].as_str(), ok.data_len), ("b", 8));
     }
 }

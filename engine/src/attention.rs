@@ -94,8 +94,27 @@ impl PackedAttention {
         let mut p = vec![T::zero(); n * m];
         // SAFETY: p is n x m, qr n x d and kr m x d, all row-major.
         unsafe {
-            gemm(n, m, d, p.as_mut_ptr(), 1, m as isize, false, qr.as_ptr(), 1, d as isize, kr.as_ptr(), d as isize, 1,
-                T::zero(), T::one(), false, false, false, Parallelism::None);
+            gemm(
+                n,
+                m,
+                d,
+                p.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                qr.as_ptr(),
+                1,
+                d as isize,
+                kr.as_ptr(),
+                d as isize,
+                1,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
         }
         for i in 0..n {
             let (row, seen) = (&mut p[i * m..(i + 1) * m], m - n + i + 1);
@@ -136,9 +155,27 @@ impl PackedAttention {
             let mut col = 0;
             for (r, &(from, len)) in keys.iter().enumerate() {
                 unsafe {
-                    gemm(n, d, len, o.0.add(start * hq + h * d), 1, hq as isize, r > 0, p.as_ptr().add(col), 1, m as isize,
-                        v.as_ptr().add(from * vs + g * d), 1, vs as isize, T::one(), T::one(), false, false, false,
-                        Parallelism::None);
+                    gemm(
+                        n,
+                        d,
+                        len,
+                        o.0.add(start * hq + h * d),
+                        1,
+                        hq as isize,
+                        r > 0,
+                        p.as_ptr().add(col),
+                        1,
+                        m as isize,
+                        v.as_ptr().add(from * vs + g * d),
+                        1,
+                        vs as isize,
+                        T::one(),
+                        T::one(),
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                 }
                 col += len;
             }
@@ -170,76 +207,155 @@ impl PackedAttention {
             (0..self.segments.len()).flat_map(|s| (0..self.kv_heads).map(move |g| (s, g))).collect();
         // Each task writes its own rows of dk and dv and returns what its queries send to their context's
         // keys and values, which other sequences share: added once all tasks are done.
-        let to_context: Vec<(usize, usize, Vec<T>, Vec<T>)> = tasks.into_par_iter().filter_map(|(s, g)| {
-            let (pq, pk, pv) = (pq, pk, pv);
-            let seg @ (start, n) = self.segments[s];
-            let keys = self.keys(s);
-            let m: usize = keys.iter().map(|r| r.1).sum();
-            let kr = self.rotated(k, ks, g, &keys, T::one());
-            let (mut dkr, mut dvs) = (vec![T::zero(); m * d], vec![T::zero(); m * d]);
-            let (mut dp, mut dqr) = (vec![T::zero(); n * m], vec![T::zero(); n * d]);
-            for h in g * self.rep()..(g + 1) * self.rep() {
-                let qr = self.rotated(q, qs, h, &[seg], scale);
-                let p = self.probabilities(&qr, &kr, n, m);
-                let gos = unsafe { go.as_ptr().add(start * hq + h * d) };
-                // SAFETY (all gemm calls): row-major buffers of the stated shapes; go and v are read
-                // through their (tokens, heads * d) strides.
-                unsafe {
-                    // dv += pᵀ go
-                    gemm(m, d, n, dvs.as_mut_ptr(), 1, d as isize, true, p.as_ptr(), m as isize, 1, gos, 1, hq as isize,
-                        T::one(), T::one(), false, false, false, Parallelism::None);
-                    // dp = go vᵀ, one block of columns per key range
-                    let mut col = 0;
-                    for &(from, len) in &keys {
-                        gemm(n, len, d, dp.as_mut_ptr().add(col), 1, m as isize, false, gos, 1, hq as isize,
-                            v.as_ptr().add(from * vs + g * d), vs as isize, 1, T::zero(), T::one(), false, false, false,
-                            Parallelism::None);
-                        col += len;
+        let to_context: Vec<(usize, usize, Vec<T>, Vec<T>)> = tasks
+            .into_par_iter()
+            .filter_map(|(s, g)| {
+                let (pq, pk, pv) = (pq, pk, pv);
+                let seg @ (start, n) = self.segments[s];
+                let keys = self.keys(s);
+                let m: usize = keys.iter().map(|r| r.1).sum();
+                let kr = self.rotated(k, ks, g, &keys, T::one());
+                let (mut dkr, mut dvs) = (vec![T::zero(); m * d], vec![T::zero(); m * d]);
+                let (mut dp, mut dqr) = (vec![T::zero(); n * m], vec![T::zero(); n * d]);
+                for h in g * self.rep()..(g + 1) * self.rep() {
+                    let qr = self.rotated(q, qs, h, &[seg], scale);
+                    let p = self.probabilities(&qr, &kr, n, m);
+                    let gos = unsafe { go.as_ptr().add(start * hq + h * d) };
+                    // SAFETY (all gemm calls): row-major buffers of the stated shapes; go and v are read
+                    // through their (tokens, heads * d) strides.
+                    unsafe {
+                        // dv += pᵀ go
+                        gemm(
+                            m,
+                            d,
+                            n,
+                            dvs.as_mut_ptr(),
+                            1,
+                            d as isize,
+                            true,
+                            p.as_ptr(),
+                            m as isize,
+                            1,
+                            gos,
+                            1,
+                            hq as isize,
+                            T::one(),
+                            T::one(),
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                        // dp = go vᵀ, one block of columns per key range
+                        let mut col = 0;
+                        for &(from, len) in &keys {
+                            gemm(
+                                n,
+                                len,
+                                d,
+                                dp.as_mut_ptr().add(col),
+                                1,
+                                m as isize,
+                                false,
+                                gos,
+                                1,
+                                hq as isize,
+                                v.as_ptr().add(from * vs + g * d),
+                                vs as isize,
+                                1,
+                                T::zero(),
+                                T::one(),
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
+                            );
+                            col += len;
+                        }
+                    }
+                    // ds = p (dp - rowsum(p dp)), in place of dp.
+                    for i in 0..n {
+                        let seen = m - n + i + 1;
+                        let (pr, dr) = (&p[i * m..i * m + seen], &mut dp[i * m..(i + 1) * m]);
+                        let dot = pr.iter().zip(dr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
+                        for j in 0..seen {
+                            dr[j] = pr[j] * (dr[j] - dot);
+                        }
+                        dr[seen..].iter_mut().for_each(|x| *x = T::zero());
+                    }
+                    unsafe {
+                        // dqr = ds kr;  dkr += dsᵀ qr
+                        gemm(
+                            n,
+                            d,
+                            m,
+                            dqr.as_mut_ptr(),
+                            1,
+                            d as isize,
+                            false,
+                            dp.as_ptr(),
+                            1,
+                            m as isize,
+                            kr.as_ptr(),
+                            1,
+                            d as isize,
+                            T::zero(),
+                            T::one(),
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                        gemm(
+                            m,
+                            d,
+                            n,
+                            dkr.as_mut_ptr(),
+                            1,
+                            d as isize,
+                            true,
+                            dp.as_ptr(),
+                            m as isize,
+                            1,
+                            qr.as_ptr(),
+                            1,
+                            d as isize,
+                            T::one(),
+                            T::one(),
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                    // dq = scale * rotate⁻¹(dqr). SAFETY: this task owns rows seg of head h in dq.
+                    for i in 0..n {
+                        let dst =
+                            unsafe { std::slice::from_raw_parts_mut(pq.0.add((start + i) * dq_stride + h * d), d) };
+                        self.rotate(&dqr[i * d..(i + 1) * d], start + i, scale, true, dst);
                     }
                 }
-                // ds = p (dp - rowsum(p dp)), in place of dp.
+                // Un-rotated key gradients, in place: token by token, as the keys were rotated.
+                let mut row = vec![T::zero(); d];
+                for (i, t) in tokens(&keys).enumerate() {
+                    row.copy_from_slice(&dkr[i * d..(i + 1) * d]);
+                    self.rotate(&row, t, T::one(), true, &mut dkr[i * d..(i + 1) * d]);
+                }
+                // SAFETY: this task owns rows seg of kv head g in dk and dv (its own tokens are the last n keys).
+                let own = (m - n) * d;
                 for i in 0..n {
-                    let seen = m - n + i + 1;
-                    let (pr, dr) = (&p[i * m..i * m + seen], &mut dp[i * m..(i + 1) * m]);
-                    let dot = pr.iter().zip(dr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
-                    for j in 0..seen {
-                        dr[j] = pr[j] * (dr[j] - dot);
-                    }
-                    dr[seen..].iter_mut().for_each(|x| *x = T::zero());
+                    let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * dk_stride + g * d), d) };
+                    dst.copy_from_slice(&dkr[own + i * d..own + (i + 1) * d]);
+                    let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * dv_stride + g * d), d) };
+                    dst.copy_from_slice(&dvs[own + i * d..own + (i + 1) * d]);
                 }
-                unsafe {
-                    // dqr = ds kr;  dkr += dsᵀ qr
-                    gemm(n, d, m, dqr.as_mut_ptr(), 1, d as isize, false, dp.as_ptr(), 1, m as isize, kr.as_ptr(), 1,
-                        d as isize, T::zero(), T::one(), false, false, false, Parallelism::None);
-                    gemm(m, d, n, dkr.as_mut_ptr(), 1, d as isize, true, dp.as_ptr(), m as isize, 1, qr.as_ptr(), 1,
-                        d as isize, T::one(), T::one(), false, false, false, Parallelism::None);
-                }
-                // dq = scale * rotate⁻¹(dqr). SAFETY: this task owns rows seg of head h in dq.
-                for i in 0..n {
-                    let dst = unsafe { std::slice::from_raw_parts_mut(pq.0.add((start + i) * dq_stride + h * d), d) };
-                    self.rotate(&dqr[i * d..(i + 1) * d], start + i, scale, true, dst);
-                }
-            }
-            // Un-rotated key gradients, in place: token by token, as the keys were rotated.
-            let mut row = vec![T::zero(); d];
-            for (i, t) in tokens(&keys).enumerate() {
-                row.copy_from_slice(&dkr[i * d..(i + 1) * d]);
-                self.rotate(&row, t, T::one(), true, &mut dkr[i * d..(i + 1) * d]);
-            }
-            // SAFETY: this task owns rows seg of kv head g in dk and dv (its own tokens are the last n keys).
-            let own = (m - n) * d;
-            for i in 0..n {
-                let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * dk_stride + g * d), d) };
-                dst.copy_from_slice(&dkr[own + i * d..own + (i + 1) * d]);
-                let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * dv_stride + g * d), d) };
-                dst.copy_from_slice(&dvs[own + i * d..own + (i + 1) * d]);
-            }
-            (own > 0).then(|| {
-                dkr.truncate(own);
-                dvs.truncate(own);
-                (s, g, dkr, dvs)
+                (own > 0).then(|| {
+                    dkr.truncate(own);
+                    dvs.truncate(own);
+                    (s, g, dkr, dvs)
+                })
             })
-        }).collect();
+            .collect();
         for (s, g, dkc, dvc) in to_context {
             let (cs, cn) = self.context[s].expect("only sequences with a context send to it");
             // SAFETY: every task has finished; the context's rows of kv head g are inside dk and dv.
@@ -264,7 +380,15 @@ impl PackedAttention {
         let p = d.as_mut_ptr();
         // SAFETY: one buffer of the input's shape; q, k and v gradients fill disjoint column blocks.
         unsafe {
-            self.backward((x, w), (&x[hq..], w), (&x[hq + hk..], w), go, (Out(p), w), (Out(p.add(hq)), w), (Out(p.add(hq + hk)), w));
+            self.backward(
+                (x, w),
+                (&x[hq..], w),
+                (&x[hq + hk..], w),
+                go,
+                (Out(p), w),
+                (Out(p.add(hq)), w),
+                (Out(p.add(hq + hk)), w),
+            );
         }
         d
     }
@@ -278,7 +402,12 @@ impl PackedAttention {
         let tokens = self.tokens();
         let (hq, hk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         if dims != [&[tokens, hq][..], &[tokens, hk], &[tokens, hk]] {
-            bail!("packed attention: q {:?}, k {:?}, v {:?} for {tokens} tokens, {hq}/{hk} columns", dims[0], dims[1], dims[2]);
+            bail!(
+                "packed attention: q {:?}, k {:?}, v {:?} for {tokens} tokens, {hq}/{hk} columns",
+                dims[0],
+                dims[1],
+                dims[2]
+            );
         }
         if self.heads % self.kv_heads != 0 || self.head_dim % 2 != 0 {
             bail!("packed attention: {} heads, {} kv heads, head_dim {}", self.heads, self.kv_heads, self.head_dim);
@@ -321,8 +450,16 @@ impl CustomOp3 for Op {
         self.0.check([ql.dims(), kl.dims(), vl.dims()])?;
         let (hq, hk) = (ql.dims()[1], kl.dims()[1]);
         let out = match q.dtype() {
-            DType::F32 => CpuStorage::F32(self.0.forward::<f32>((contiguous(q, ql)?, hq), (contiguous(k, kl)?, hk), (contiguous(v, vl)?, hk))),
-            DType::F64 => CpuStorage::F64(self.0.forward::<f64>((contiguous(q, ql)?, hq), (contiguous(k, kl)?, hk), (contiguous(v, vl)?, hk))),
+            DType::F32 => CpuStorage::F32(self.0.forward::<f32>(
+                (contiguous(q, ql)?, hq),
+                (contiguous(k, kl)?, hk),
+                (contiguous(v, vl)?, hk),
+            )),
+            DType::F64 => CpuStorage::F64(self.0.forward::<f64>(
+                (contiguous(q, ql)?, hq),
+                (contiguous(k, kl)?, hk),
+                (contiguous(v, vl)?, hk),
+            )),
             d => bail!("packed attention: unsupported dtype {d:?}"),
         };
         Ok((out, ql.shape().clone()))
@@ -336,18 +473,43 @@ impl CustomOp3 for Op {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        fn run<T: Float>(att: &PackedAttention, q: &Tensor, k: &Tensor, v: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        fn run<T: Float>(
+            att: &PackedAttention,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
             let (hq, hk) = (q.dim(1)?, k.dim(1)?);
-            let (mut dq, mut dk, mut dv) = (vec![T::zero(); q.elem_count()], vec![T::zero(); k.elem_count()], vec![T::zero(); v.elem_count()]);
-            with_values::<T, _>(q, |q_v| with_values(k, |k_v| with_values(v, |v_v| with_values(grad, |go| {
-                // SAFETY: three separate buffers of the inputs' shapes.
-                unsafe {
-                    att.backward((q_v, hq), (k_v, hk), (v_v, hk), go, (Out(dq.as_mut_ptr()), hq), (Out(dk.as_mut_ptr()), hk), (Out(dv.as_mut_ptr()), hk));
-                }
-                Ok(())
-            }))))?;
+            let (mut dq, mut dk, mut dv) =
+                (vec![T::zero(); q.elem_count()], vec![T::zero(); k.elem_count()], vec![T::zero(); v.elem_count()]);
+            with_values::<T, _>(q, |q_v| {
+                with_values(k, |k_v| {
+                    with_values(v, |v_v| {
+                        with_values(grad, |go| {
+                            // SAFETY: three separate buffers of the inputs' shapes.
+                            unsafe {
+                                att.backward(
+                                    (q_v, hq),
+                                    (k_v, hk),
+                                    (v_v, hk),
+                                    go,
+                                    (Out(dq.as_mut_ptr()), hq),
+                                    (Out(dk.as_mut_ptr()), hk),
+                                    (Out(dv.as_mut_ptr()), hk),
+                                );
+                            }
+                            Ok(())
+                        })
+                    })
+                })
+            })?;
             let dev = q.device();
-            Ok((Tensor::from_vec(dq, q.shape(), dev)?, Tensor::from_vec(dk, k.shape(), dev)?, Tensor::from_vec(dv, v.shape(), dev)?))
+            Ok((
+                Tensor::from_vec(dq, q.shape(), dev)?,
+                Tensor::from_vec(dk, k.shape(), dev)?,
+                Tensor::from_vec(dv, v.shape(), dev)?,
+            ))
         }
         let (dq, dk, dv) = match q.dtype() {
             DType::F32 => run::<f32>(&self.0, q, k, v, grad)?,

@@ -45,7 +45,10 @@ impl GgufFile {
     }
 
     fn missing(&self, key: &str) -> Error {
-        Error::BadModelFile { path: self.path.clone(), reason: format!("metadata key {key} is missing or of the wrong type") }
+        Error::BadModelFile {
+            path: self.path.clone(),
+            reason: format!("metadata key {key} is missing or of the wrong type"),
+        }
     }
 
     pub fn u64(&self, key: &str) -> Result<u64> {
@@ -93,11 +96,15 @@ impl GgufFile {
 
     pub fn int_array(&self, key: &str) -> Option<Vec<i64>> {
         let arr = self.get(key)?.to_vec().ok()?;
-        arr.iter().map(|v| value_as_u64(v).map(|x| x as i64).or(match v {
-            Value::I32(x) => Some(*x as i64),
-            Value::I64(x) => Some(*x),
-            _ => None,
-        })).collect()
+        arr.iter()
+            .map(|v| {
+                value_as_u64(v).map(|x| x as i64).or(match v {
+                    Value::I32(x) => Some(*x as i64),
+                    Value::I64(x) => Some(*x),
+                    _ => None,
+                })
+            })
+            .collect()
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {

@@ -41,7 +41,16 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, cos: &[f32
 /// Causal attention of `q` (`m` rows of `heads * head_dim`, positions `past..past+m`) over the cache
 /// `k`, `v` (`past + m` rows of `kv_heads * head_dim`); grouped-query heads share a key/value head.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], m: usize, past: usize, heads: usize, kv_heads: usize, head_dim: usize) -> Vec<f32> {
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    m: usize,
+    past: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
     let group = heads / kv_heads;
     let mut out = vec![0f32; m * heads * head_dim];
     let a = Attention { q, k, v, past, heads, kv_heads, head_dim };

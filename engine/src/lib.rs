@@ -8,8 +8,8 @@ pub mod chat_template;
 pub mod choices;
 pub mod error;
 pub mod generation;
-pub mod infer_ops;
 pub mod gguf;
+pub mod infer_ops;
 pub mod interrupt;
 pub mod lora;
 pub mod metrics;
@@ -24,13 +24,12 @@ pub mod threads;
 pub mod tokenizer;
 pub mod train;
 
-
 pub use chat_template::Message;
 pub use error::{Error, Result};
 pub use generation::{FinishReason, GenerateOptions, Generation};
+pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use model_store::ModelStore;
 pub use models::llama::WeightFormat;
-pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use text_model::TextModel;
 pub use train::{Example, MemoryEstimate, Progress, TrainConfig, TrainObserver, TrainReport};
 

@@ -230,7 +230,10 @@ impl LoraAdapter {
             Self::peft_layout(config, model).into_iter().map(|(key, _, _, shape)| (key, shape)).collect();
         for t in &header.tensors {
             let Some(shape) = expected.remove(&t.name) else {
-                return Err(bad(format!("unexpected tensor {} (more layers or modules than the base model has)", t.name)));
+                return Err(bad(format!(
+                    "unexpected tensor {} (more layers or modules than the base model has)",
+                    t.name
+                )));
             };
             if t.shape != shape {
                 return Err(bad(format!("tensor {} has shape {:?}, the base model needs {shape:?}", t.name, t.shape)));

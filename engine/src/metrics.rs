@@ -62,15 +62,14 @@ pub fn classification_metrics<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a 
             (label.clone(), LabelMetrics { precision, recall, f1, support })
         })
         .collect();
-    let macro_f1 = if per_label.is_empty() {
-        0.0
-    } else {
-        per_label.values().map(|m| m.f1).sum::<f64>() / per_label.len() as f64
-    };
+    let macro_f1 =
+        if per_label.is_empty() { 0.0 } else { per_label.values().map(|m| m.f1).sum::<f64>() / per_label.len() as f64 };
     let mut confusion: Vec<Confusion> =
         counts.into_iter().map(|((expected, predicted), count)| Confusion { expected, predicted, count }).collect();
     // Most frequent first; ties in (expected, predicted) order, so the output is deterministic.
-    confusion.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.expected, &a.predicted).cmp(&(&b.expected, &b.predicted))));
+    confusion.sort_by(|a, b| {
+        b.count.cmp(&a.count).then_with(|| (&a.expected, &a.predicted).cmp(&(&b.expected, &b.predicted)))
+    });
     Metrics {
         rows,
         exact_match,

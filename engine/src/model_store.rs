@@ -110,7 +110,9 @@ impl ModelStore {
         if !self.allow_download {
             return Err(match &self.download_denied {
                 Some(why) => Error::DownloadDenied { repo: repo.to_string(), reason: why.to_string() },
-                None => Error::HubUnavailable { repo, reason: "downloads are disabled (distill.hub_download = off)".into() },
+                None => {
+                    Error::HubUnavailable { repo, reason: "downloads are disabled (distill.hub_download = off)".into() }
+                }
             });
         }
         // A read-only or full disk should say so before any network traffic.
@@ -119,7 +121,8 @@ impl ModelStore {
             return Err(Error::ModelDirNotWritable { dir: self.dir.clone(), reason: e.to_string() });
         }
         let _ = std::fs::remove_file(&probe);
-        let hub_err = |e: hf_hub::api::sync::ApiError| Error::HubUnavailable { repo: repo.clone(), reason: e.to_string() };
+        let hub_err =
+            |e: hf_hub::api::sync::ApiError| Error::HubUnavailable { repo: repo.clone(), reason: e.to_string() };
         let api = hf_hub::api::sync::ApiBuilder::new()
             .with_cache_dir(cache)
             .with_progress(false)

@@ -101,7 +101,12 @@ struct FrozenLinear {
 }
 
 /// `x Wᵀ` for a contiguous `x (.., in)`: `(m, out)` and the output shape.
-fn frozen_forward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+fn frozen_forward(
+    w: &Tensor,
+    packed: Option<&Arc<FrozenBf16>>,
+    s: &CpuStorage,
+    l: &Layout,
+) -> Result<(CpuStorage, Shape)> {
     let (out_dim, in_dim) = w.dims2()?;
     let dims = l.shape().dims();
     if dims.last() != Some(&in_dim) || !l.is_contiguous() {
@@ -110,8 +115,12 @@ fn frozen_forward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, s: &CpuStorage, 
     let mut out = dims.to_vec();
     *out.last_mut().unwrap() = out_dim;
     let y = match s {
-        CpuStorage::F32(_) => CpuStorage::F32(with_values(w, |w| Ok(frozen_forward_rows::<f32>(w, out_dim, packed, contiguous(s, l)?)))?),
-        CpuStorage::F64(_) => CpuStorage::F64(with_values(w, |w| Ok(frozen_forward_rows::<f64>(w, out_dim, packed, contiguous(s, l)?)))?),
+        CpuStorage::F32(_) => {
+            CpuStorage::F32(with_values(w, |w| Ok(frozen_forward_rows::<f32>(w, out_dim, packed, contiguous(s, l)?)))?)
+        }
+        CpuStorage::F64(_) => {
+            CpuStorage::F64(with_values(w, |w| Ok(frozen_forward_rows::<f64>(w, out_dim, packed, contiguous(s, l)?)))?)
+        }
         _ => bail!("frozen-linear: unsupported dtype {:?}", s.dtype()),
     };
     Ok((y, Shape::from(out)))
@@ -133,7 +142,14 @@ fn frozen_forward_rows<T: Float>(w: &[T], out_dim: usize, packed: Option<&Arc<Fr
 const MIN_SPLIT_ROWS: usize = 64;
 
 /// `lhs (m, k) · rhs (k, n)` for a row-major `lhs`, `rhs` given by its (column, row) strides.
-pub(crate) fn row_split_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T], rhs_strides: (usize, usize)) -> Vec<T> {
+pub(crate) fn row_split_matmul<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[T],
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+) -> Vec<T> {
     let mut dst = vec![T::zero(); m * n];
     row_split_matmul_into(&mut dst, n, T::one(), false, m, n, k, lhs, k, rhs, rhs_strides);
     dst
@@ -163,7 +179,10 @@ pub(crate) fn row_split_matmul_into<T: Float>(
         return;
     }
     let fits = |len: usize, stride: usize, cols: usize| cols <= stride && (m - 1) * stride + cols <= len;
-    assert!(fits(dst.len(), dst_stride, n) && fits(lhs.len(), lhs_stride, k), "row_split_matmul: ({m}, {k}) x ({k}, {n}) does not fit dst/lhs");
+    assert!(
+        fits(dst.len(), dst_stride, n) && fits(lhs.len(), lhs_stride, k),
+        "row_split_matmul: ({m}, {k}) x ({k}, {n}) does not fit dst/lhs"
+    );
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "row_split_matmul: rhs too short");
     let threads = rayon::current_num_threads();
     let tasks = threads.min(m / MIN_SPLIT_ROWS).max(1);
@@ -174,9 +193,27 @@ pub(crate) fn row_split_matmul_into<T: Float>(
     let block = |first: usize, par: Parallelism| unsafe {
         let d = d;
         let count = rows.min(m - first);
-        gemm(count, n, k, d.0.add(first * dst_stride), 1, dst_stride as isize, accumulate,
-            lhs.as_ptr().add(first * lhs_stride), 1, lhs_stride as isize, rhs.as_ptr(), rhs_cs as isize,
-            rhs_rs as isize, T::one(), beta, false, false, false, par);
+        gemm(
+            count,
+            n,
+            k,
+            d.0.add(first * dst_stride),
+            1,
+            dst_stride as isize,
+            accumulate,
+            lhs.as_ptr().add(first * lhs_stride),
+            1,
+            lhs_stride as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::one(),
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
     };
     if tasks == 1 {
         // Too few rows to split: gemm's own split of the columns (the output head's few loss rows).
@@ -200,8 +237,16 @@ fn frozen_backward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, grad: &Tensor) 
     }
     let dev = grad.device();
     match grad.dtype() {
-        DType::F32 => Tensor::from_vec(with_values(grad, |g| with_values(w, |w| Ok(frozen_backward_rows::<f32>(w, out_dim, packed, g))))?, (m, in_dim), dev),
-        DType::F64 => Tensor::from_vec(with_values(grad, |g| with_values(w, |w| Ok(frozen_backward_rows::<f64>(w, out_dim, packed, g))))?, (m, in_dim), dev),
+        DType::F32 => Tensor::from_vec(
+            with_values(grad, |g| with_values(w, |w| Ok(frozen_backward_rows::<f32>(w, out_dim, packed, g))))?,
+            (m, in_dim),
+            dev,
+        ),
+        DType::F64 => Tensor::from_vec(
+            with_values(grad, |g| with_values(w, |w| Ok(frozen_backward_rows::<f64>(w, out_dim, packed, g))))?,
+            (m, in_dim),
+            dev,
+        ),
         d => bail!("frozen-linear: unsupported dtype {d:?}"),
     }
 }
@@ -259,9 +304,21 @@ pub fn lora_linear(
 /// `C = beta · op(lhs) · rhs` for small products whose inner dimension is the token axis (the adapter
 /// gradients), on gemm's own split: `lhs` and `rhs` given by (column, row) strides.
 #[allow(clippy::too_many_arguments)]
-fn small_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], lhs_strides: (usize, usize), rhs: &[T], rhs_strides: (usize, usize), beta: T) -> Vec<T> {
+fn small_matmul<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+    beta: T,
+) -> Vec<T> {
     let last = |(cs, rs): (usize, usize), rows: usize, cols: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
-    assert!(last(lhs_strides, m, k) < lhs.len().max(1) && last(rhs_strides, k, n) < rhs.len().max(1), "small_matmul: operand too short");
+    assert!(
+        last(lhs_strides, m, k) < lhs.len().max(1) && last(rhs_strides, k, n) < rhs.len().max(1),
+        "small_matmul: operand too short"
+    );
     let mut dst = vec![T::zero(); m * n];
     if m * n * k == 0 {
         return dst;
@@ -270,8 +327,27 @@ fn small_matmul<T: Float>(m: usize, n: usize, k: usize, lhs: &[T], lhs_strides: 
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: dst is m x n row-major; every (m, k) and (k, n) element lies within lhs and rhs (asserted).
     unsafe {
-        gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), lhs_strides.0 as isize, lhs_strides.1 as isize,
-            rhs.as_ptr(), rhs_strides.0 as isize, rhs_strides.1 as isize, T::zero(), beta, false, false, false, par);
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_strides.0 as isize,
+            lhs_strides.1 as isize,
+            rhs.as_ptr(),
+            rhs_strides.0 as isize,
+            rhs_strides.1 as isize,
+            T::zero(),
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
     }
     dst
 }
@@ -294,7 +370,11 @@ pub fn lora_linear_stacked(
 ) -> Result<Tensor> {
     let adapters: Vec<(&Tensor, &Tensor)> = parts.iter().filter_map(|p| p.1).collect();
     if parts.iter().map(|p| p.0).sum::<usize>() != w.dim(0)? {
-        bail!("lora-linear-stacked: parts {:?} vs weight {:?}", parts.iter().map(|p| p.0).collect::<Vec<_>>(), w.dims());
+        bail!(
+            "lora-linear-stacked: parts {:?} vs weight {:?}",
+            parts.iter().map(|p| p.0).collect::<Vec<_>>(),
+            w.dims()
+        );
     }
     if adapters.is_empty() {
         return frozen_linear_packed(x, w, packed);
@@ -302,7 +382,12 @@ pub fn lora_linear_stacked(
     let r = adapters[0].0.dim(0)?;
     for (&(n, _), (a, b)) in parts.iter().filter(|p| p.1.is_some()).zip(&adapters) {
         if a.dims() != [r, w.dim(1)?] || b.dims() != [n, r] {
-            bail!("lora-linear-stacked: A {:?}, B {:?} for a layer ({n}, {}) of rank {r}", a.dims(), b.dims(), w.dim(1)?);
+            bail!(
+                "lora-linear-stacked: A {:?}, B {:?} for a layer ({n}, {}) of rank {r}",
+                a.dims(),
+                b.dims(),
+                w.dim(1)?
+            );
         }
     }
     // The adapters stacked too (small copies, with cat's backward splitting their gradients again).
@@ -325,7 +410,13 @@ impl LoraStacked {
     /// The layers of widths `parts` (each with or without an adapter of rank `r`) over their stacked
     /// weight `w`, for the hand-written training step, which calls [`Self::forward_rows`] and
     /// [`Self::backward_rows`] directly.
-    pub(crate) fn new(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, parts: Vec<(usize, bool)>, r: usize, scale: f64) -> Result<Self> {
+    pub(crate) fn new(
+        w: &Tensor,
+        packed: Option<&Arc<FrozenBf16>>,
+        parts: Vec<(usize, bool)>,
+        r: usize,
+        scale: f64,
+    ) -> Result<Self> {
         if parts.iter().map(|p| p.0).sum::<usize>() != w.dim(0)? {
             bail!("lora-linear-stacked: parts {parts:?} vs weight {:?}", w.dims());
         }
@@ -367,11 +458,21 @@ impl LoraStacked {
     }
 
     /// dx = g W + (s g_j B_j)_j A;  dA = (s g_j B_j)_jᵀ x;  dB_j = s g_jᵀ u_j.
-    pub(crate) fn backward_rows<T: Float>(&self, x: &[T], a: &[T], b: &[T], g: &[T]) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    pub(crate) fn backward_rows<T: Float>(
+        &self,
+        x: &[T],
+        a: &[T],
+        b: &[T],
+        g: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let (n, k) = self.w.dims2()?;
         let (m, r, big_r) = (x.len() / k, self.r, a.len() / k);
         if big_r == 0 {
-            return Ok((with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?, vec![], vec![]));
+            return Ok((
+                with_values(&self.w, |w| Ok(frozen_backward_rows(w, n, self.packed.as_ref(), g)))?,
+                vec![],
+                vec![],
+            ));
         }
         let s = T::from(self.scale).unwrap();
         let mut gb = vec![T::zero(); m * big_r];
@@ -389,7 +490,13 @@ impl LoraStacked {
         Ok((dx, da, db))
     }
 
-    fn backward<T: Float>(&self, x: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward<T: Float>(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dev = x.device();
         let (dx, da, db) = with_values::<T, _>(x, |x| {
             with_values(a, |a| with_values(b, |b| with_values(grad, |g| self.backward_rows(x, a, b, g))))
@@ -421,8 +528,12 @@ impl CustomOp3 for LoraStacked {
             bail!("lora-linear-stacked: x {:?} vs weight {:?}", xl.dims(), self.w.dims());
         }
         let y = match x {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?)?),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?)?)
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.forward_rows(contiguous(x, xl)?, contiguous(a, al)?, contiguous(b, bl)?)?)
+            }
             _ => bail!("lora-linear-stacked: unsupported dtype {:?}", x.dtype()),
         };
         let mut out = xl.dims().to_vec();
@@ -609,7 +720,13 @@ impl CustomOp2 for SiluMul {
         Ok((y, gl.shape().clone()))
     }
 
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dg, du) = match gate.dtype() {
             DType::F32 => silu_mul_bwd::<f32>(gate, up, grad)?,
             DType::F64 => silu_mul_bwd::<f64>(gate, up, grad)?,
@@ -657,17 +774,19 @@ pub(crate) fn silu_mul_stacked_grad_rows<T: Float>(gu_v: &[T], dy: &[T], h: usiz
     assert!(gu_v.len() == 2 * dy.len(), "silu_mul_stacked_grad_rows: shapes");
     let mut d = vec![T::zero(); gu_v.len()];
     let rows = silu_rows(h);
-    d.par_chunks_mut(rows * 2 * h).zip(gu_v.par_chunks(rows * 2 * h).zip(dy.par_chunks(rows * h))).for_each(|(d, (gu, dy))| {
-        for (d, (gu, dy)) in d.chunks_mut(2 * h).zip(gu.chunks(2 * h).zip(dy.chunks(h))) {
-            let (g, u) = gu.split_at(h);
-            let (dg, du) = d.split_at_mut(h);
-            for i in 0..h {
-                let s = sigmoid(g[i]);
-                dg[i] = dy[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
-                du[i] = dy[i] * g[i] * s;
+    d.par_chunks_mut(rows * 2 * h).zip(gu_v.par_chunks(rows * 2 * h).zip(dy.par_chunks(rows * h))).for_each(
+        |(d, (gu, dy))| {
+            for (d, (gu, dy)) in d.chunks_mut(2 * h).zip(gu.chunks(2 * h).zip(dy.chunks(h))) {
+                let (g, u) = gu.split_at(h);
+                let (dg, du) = d.split_at_mut(h);
+                for i in 0..h {
+                    let s = sigmoid(g[i]);
+                    dg[i] = dy[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
+                    du[i] = dy[i] * g[i] * s;
+                }
             }
-        }
-    });
+        },
+    );
     d
 }
 

@@ -51,7 +51,9 @@ impl Kernel {
                         && is_x86_feature_detected!("avx512vnni")
                 }
                 Kernel::Avx2 => {
-                    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+                    is_x86_feature_detected!("avx2")
+                        && is_x86_feature_detected!("fma")
+                        && is_x86_feature_detected!("f16c")
                 }
             }
         }
@@ -361,7 +363,8 @@ fn matmul_many_with(kernel: Kernel, x: &[f32], m: usize, ws: &[&QuantWeight]) ->
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
     let ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     // Every (weight, row group) pair is one task.
-    let tasks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, w)| (0..w.groups).map(move |g| (i, g))).collect();
+    let tasks: Vec<(usize, usize)> =
+        ws.iter().enumerate().flat_map(|(i, w)| (0..w.groups).map(move |g| (i, g))).collect();
     // Tasks of at least ~256k multiply-adds: thread hand-off costs a few microseconds.
     let per_group = m * k * ROWS;
     let min_len = (1usize << 18).div_ceil(per_group).max(1);
@@ -424,20 +427,31 @@ unsafe fn group_vnni(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn tile<const T: usize, const U4: bool>(w: &QuantWeight, g: usize, x: &QuantActivations, t0: usize, out: *mut f32) {
+unsafe fn tile<const T: usize, const U4: bool>(
+    w: &QuantWeight,
+    g: usize,
+    x: &QuantActivations,
+    t0: usize,
+    out: *mut f32,
+) {
     use std::arch::x86_64::*;
     let (k, kb, n) = (w.k, w.blocks, w.n);
     let bytes = w.codes.block_bytes();
     assert!(T == 1 || T == 4);
-    let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+    let (mut a0, mut a1, mut a2, mut a3) =
+        (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     let nibble = _mm512_set1_epi8(0x0f);
     let xq = x.q.as_ptr().add(t0 * k) as *const i32;
     for b in 0..kb {
         let blk = g * kb + b;
         let base = w.data.as_ptr().add(blk * bytes) as *const __m512i;
         let wv: [__m512i; 8] = if U4 {
-            let (v0, v1, v2, v3) =
-                (_mm512_loadu_si512(base), _mm512_loadu_si512(base.add(1)), _mm512_loadu_si512(base.add(2)), _mm512_loadu_si512(base.add(3)));
+            let (v0, v1, v2, v3) = (
+                _mm512_loadu_si512(base),
+                _mm512_loadu_si512(base.add(1)),
+                _mm512_loadu_si512(base.add(2)),
+                _mm512_loadu_si512(base.add(3)),
+            );
             [
                 _mm512_and_si512(v0, nibble),
                 _mm512_and_si512(v1, nibble),
@@ -474,7 +488,8 @@ unsafe fn tile<const T: usize, const U4: bool>(w: &QuantWeight, g: usize, x: &Qu
                 let xp = xq.add($t * k / 4 + b * BLOCK / 4);
                 // Two chains of four: half the latency of one chain of eight.
                 let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], _mm512_set1_epi32(xp.read_unaligned()));
-                let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[4], _mm512_set1_epi32(xp.add(4).read_unaligned()));
+                let mut s1 =
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[4], _mm512_set1_epi32(xp.add(4).read_unaligned()));
                 s0 = _mm512_dpbusd_epi32(s0, wv[1], _mm512_set1_epi32(xp.add(1).read_unaligned()));
                 s1 = _mm512_dpbusd_epi32(s1, wv[5], _mm512_set1_epi32(xp.add(5).read_unaligned()));
                 s0 = _mm512_dpbusd_epi32(s0, wv[2], _mm512_set1_epi32(xp.add(2).read_unaligned()));
@@ -593,7 +608,8 @@ mod avx2 {
         let (k, kb, n) = (w.k, w.blocks, w.n);
         let bytes = w.codes.block_bytes();
         assert!(T == 1 || T == 4);
-        let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut a0, mut a1, mut a2, mut a3) =
+            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
         let ones = _mm256_set1_epi16(1);
         let nibble = _mm256_set1_epi8(0x0f);
         let flip = _mm256_set1_epi8(-128);
@@ -614,7 +630,8 @@ mod avx2 {
                 };
             }
             // int32 sums of the 8 rows, one register per token.
-            let (mut s0, mut s1, mut s2, mut s3) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
+            let (mut s0, mut s1, mut s2, mut s3) =
+                (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
             if U4 {
                 macro_rules! nibbles {
                     ($s:ident, $t:expr, $lo:expr, $hi:expr, $j:expr) => {{

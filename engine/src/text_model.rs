@@ -7,8 +7,8 @@ use candle_core::Device;
 use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::error::Result;
 use crate::generation::{generate_with, GenerateOptions, Generation};
-use crate::lora::LoraAdapter;
 use crate::gguf::GgufFile;
+use crate::lora::LoraAdapter;
 use crate::models::llama::{Llama, WeightFormat};
 use crate::prefix_cache::PrefixCache;
 use crate::tokenizer::Tokenizer;
@@ -60,7 +60,12 @@ impl TextModel {
     }
 
     /// [`chat`](Self::chat) with a LoRA adapter applied over these base weights (unmerged).
-    pub fn chat_with(&self, messages: &[Message], opts: &GenerateOptions, adapter: Option<&LoraAdapter>) -> Result<Generation> {
+    pub fn chat_with(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Generation> {
         let prompt = self.chat_prompt(messages)?;
         generate_with(self, &prompt, opts, adapter)
     }
@@ -99,7 +104,12 @@ impl TextModel {
     }
 
     /// [`complete`](Self::complete) through a fine-tuned adapter of this base model.
-    pub fn complete_with(&self, prompt: &str, opts: &GenerateOptions, adapter: Option<&LoraAdapter>) -> Result<Generation> {
+    pub fn complete_with(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Generation> {
         self.chat_with(&[Message::user(prompt)], opts, adapter)
     }
 }

@@ -34,7 +34,10 @@ pub fn init_global_pool(threads: usize) {
 
 /// A named OS thread that blocks all signals, for long engine work (training) driven from a backend
 /// that must keep serving its own latch and signals meanwhile.
-pub fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<std::thread::JoinHandle<T>> {
+pub fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
     let _blocked = SignalsBlocked::new();
     std::thread::Builder::new().name(name.into()).spawn(f)
 }
@@ -65,13 +68,16 @@ pub fn run_watched<R: Send>(work: impl FnOnce() -> R + Send, mut stop: impl FnMu
             let _blocked = SignalsBlocked::new();
             // The stack of a backend's main thread rather than a spawned thread's 2 MiB: `work` renders
             // chat templates (recursive) before it reaches the pool.
-            std::thread::Builder::new().name("distill-watched".into()).stack_size(8 << 20).spawn_scoped(scope, move || {
-                let work = slot.lock().take().expect("the work runs once");
-                let result = work();
-                // Dropping the sender without sending also wakes the watcher (when `work` panics).
-                let _ = done_tx.send(());
-                result
-            })
+            std::thread::Builder::new().name("distill-watched".into()).stack_size(8 << 20).spawn_scoped(
+                scope,
+                move || {
+                    let work = slot.lock().take().expect("the work runs once");
+                    let result = work();
+                    // Dropping the sender without sending also wakes the watcher (when `work` panics).
+                    let _ = done_tx.send(());
+                    result
+                },
+            )
         };
         let handle = match spawned {
             Ok(h) => h,

@@ -24,7 +24,8 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// Llama 3's split regex (its tokenizer.json `pre_tokenizer`); also used by SmolLM3 and others.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split regex: like Llama 3's but one digit per piece.
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -151,10 +152,9 @@ impl Tokenizer {
         }
         let template = match &cfg["chat_template"] {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(list) => list
-                .iter()
-                .find(|t| t["name"] == "default")
-                .and_then(|t| t["template"].as_str().map(String::from)),
+            serde_json::Value::Array(list) => {
+                list.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str().map(String::from))
+            }
             _ => None,
         };
         let tokenizer = Self {

@@ -90,7 +90,10 @@ impl TrainConfig {
         if !(16..=32768).contains(&self.max_seq_len) {
             return bad(format!("max_seq_len must be between 16 and 32768, got {}", self.max_seq_len));
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) || !(0.0..=1.0).contains(&self.weight_decay) || self.max_grad_norm < 0.0 {
+        if !(0.0..1.0).contains(&self.warmup_ratio)
+            || !(0.0..=1.0).contains(&self.weight_decay)
+            || self.max_grad_norm < 0.0
+        {
             return bad("warmup_ratio must be in [0, 1), weight_decay in [0, 1], max_grad_norm >= 0".into());
         }
         self.lora.validate()
@@ -207,7 +210,12 @@ fn batch_loss(model: &TextModel, batch: &PackedBatch, adapter: &LoraAdapter, dro
 /// A step's loss and the adapter's gradients: by hand where the model allows it
 /// ([`Llama::train_step`](crate::models::llama::Llama::train_step): f32 on the CPU, no dropout), else
 /// through candle's autograd. Same arithmetic either way.
-fn loss_and_gradients(model: &TextModel, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<(f64, GradStore)> {
+fn loss_and_gradients(
+    model: &TextModel,
+    batch: &PackedBatch,
+    adapter: &LoraAdapter,
+    dropout: &mut Dropout,
+) -> Result<(f64, GradStore)> {
     if let Some(step) = model.llama.train_step(batch, adapter, dropout)? {
         return Ok((step.loss as f64, gradient_store(&step.grads)?));
     }
@@ -228,7 +236,12 @@ pub fn gradient_store(grads: &[(Tensor, Tensor)]) -> Result<GradStore> {
 }
 
 /// Loss over `examples` with the adapter's current values, no gradients.
-pub fn evaluate_loss(model: &TextModel, adapter: &LoraAdapter, examples: &[Example], config: &TrainConfig) -> Result<f64> {
+pub fn evaluate_loss(
+    model: &TextModel,
+    adapter: &LoraAdapter,
+    examples: &[Example],
+    config: &TrainConfig,
+) -> Result<f64> {
     let adapter = adapter.detached();
     let toks: Vec<Tokenized> =
         examples.iter().map(|e| tokenize(model, e, config.max_seq_len).map(|t| t.0)).collect::<Result<_>>()?;
@@ -382,7 +395,11 @@ pub fn split_holdout(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<E
     }
     let (mut train, mut eval) = (Vec::with_capacity(n - held), Vec::with_capacity(held));
     for (e, ev) in examples.into_iter().zip(is_eval) {
-        if ev { eval.push(e) } else { train.push(e) }
+        if ev {
+            eval.push(e)
+        } else {
+            train.push(e)
+        }
     }
     (train, eval)
 }
@@ -444,7 +461,8 @@ pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainCo
     };
     let computed = batch_tokens - (k.max(1) - 1) * shared;
 
-    let (h, i, l, vocab) = (c.hidden_size as u64, c.intermediate_size as u64, c.num_hidden_layers as u64, c.vocab_size as u64);
+    let (h, i, l, vocab) =
+        (c.hidden_size as u64, c.intermediate_size as u64, c.num_hidden_layers as u64, c.vocab_size as u64);
     let hq = (c.num_attention_heads * c.head_dim) as u64;
     let hk = (c.num_key_value_heads * c.head_dim) as u64;
     // Weights of the blocks' matmuls and of the output head (a matmul whether tied or not).
@@ -460,9 +478,10 @@ pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainCo
     } * 4;
     let logits = completion_tokens as u64 * vocab * 4 * 2;
     let attention = rayon::current_num_threads() as u64 * 3 * (longest as u64).pow(2) * 4;
-    let adapter_params: u64 = config.lora.targets.iter().map(|t| t.dims(c)).map(|(fan_in, fan_out)| (fan_in + fan_out) as u64).sum::<u64>()
-        * config.lora.r as u64
-        * l;
+    let adapter_params: u64 =
+        config.lora.targets.iter().map(|t| t.dims(c)).map(|(fan_in, fan_out)| (fan_in + fan_out) as u64).sum::<u64>()
+            * config.lora.r as u64
+            * l;
     let adapter = adapter_params * 4 * 7;
     let sum = params * 4 + packed + per_token * computed as u64 + logits + attention + adapter + (100 << 20);
     Ok(MemoryEstimate {

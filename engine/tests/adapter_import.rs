@@ -69,9 +69,19 @@ fn export_and_import_round_trip() {
     let a = adapter(&model);
     let blob = a.to_bytes("base", &model).unwrap();
     let archive = LoraAdapter::blob_to_archive(&blob).unwrap();
-    for b in [LoraAdapter::from_bytes(&blob, &model).unwrap(), LoraAdapter::from_archive(&archive, &model, DEFAULT_MAX_BYTES).unwrap()] {
+    for b in [
+        LoraAdapter::from_bytes(&blob, &model).unwrap(),
+        LoraAdapter::from_archive(&archive, &model, DEFAULT_MAX_BYTES).unwrap(),
+    ] {
         // PEFT lists target modules by name: the same set, in another order.
-        let sorted = |c: &LoraConfig| LoraConfig { targets: { let mut t = c.targets.clone(); t.sort(); t }, ..c.clone() };
+        let sorted = |c: &LoraConfig| LoraConfig {
+            targets: {
+                let mut t = c.targets.clone();
+                t.sort();
+                t
+            },
+            ..c.clone()
+        };
         assert_eq!(sorted(&b.config), sorted(&a.config));
         for (la, lb) in a.layers.iter().zip(&b.layers) {
             assert_eq!(la.keys().collect::<Vec<_>>(), lb.keys().collect::<Vec<_>>());
@@ -98,7 +108,8 @@ fn shapes_are_checked_from_the_header_before_the_data() {
     let blob = blob_of(&tensors, &config);
     let header_len = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
     let header_only = &blob[..8 + header_len];
-    let want = format!("adapter does not fit the base model: tensor {key} has shape [8, 100], the base model needs [8, 128]");
+    let want =
+        format!("adapter does not fit the base model: tensor {key} has shape [8, 100], the base model needs [8, 128]");
     let err = LoraAdapter::from_archive(&zip_of(&config, header_only), &model, DEFAULT_MAX_BYTES).unwrap_err();
     assert_eq!(err.to_string(), want);
     // The registry path checks the same way.
@@ -107,15 +118,27 @@ fn shapes_are_checked_from_the_header_before_the_data() {
     // Missing and extra tensors, and a rank that differs from the config's.
     let mut fewer = tensors_of(&a.to_bytes("base", &model).unwrap());
     fewer.remove("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight");
-    let err = LoraAdapter::from_archive(&zip_of(&config, &blob_of(&fewer, &config)), &model, DEFAULT_MAX_BYTES).unwrap_err();
-    assert!(err.to_string().ends_with("missing tensor base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"), "{err}");
+    let err =
+        LoraAdapter::from_archive(&zip_of(&config, &blob_of(&fewer, &config)), &model, DEFAULT_MAX_BYTES).unwrap_err();
+    assert!(
+        err.to_string().ends_with("missing tensor base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"),
+        "{err}"
+    );
     let mut more = tensors_of(&a.to_bytes("base", &model).unwrap());
-    more.insert("base_model.model.model.layers.2.mlp.up_proj.lora_A.weight".into(), Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap());
-    let err = LoraAdapter::from_archive(&zip_of(&config, &blob_of(&more, &config)), &model, DEFAULT_MAX_BYTES).unwrap_err();
-    assert!(err.to_string().contains("unexpected tensor base_model.model.model.layers.2.mlp.up_proj.lora_A.weight"), "{err}");
+    more.insert(
+        "base_model.model.model.layers.2.mlp.up_proj.lora_A.weight".into(),
+        Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err =
+        LoraAdapter::from_archive(&zip_of(&config, &blob_of(&more, &config)), &model, DEFAULT_MAX_BYTES).unwrap_err();
+    assert!(
+        err.to_string().contains("unexpected tensor base_model.model.model.layers.2.mlp.up_proj.lora_A.weight"),
+        "{err}"
+    );
     let mut r4 = config.clone();
     r4["r"] = 4.into();
-    let err = LoraAdapter::from_archive(&zip_of(&r4, &a.to_bytes("base", &model).unwrap()), &model, DEFAULT_MAX_BYTES).unwrap_err();
+    let err = LoraAdapter::from_archive(&zip_of(&r4, &a.to_bytes("base", &model).unwrap()), &model, DEFAULT_MAX_BYTES)
+        .unwrap_err();
     assert!(err.to_string().contains(", the base model needs [4, "), "{err}");
 }
 
@@ -131,10 +154,22 @@ fn an_inflating_archive_is_refused_within_the_limit() {
     assert!(archive.len() < 1 << 20, "{} bytes", archive.len());
     let limit = 4 << 20;
     let err = LoraAdapter::from_archive(&archive, &model, limit).unwrap_err().to_string();
-    assert_eq!(err, format!("adapter_model.safetensors in the adapter archive is {} bytes, above the limit of {limit} bytes", bomb.len()));
+    assert_eq!(
+        err,
+        format!(
+            "adapter_model.safetensors in the adapter archive is {} bytes, above the limit of {limit} bytes",
+            bomb.len()
+        )
+    );
     // Under a limit that allows the entry, the extra data is found after reading one byte past the tensors.
     let err = LoraAdapter::from_archive(&archive, &model, 128 << 20).unwrap_err().to_string();
-    assert!(err.ends_with(&format!("holds more bytes of tensor data, its header describes {}", blob.len() - 8 - u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize)), "{err}");
+    assert!(
+        err.ends_with(&format!(
+            "holds more bytes of tensor data, its header describes {}",
+            blob.len() - 8 - u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,7 +186,10 @@ fn non_finite_adapters_are_refused() {
         tensors.insert(key.into(), Tensor::from_vec(values, tensors[key].shape(), &Device::Cpu).unwrap());
         let blob = blob_of(&tensors, &config);
         assert_eq!(LoraAdapter::from_bytes(&blob, &model).unwrap_err().to_string(), want, "{bad}");
-        assert_eq!(LoraAdapter::from_archive(&zip_of(&config, &blob), &model, DEFAULT_MAX_BYTES).unwrap_err().to_string(), want);
+        assert_eq!(
+            LoraAdapter::from_archive(&zip_of(&config, &blob), &model, DEFAULT_MAX_BYTES).unwrap_err().to_string(),
+            want
+        );
     }
     // A trained adapter that diverged cannot be stored.
     let (diverged, vars) = LoraAdapter::init(&LoraConfig::default(), &model, 3, &Device::Cpu).unwrap();

@@ -120,7 +120,8 @@ fn long_choices_score_as_independent_passes_in_one_cache() {
         long += "Roaming fees on the last bill are wrong; check them. ";
     }
     assert!(long.len() + 10 <= choices::MAX_CHOICE_BYTES, "{} bytes", long.len());
-    let choices: Vec<String> = [format!("{long}Refund."), format!("{long}Escalate."), "Roaming fees".into(), "Closing account".into()].into();
+    let choices: Vec<String> =
+        [format!("{long}Refund."), format!("{long}Escalate."), "Roaming fees".into(), "Closing account".into()].into();
     let seqs = choices::tokenize(m, &choices).unwrap();
     assert!((200..=choices::MAX_CHOICE_TOKENS).contains(&(seqs[0].len() - 1)), "{} tokens", seqs[0].len() - 1);
     let ids = m.chat_prompt(&[distill_engine::Message::user(&prompt("My bill shows roaming charges"))]).unwrap();
@@ -135,7 +136,9 @@ fn long_choices_score_as_independent_passes_in_one_cache() {
         assert!((g - w).abs() < 1e-3 * w.abs().max(1.0), "choice {i}: {g} vs {w} scored alone");
     }
 
-    let c = m.choose_chat(&[distill_engine::Message::user(&prompt("My bill shows roaming charges"))], &choices, true, None).unwrap();
+    let c = m
+        .choose_chat(&[distill_engine::Message::user(&prompt("My bill shows roaming charges"))], &choices, true, None)
+        .unwrap();
     let max = want.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let total: f64 = want.iter().map(|l| (l - max).exp()).sum();
     for (p, w) in c.scores.unwrap().iter().zip(&want) {
@@ -152,12 +155,18 @@ fn choice_limits() {
     assert_eq!(validate(&many).unwrap_err().to_string(), "too many choices: 1001 given, at most 1000 are allowed");
     assert!(validate(&many[..MAX_CHOICES]).is_ok());
     let long = vec!["yes".to_string(), "x".repeat(MAX_CHOICE_BYTES + 1)];
-    assert_eq!(validate(&long).unwrap_err().to_string(), "choice 1 (counting from 0) is 1025 bytes long, at most 1024 bytes per choice are allowed");
+    assert_eq!(
+        validate(&long).unwrap_err().to_string(),
+        "choice 1 (counting from 0) is 1025 bytes long, at most 1024 bytes per choice are allowed"
+    );
     assert!(validate(&["x".repeat(MAX_CHOICE_BYTES)]).is_ok());
     // Short in bytes, long in tokens.
     let digits = "0123456789".repeat(40);
     let tokens = model().count_tokens(&digits).unwrap();
     assert!(tokens > MAX_CHOICE_TOKENS && digits.len() <= MAX_CHOICE_BYTES, "{tokens} tokens");
     let err = model().choose_with("hi", &["no".to_string(), digits], true, None).unwrap_err().to_string();
-    assert_eq!(err, format!("choice 1 (counting from 0) is {tokens} tokens long, at most 256 tokens per choice are allowed"));
+    assert_eq!(
+        err,
+        format!("choice 1 (counting from 0) is {tokens} tokens long, at most 256 tokens per choice are allowed")
+    );
 }

@@ -26,7 +26,8 @@ fn teacher_forced_against_llama_cpp(model: &distill_engine::TextModel, tolerance
         let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let rendered = model.chat_prompt(&[Message::user(case["user_message"].as_str().unwrap())]).unwrap();
         assert_eq!(rendered, ids, "prompt token ids");
-        let nums = |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        let nums =
+            |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
         let (tokens, runner_up, margins) = (nums("tokens"), nums("runner_up"), nums("margins"));
         let mut cache = distill_engine::models::llama::KvCache::new(&model.llama.config);
         let mut logits = model.llama.forward(&ids, &mut cache).unwrap();
@@ -109,17 +110,21 @@ fn options_are_honoured() {
     assert_eq!(short.finish_reason, distill_engine::FinishReason::Length);
 
     let sampled = |seed| {
-        model.complete(prompt, &GenerateOptions { max_tokens: 12, temperature: 1.0, seed, ..Default::default() }).unwrap().text
+        model
+            .complete(prompt, &GenerateOptions { max_tokens: 12, temperature: 1.0, seed, ..Default::default() })
+            .unwrap()
+            .text
     };
     assert_eq!(sampled(7), sampled(7), "same seed, same text");
     assert_ne!(sampled(7), sampled(8), "another seed, another text");
 
     let greedy = model.complete(prompt, &GenerateOptions { max_tokens: 20, ..Default::default() }).unwrap().text;
     let word = greedy.split_whitespace().nth(2).unwrap().to_string();
-    let stopped = model.complete(prompt, &GenerateOptions { max_tokens: 20, stop: vec![word.clone()], ..Default::default() }).unwrap();
+    let stopped = model
+        .complete(prompt, &GenerateOptions { max_tokens: 20, stop: vec![word.clone()], ..Default::default() })
+        .unwrap();
     assert!(!stopped.text.contains(&word) && greedy.starts_with(&stopped.text), "{stopped:?} vs {greedy:?}");
 
     let bad = GenerateOptions { temperature: -1.0, ..Default::default() };
     assert!(model.complete(prompt, &bad).is_err());
 }
-

@@ -26,7 +26,13 @@ fn check(name: &str, x: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
     let var = Var::from_tensor(x).unwrap();
     let loss = (f(var.as_tensor()) * &r).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    let analytic: Vec<f64> = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient")).flatten_all().unwrap().to_vec1().unwrap();
+    let analytic: Vec<f64> = grads
+        .get(var.as_tensor())
+        .unwrap_or_else(|| panic!("{name}: no gradient"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
     let eps = 1e-6;
     let mut worst = 0f64;
@@ -54,7 +60,12 @@ fn frozen_linear_gradient() {
     check("frozen_linear", &randn(&[2, 3, 4], 2), |x| ops::frozen_linear(x, &w).unwrap());
     let x = randn(&[2, 3, 4], 2);
     let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
-    assert!(max_diff(&ops::frozen_linear(&x, &w).unwrap().to_dtype(DType::F32).unwrap(), &want.to_dtype(DType::F32).unwrap()) < 1e-6);
+    assert!(
+        max_diff(
+            &ops::frozen_linear(&x, &w).unwrap().to_dtype(DType::F32).unwrap(),
+            &want.to_dtype(DType::F32).unwrap()
+        ) < 1e-6
+    );
 }
 
 #[test]
@@ -112,7 +123,8 @@ fn packed_attention_with_a_shared_context() {
         Arc::new(PackedAttention { segments, context, heads: 4, kv_heads: 2, head_dim: 4, cos, sin, interleaved })
     };
     for interleaved in [true, false] {
-        let shared = layout(vec![(0, 3), (3, 2), (5, 4)], vec![None, Some((0, 3)), Some((0, 3))], &positions, interleaved);
+        let shared =
+            layout(vec![(0, 3), (3, 2), (5, 4)], vec![None, Some((0, 3)), Some((0, 3))], &positions, interleaved);
         // The same tokens with the prefix copied into both sequences: rows of the shared layout.
         let rows = [0u32, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 8];
         let whole = layout(vec![(0, 5), (5, 7)], vec![None, None], &[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6], interleaved);
@@ -153,7 +165,9 @@ fn packed_attention_matches_candle_ops() {
     for interleaved in [true, false] {
         let att = attention(vec![(0, 3), (3, 4)], 7, interleaved);
         let got = packed_attention(&q, &k, &v, &att).unwrap();
-        let table = |t: &[f64]| Tensor::from_vec(t.iter().map(|&x| x as f32).collect::<Vec<_>>(), (7, 2), &Device::Cpu).unwrap();
+        let table = |t: &[f64]| {
+            Tensor::from_vec(t.iter().map(|&x| x as f32).collect::<Vec<_>>(), (7, 2), &Device::Cpu).unwrap()
+        };
         let (cos, sin) = (table(&att.cos), table(&att.sin));
         let rope = if interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
         let heads = |t: &Tensor, n: usize, s: usize, len: usize| {
@@ -198,7 +212,8 @@ fn lora_and_frozen_linear_split_across_threads_match_candle_ops() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     pool.install(|| {
         let w = randn(&[37, 24], 21);
-        let [x, a, b] = [randn(&[301, 24], 24), randn(&[4, 24], 22), randn(&[37, 4], 23)].map(|t| Var::from_tensor(&t).unwrap());
+        let [x, a, b] =
+            [randn(&[301, 24], 24), randn(&[4, 24], 22), randn(&[37, 4], 23)].map(|t| Var::from_tensor(&t).unwrap());
         let r = randn(&[301, 37], 25);
         let grads = |y: Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let ours = ops::lora_linear(&x, &w, None, &a, &b, 1.5).unwrap();
@@ -243,8 +258,12 @@ fn composed_attention_block_gradient() {
         let q = ops::frozen_linear(&h, &w).unwrap();
         let att = attention(vec![(0, 1), (1, 2)], 3, true);
         let kv = Tensor::cat(&[&q, &h], 1).unwrap();
-        packed_attention(&Tensor::cat(&[&q, &h, &q, &h], 1).unwrap(), &kv, &kv, &att).unwrap().sum_keepdim(D::Minus1).unwrap()
-            .broadcast_mul(&q).unwrap()
+        packed_attention(&Tensor::cat(&[&q, &h, &q, &h], 1).unwrap(), &kv, &kv, &att)
+            .unwrap()
+            .sum_keepdim(D::Minus1)
+            .unwrap()
+            .broadcast_mul(&q)
+            .unwrap()
     });
 }
 
@@ -252,11 +271,17 @@ fn composed_attention_block_gradient() {
 // gradients equal to the separate ops they stand for.
 
 /// Forward and the gradients of sum(f(inputs) * r) of two ways of computing the same thing.
-fn same_forward_and_gradients(inputs: &[Tensor], ours: impl Fn(&[&Tensor]) -> Tensor, theirs: impl Fn(&[&Tensor]) -> Tensor) {
+fn same_forward_and_gradients(
+    inputs: &[Tensor],
+    ours: impl Fn(&[&Tensor]) -> Tensor,
+    theirs: impl Fn(&[&Tensor]) -> Tensor,
+) {
     let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
     let (y1, y2) = (ours(&ts), theirs(&ts));
-    let diff = |p: &Tensor, q: &Tensor| (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    let diff = |p: &Tensor, q: &Tensor| {
+        (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    };
     assert!(diff(&y1, &y2) < 1e-10, "forward differs by {}", diff(&y1, &y2));
     let r = randn(y1.dims(), 77);
     let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -274,12 +299,14 @@ fn lora_linear_stacked_equals_the_separate_layers() {
     let x = randn(&[9, 4], 32);
     let (a0, b0, a2, b2) = (randn(&[2, 4], 33), randn(&[5, 2], 34), randn(&[2, 4], 35), randn(&[3, 2], 36));
     let stacked = |t: &[&Tensor]| {
-        ops::lora_linear_stacked(t[0], &w, None, &[(5, Some((t[1], t[2]))), (3, None), (3, Some((t[3], t[4])))], 1.5).unwrap()
+        ops::lora_linear_stacked(t[0], &w, None, &[(5, Some((t[1], t[2]))), (3, None), (3, Some((t[3], t[4])))], 1.5)
+            .unwrap()
     };
     let separate = |t: &[&Tensor]| {
         let y0 = ops::lora_linear(t[0], &w.narrow(0, 0, 5).unwrap(), None, t[1], t[2], 1.5).unwrap();
         let y1 = ops::frozen_linear(t[0], &w.narrow(0, 5, 3).unwrap().contiguous().unwrap()).unwrap();
-        let y2 = ops::lora_linear(t[0], &w.narrow(0, 8, 3).unwrap().contiguous().unwrap(), None, t[3], t[4], 1.5).unwrap();
+        let y2 =
+            ops::lora_linear(t[0], &w.narrow(0, 8, 3).unwrap().contiguous().unwrap(), None, t[3], t[4], 1.5).unwrap();
         Tensor::cat(&[y0, y1, y2], 1).unwrap()
     };
     let inputs = [x.clone(), a0.clone(), b0.clone(), a2.clone(), b2.clone()];
@@ -300,7 +327,10 @@ fn lora_linear_stacked_equals_the_separate_layers() {
     let frozen = ops::lora_linear_stacked(&x, &w, None, &[(5, None), (6, None)], 1.5).unwrap();
     let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
     assert!(max_diff(&f32(&frozen), &f32(&x.matmul(&w.t().unwrap()).unwrap())) < 1e-6);
-    assert!(ops::lora_linear_stacked(&x, &w, None, &[(5, None), (5, None)], 1.5).is_err(), "widths must add up to the weight's rows");
+    assert!(
+        ops::lora_linear_stacked(&x, &w, None, &[(5, None), (5, None)], 1.5).is_err(),
+        "widths must add up to the weight's rows"
+    );
 }
 
 #[test]
@@ -324,7 +354,15 @@ fn packed_attention_stacked_equals_packed_attention() {
         same_forward_and_gradients(
             &[qkv.clone()],
             |t| packed_attention_stacked(t[0], &att).unwrap(),
-            |t| packed_attention(&t[0].narrow(1, 0, 16).unwrap(), &t[0].narrow(1, 16, 8).unwrap(), &t[0].narrow(1, 24, 8).unwrap(), &att).unwrap(),
+            |t| {
+                packed_attention(
+                    &t[0].narrow(1, 0, 16).unwrap(),
+                    &t[0].narrow(1, 16, 8).unwrap(),
+                    &t[0].narrow(1, 24, 8).unwrap(),
+                    &att,
+                )
+                .unwrap()
+            },
         );
         assert!(packed_attention_stacked(&randn(&[7, 31], 1), &att).is_err());
     }

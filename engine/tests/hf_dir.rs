@@ -86,7 +86,14 @@ fn write_hf(dir: &Path, w: &HashMap<String, Tensor>, qwen2: bool) {
 /// llama.cpp's `permute` for q/k rows: HF (head, half, i) -> GGUF (head, i, half).
 fn permute(w: &Tensor, heads: usize) -> Tensor {
     let (rows, cols) = w.dims2().unwrap();
-    w.reshape((heads, 2, rows / heads / 2, cols)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((rows, cols)).unwrap()
+    w.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
 }
 
 fn write_gguf(path: &Path, w: &HashMap<String, Tensor>, qwen2: bool) {

@@ -48,10 +48,13 @@ fn fast_work_returns_at_once() {
     interrupt::request();
     let mut asked = 0;
     let started = Instant::now();
-    let value = threads::run_watched(|| interrupt::check().map(|_| 42), || {
-        asked += 1;
-        true
-    });
+    let value = threads::run_watched(
+        || interrupt::check().map(|_| 42),
+        || {
+            asked += 1;
+            true
+        },
+    );
     assert_eq!(value.unwrap(), 42);
     // Done before the first 50 ms wait ran out: no polling delay, and `stop` never asked.
     assert!(started.elapsed() < Duration::from_millis(50), "{:?}", started.elapsed());
@@ -97,7 +100,11 @@ fn generation_is_interruptible() {
     let whole = m.complete(prompt, &opts).unwrap();
     let uninterrupted = started.elapsed();
     // The run to cut short must outlast the first stop (after one 50 ms wait) several times over.
-    assert!(whole.tokens.len() == 120 && uninterrupted > Duration::from_millis(300), "{} tokens in {uninterrupted:?}", whole.tokens.len());
+    assert!(
+        whole.tokens.len() == 120 && uninterrupted > Duration::from_millis(300),
+        "{} tokens in {uninterrupted:?}",
+        whole.tokens.len()
+    );
     let started = Instant::now();
     let cut = threads::run_watched(|| m.complete(prompt, &opts), || true);
     assert!(matches!(cut, Err(Error::Interrupted)), "{cut:?}");
@@ -123,7 +130,11 @@ fn choices_are_interruptible() {
         let started = Instant::now();
         let whole = m.choose_with("Roaming charges?", &choices, scores, None).unwrap();
         let uninterrupted = started.elapsed();
-        assert!(whole.steps > 100 && uninterrupted > Duration::from_millis(300), "{} steps in {uninterrupted:?}", whole.steps);
+        assert!(
+            whole.steps > 100 && uninterrupted > Duration::from_millis(300),
+            "{} steps in {uninterrupted:?}",
+            whole.steps
+        );
         let started = Instant::now();
         let cut = threads::run_watched(|| m.choose_with("Roaming charges?", &choices, scores, None), || true);
         assert!(matches!(cut, Err(Error::Interrupted)), "scores {scores}: {cut:?}");
@@ -136,7 +147,10 @@ fn choices_are_interruptible() {
 fn reply_budget_is_interruptible() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let m = model();
-    assert_eq!(distill_engine::metrics::reply_budget(m, ["ab", "abc def"]).unwrap(), m.count_tokens("abc def").unwrap() + 16);
+    assert_eq!(
+        distill_engine::metrics::reply_budget(m, ["ab", "abc def"]).unwrap(),
+        m.count_tokens("abc def").unwrap() + 16
+    );
     interrupt::request();
     let r = distill_engine::metrics::reply_budget(m, ["ab"]);
     interrupt::clear();

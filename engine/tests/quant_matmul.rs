@@ -26,12 +26,18 @@ fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f64> {
             *q = (v * id).round_ties_even() as f64 * d;
         }
     }
-    (0..m).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| (0..k).map(|c| xq[i * k + c] * w[j * k + c] as f64).sum()).collect()
+    (0..m)
+        .flat_map(|i| (0..n).map(move |j| (i, j)))
+        .map(|(i, j)| (0..k).map(|c| xq[i * k + c] * w[j * k + c] as f64).sum())
+        .collect()
 }
 
 /// The kernels this CPU can run (a message for each it cannot).
 fn kernels() -> Vec<Kernel> {
-    Kernel::ALL.into_iter().filter(|&k| !common::skip_without(k.supported(), &format!("{k:?} kernel instructions"))).collect()
+    Kernel::ALL
+        .into_iter()
+        .filter(|&k| !common::skip_without(k.supported(), &format!("{k:?} kernel instructions")))
+        .collect()
 }
 
 #[test]
@@ -70,7 +76,10 @@ fn ggml_blocks_are_taken_over_exactly() {
     // Requantizing f32 gives ggml's own Q8_0 values.
     let flat = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let theirs = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap().dequantize(&Device::Cpu).unwrap();
-    assert_eq!(QuantWeight::quantize(&flat, n, k).dequantize(), theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_eq!(
+        QuantWeight::quantize(&flat, n, k).dequantize(),
+        theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
 }
 
 #[test]
@@ -114,7 +123,11 @@ fn matmul_on_q4_1_matches_candle_and_the_reference() {
             for i in 0..m * n {
                 let (g, r) = (got[i], want[i]);
                 assert!((g as f64 - r).abs() <= 2e-3 * scale, "{kernel:?} ({m},{k},{n}) [{i}]: {g} vs {r}");
-                assert!((g - candle[i]).abs() as f64 <= 2e-3 * scale, "{kernel:?} ({m},{k},{n}) [{i}]: {g} vs candle {}", candle[i]);
+                assert!(
+                    (g - candle[i]).abs() as f64 <= 2e-3 * scale,
+                    "{kernel:?} ({m},{k},{n}) [{i}]: {g} vs candle {}",
+                    candle[i]
+                );
             }
         }
     }
@@ -160,7 +173,10 @@ fn several_weights_in_one_pass_equal_one_at_a_time() {
     }
     // q, k, v-like shapes (different row counts, one of them off the 16-row grid), for a prompt and a token.
     let k = 128;
-    let ws: Vec<QuantWeight> = [(64, 9), (32, 10), (37, 11)].iter().map(|&(n, seed)| QuantWeight::quantize(&values(n * k, seed), n, k)).collect();
+    let ws: Vec<QuantWeight> = [(64, 9), (32, 10), (37, 11)]
+        .iter()
+        .map(|&(n, seed)| QuantWeight::quantize(&values(n * k, seed), n, k))
+        .collect();
     for m in [1, 6] {
         let x = values(m * k, 12);
         let refs: Vec<&QuantWeight> = ws.iter().collect();

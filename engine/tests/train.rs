@@ -39,7 +39,8 @@ fn training_forward_matches_inference_and_packing_is_exact() {
     let adapter = trained_adapter(model, 2);
     let a = model.tokenizer.encode("The quick brown fox jumps over the lazy dog").unwrap();
     let b = model.tokenizer.encode("Roaming fees on my bill").unwrap();
-    let inference = |ids: &[u32]| model.llama.forward_with(ids, &mut KvCache::new(&model.llama.config), Some(&adapter)).unwrap();
+    let inference =
+        |ids: &[u32]| model.llama.forward_with(ids, &mut KvCache::new(&model.llama.config), Some(&adapter)).unwrap();
     let mut batch = PackedBatch::default();
     batch.push(&a, a.len() - 1);
     batch.push(&b, b.len() - 1);
@@ -87,13 +88,21 @@ fn hand_written_step_equals_autograd() {
             let x: Vec<f32> = common::values(v.elem_count(), i as u64).iter().map(|x| x * 0.05).collect();
             v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
         }
-        let step = model.llama.train_step(&batch, &adapter, &Dropout::new(0.0, 0)).unwrap().expect("an f32 CPU model takes the hand-written step");
+        let step = model
+            .llama
+            .train_step(&batch, &adapter, &Dropout::new(0.0, 0))
+            .unwrap()
+            .expect("an f32 CPU model takes the hand-written step");
         let logits = model.llama.forward_train(&batch, &adapter, &mut Dropout::new(0.0, 0)).unwrap();
         let targets_t = Tensor::new(batch.targets.as_slice(), &Device::Cpu).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &targets_t).unwrap();
         let want = loss.backward().unwrap();
         let loss = loss.to_scalar::<f32>().unwrap();
-        assert!((step.loss - loss).abs() < 1e-4 * loss.abs().max(1.0), "{targets:?}: loss {} vs autograd {loss}", step.loss);
+        assert!(
+            (step.loss - loss).abs() < 1e-4 * loss.abs().max(1.0),
+            "{targets:?}: loss {} vs autograd {loss}",
+            step.loss
+        );
         assert_eq!(step.grads.len(), vars.len(), "{targets:?}: one gradient per adapter tensor");
         let store = gradient_store(&step.grads).unwrap();
         for (t, g) in &step.grads {
@@ -141,7 +150,8 @@ fn adapter_save_load_reproduces_logits_exactly() {
     let model = f32_model();
     let adapter = trained_adapter(model, 1);
     let ids = model.tokenizer.encode("I lost my phone yesterday").unwrap();
-    let run = |a: &LoraAdapter| model.llama.forward_with(&ids, &mut KvCache::new(&model.llama.config), Some(a)).unwrap();
+    let run =
+        |a: &LoraAdapter| model.llama.forward_with(&ids, &mut KvCache::new(&model.llama.config), Some(a)).unwrap();
     let want = run(&adapter);
 
     let dir = std::env::temp_dir().join(format!("distill-peft-{}", std::process::id()));
@@ -236,7 +246,10 @@ fn push_shared_packs_the_common_prefix_once() {
         let (mut s, mut p) = (PackedBatch::default(), PackedBatch::default());
         s.push_shared(examples);
         examples.iter().for_each(|&(ids, t)| p.push(ids, t));
-        assert_eq!((s.ids, s.segments, s.continues, s.positions, s.loss_positions), (p.ids, p.segments, p.continues, p.positions, p.loss_positions));
+        assert_eq!(
+            (s.ids, s.segments, s.continues, s.positions, s.loss_positions),
+            (p.ids, p.segments, p.continues, p.positions, p.loss_positions)
+        );
     }
 }
 
@@ -248,11 +261,15 @@ fn shared_prefix_gives_the_same_loss_and_gradients() {
     use distill_engine::train::tokenize_example;
     let model = f32_model();
     let examples = [
-        Example::new("Classify this support ticket.\nTicket: My bill shows roaming charges from a trip I never took.", "billing"),
+        Example::new(
+            "Classify this support ticket.\nTicket: My bill shows roaming charges from a trip I never took.",
+            "billing",
+        ),
         Example::new("Classify this support ticket.\nTicket: Add a line", "account management"),
         Example::new("Classify this support ticket.\nTicket: No signal at home since Monday", "network"),
     ];
-    let toks: Vec<(Vec<u32>, usize)> = examples.iter().map(|e| tokenize_example(model, e, 512).map(|(ids, s, _)| (ids, s)).unwrap()).collect();
+    let toks: Vec<(Vec<u32>, usize)> =
+        examples.iter().map(|e| tokenize_example(model, e, 512).map(|(ids, s, _)| (ids, s)).unwrap()).collect();
     let refs: Vec<(&[u32], usize)> = toks.iter().map(|(ids, s)| (ids.as_slice(), *s)).collect();
     let (mut plain, mut shared) = (PackedBatch::default(), PackedBatch::default());
     refs.iter().for_each(|&(ids, s)| plain.push(ids, s));
@@ -302,7 +319,12 @@ fn training_with_and_without_shared_prefixes_agrees() {
     let (on, off) = (run(true), run(false));
     assert_eq!(on.trained_tokens, off.trained_tokens);
     assert_eq!(off.computed_tokens, off.trained_tokens);
-    assert!(on.computed_tokens * 10 < on.trained_tokens * 9, "{} of {} tokens computed", on.computed_tokens, on.trained_tokens);
+    assert!(
+        on.computed_tokens * 10 < on.trained_tokens * 9,
+        "{} of {} tokens computed",
+        on.computed_tokens,
+        on.trained_tokens
+    );
     let close = |a: f64, b: f64| (a - b).abs() < 1e-4 * b.abs().max(1.0);
     assert!(close(on.train_loss[0], off.train_loss[0]), "train loss {:?} vs {:?}", on.train_loss, off.train_loss);
     assert!(close(on.eval_loss[0], off.eval_loss[0]), "eval loss {:?} vs {:?}", on.eval_loss, off.eval_loss);

@@ -9,10 +9,10 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::attention::{packed_attention, packed_attention_stacked, PackedAttention};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraAdapter, LoraPair, Target};
-use crate::attention::{packed_attention, packed_attention_stacked, PackedAttention};
 use crate::{amx, infer_ops, ops, quant_matmul};
 use std::sync::{Arc, OnceLock};
 
@@ -51,7 +51,8 @@ impl Config {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = g.u64(&key("embedding_length"))? as usize;
         let num_attention_heads = g.u64(&key("attention.head_count"))? as usize;
-        let num_key_value_heads = g.opt_u64(&key("attention.head_count_kv")).unwrap_or(num_attention_heads as u64) as usize;
+        let num_key_value_heads =
+            g.opt_u64(&key("attention.head_count_kv")).unwrap_or(num_attention_heads as u64) as usize;
         let head_dim = hidden_size / num_attention_heads;
         let rope_dim = g.opt_u64(&key("rope.dimension_count")).unwrap_or(head_dim as u64) as usize;
         if rope_dim != head_dim || num_attention_heads % num_key_value_heads != 0 {
@@ -106,7 +107,10 @@ impl Config {
         }
         let hf: Hf = serde_json::from_str(json).map_err(|e| Error::InvalidInput(format!("config.json: {e}")))?;
         if !matches!(hf.model_type.as_str(), "llama" | "mistral" | "qwen2") {
-            return Err(Error::Unsupported(format!("model_type \"{}\" (supported: llama, mistral, qwen2)", hf.model_type)));
+            return Err(Error::Unsupported(format!(
+                "model_type \"{}\" (supported: llama, mistral, qwen2)",
+                hf.model_type
+            )));
         }
         if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(Error::Unsupported("rope_scaling".into()));
@@ -194,10 +198,10 @@ impl HfWeights {
         };
         let mut tensors = std::collections::HashMap::new();
         for f in files {
-            tensors.extend(candle_core::safetensors::load(&f, device).map_err(|e| Error::BadModelFile {
-                path: f.clone(),
-                reason: e.to_string(),
-            })?);
+            tensors.extend(
+                candle_core::safetensors::load(&f, device)
+                    .map_err(|e| Error::BadModelFile { path: f.clone(), reason: e.to_string() })?,
+            );
         }
         Ok(Self { tensors })
     }
@@ -279,7 +283,11 @@ pub struct Linear {
 
 impl Linear {
     fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
-        if format != WeightFormat::F32 && device.is_cpu() && quant_matmul::available() && w.cols()? % quant_matmul::BLOCK == 0 {
+        if format != WeightFormat::F32
+            && device.is_cpu()
+            && quant_matmul::available()
+            && w.cols()? % quant_matmul::BLOCK == 0
+        {
             if let Some(q) = quant_weight(&w, format, device)? {
                 return Ok(Self { weight: Weights::Quant(Arc::new(q)), bias, amx: Arc::default() });
             }
@@ -293,9 +301,9 @@ impl Linear {
                 QMatMul::from_qtensor(QTensor::quantize(&w.dense(device)?, candle_core::quantized::GgmlDType::Q8_0)?)?
             }
             // Unquantized checkpoints are served in Q8_0 (a quarter of f32's memory, near-lossless).
-            (WeightFormat::Quantized, Weight::Dense(t)) if t.dim(1)? % 32 == 0 => {
-                QMatMul::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, candle_core::quantized::GgmlDType::Q8_0)?)?
-            }
+            (WeightFormat::Quantized, Weight::Dense(t)) if t.dim(1)? % 32 == 0 => QMatMul::from_qtensor(
+                QTensor::quantize(&t.to_dtype(DType::F32)?, candle_core::quantized::GgmlDType::Q8_0)?,
+            )?,
             (_, w) => QMatMul::Tensor(w.dense(device)?),
         };
         Ok(Self::from_parts(weight, bias))
@@ -371,14 +379,18 @@ impl Linear {
             let k = x.len() / m;
             if m > 1 {
                 // A prompt: two small matmuls.
-                let delta = (Tensor::from_slice(x, (m, k), &Device::Cpu)?.matmul(&p.a.t()?)?.matmul(&p.b.t()?)? * scale)?;
+                let delta =
+                    (Tensor::from_slice(x, (m, k), &Device::Cpu)?.matmul(&p.a.t()?)?.matmul(&p.b.t()?)? * scale)?;
                 with_cpu_f32(&delta, |d| infer_ops::add_in_place(&mut y, d))?;
             } else {
                 // One generated token: y += scale * B (A x) as two short loops, cheaper than two matmul calls.
                 with_cpu_f32(&p.a, |a| {
                     with_cpu_f32(&p.b, |b| {
                         let r = a.len() / k;
-                        let t: Vec<f32> = a.chunks(k).map(|ar| ar.iter().zip(x).map(|(u, v)| u * v).sum::<f32>() * scale as f32).collect();
+                        let t: Vec<f32> = a
+                            .chunks(k)
+                            .map(|ar| ar.iter().zip(x).map(|(u, v)| u * v).sum::<f32>() * scale as f32)
+                            .collect();
                         for (yv, br) in y.iter_mut().zip(b.chunks(r)) {
                             *yv += br.iter().zip(&t).map(|(u, v)| u * v).sum::<f32>();
                         }
@@ -470,7 +482,9 @@ fn quant_weight(w: &Weight, format: WeightFormat, device: &Device) -> Result<Opt
         (_, Weight::Quantized(q)) => {
             let (n, k) = q.shape().dims2()?;
             match (format, q.dtype()) {
-                (WeightFormat::Quantized, GgmlDType::Q4_1) => Some(quant_matmul::QuantWeight::from_q4_1(&q.data()?, n, k)),
+                (WeightFormat::Quantized, GgmlDType::Q4_1) => {
+                    Some(quant_matmul::QuantWeight::from_q4_1(&q.data()?, n, k))
+                }
                 (_, GgmlDType::Q8_0) => Some(quant_matmul::QuantWeight::from_q8_0(&q.data()?, n, k)),
                 (WeightFormat::Q8_0, _) => Some(dense(q.dequantize(device)?)?),
                 _ => None,
@@ -667,7 +681,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(config: &Config) -> Self {
-        Self { layers: vec![None; config.num_hidden_layers], rows: vec![Default::default(); config.num_hidden_layers], len: 0 }
+        Self {
+            layers: vec![None; config.num_hidden_layers],
+            rows: vec![Default::default(); config.num_hidden_layers],
+            len: 0,
+        }
     }
     /// Number of positions already in the cache.
     pub fn len(&self) -> usize {
@@ -809,9 +827,10 @@ impl Llama {
                 };
                 (Embedding::Dense(dense), head)
             }
-            (w, _, false) => {
-                (Embedding::Dense(w.dense(device)?), Linear::new(src.weight("output.weight", device)?, None, format, device)?)
-            }
+            (w, _, false) => (
+                Embedding::Dense(w.dense(device)?),
+                Linear::new(src.weight("output.weight", device)?, None, format, device)?,
+            ),
         };
         let (cos, sin) = rope_tables(&config, device)?;
         let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
@@ -897,7 +916,8 @@ impl Llama {
         let sin = self.sin.narrow(0, pos, seq_len)?;
         for (i, (block, layer_cache)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
-            let h = self.attention(block, &block.attn_norm.forward(&x)?, &cos, &sin, mask.as_ref(), layer_cache, &lora)?;
+            let h =
+                self.attention(block, &block.attn_norm.forward(&x)?, &cos, &sin, mask.as_ref(), layer_cache, &lora)?;
             x = (x + h)?;
             let h = block.ffn_norm.forward(&x)?;
             let gate = candle_nn::ops::silu(&block.ffn_gate.forward_lora(&h, lora(Target::Gate))?)?;
@@ -929,7 +949,8 @@ impl Llama {
             let y = infer_ops::attention(&q, kc, vc, m, pos, c.num_attention_heads, c.num_key_value_heads, d);
             infer_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
             let h = infer_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
-            let [gate, up] = Linear::forward_rows_many([(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))], &h, m)?;
+            let [gate, up] =
+                Linear::forward_rows_many([(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))], &h, m)?;
             let a = infer_ops::silu_mul(&gate, &up);
             infer_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
         }
@@ -1015,7 +1036,8 @@ impl Llama {
             let y = match &b.stacked {
                 // Dropout draws a mask per layer input; the stacked op has one input for all three.
                 Some((qkv, _)) if dropout.p <= 0.0 => {
-                    let parts = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
+                    let parts =
+                        [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
                     packed_attention_stacked(&qkv.forward_train_stacked(&h, &parts)?, &att)?
                 }
                 _ => {

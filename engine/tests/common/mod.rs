@@ -17,8 +17,7 @@ pub fn model_dir() -> PathBuf {
 
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = repo_root().join("tests/fixtures").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 /// The default model, loaded once per test binary.

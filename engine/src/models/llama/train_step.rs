@@ -90,7 +90,12 @@ fn add_into(y: &mut [f32], x: &[f32]) {
 impl Llama {
     /// The loss of [`Self::forward_train`] (mean cross-entropy of `batch.targets`) and its gradients,
     /// without candle's autograd. `None` where this model, device or dropout takes the autograd path.
-    pub fn train_step(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &Dropout) -> Result<Option<StepGradients>> {
+    pub fn train_step(
+        &self,
+        batch: &PackedBatch,
+        adapter: &LoraAdapter,
+        dropout: &Dropout,
+    ) -> Result<Option<StepGradients>> {
         let plain = |l: &Linear| l.bias.is_none() && l.dense().is_ok();
         if dropout.p > 0.0
             || !self.device.is_cpu()
@@ -116,11 +121,19 @@ impl Llama {
             let g = BlockGroups {
                 qkv: Group::new(
                     qkv,
-                    &[(width(&b.attn_q)?, lora(Target::Q)), (width(&b.attn_k)?, lora(Target::K)), (width(&b.attn_v)?, lora(Target::V))],
+                    &[
+                        (width(&b.attn_q)?, lora(Target::Q)),
+                        (width(&b.attn_k)?, lora(Target::K)),
+                        (width(&b.attn_v)?, lora(Target::V)),
+                    ],
                     adapter,
                 )?,
                 o: Group::new(&b.attn_output, &[(width(&b.attn_output)?, lora(Target::O))], adapter)?,
-                gate_up: Group::new(gate_up, &[(width(&b.ffn_gate)?, lora(Target::Gate)), (width(&b.ffn_up)?, lora(Target::Up))], adapter)?,
+                gate_up: Group::new(
+                    gate_up,
+                    &[(width(&b.ffn_gate)?, lora(Target::Gate)), (width(&b.ffn_up)?, lora(Target::Up))],
+                    adapter,
+                )?,
                 down: Group::new(&b.ffn_down, &[(width(&b.ffn_down)?, lora(Target::Down))], adapter)?,
             };
             let h1 = rms_norm_rows(&x, &b.attn_norm.values, b.attn_norm.eps as f64);
