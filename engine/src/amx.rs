@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::threads::SendPtr;
+
 /// Rows of C per task (two 16-row tiles) and columns per tile pair (two 16-column tiles).
 const MB: usize = 32;
 const NB: usize = 32;
@@ -31,6 +33,7 @@ pub fn available() -> bool {
 fn cpu_has_amx_bf16() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86_64 CPU.
     let (max, leaf7) = unsafe { (__cpuid(0).eax, __cpuid_count(7, 0)) };
     // CPUID.(EAX=7,ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
     max >= 7 && leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
@@ -47,6 +50,7 @@ fn cpu_has_amx_bf16() -> bool {
 fn request_tile_state() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain syscall asking the kernel for AMX tile state; no memory is passed.
     unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
 }
 
@@ -162,10 +166,6 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
     unsafe { c.set_len(m * n) };
     c
 }
-
-struct SendPtr(*mut f32);
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// Tile configuration (palette 1): every tile used is 16 rows of 64 bytes.
 #[repr(C, align(64))]

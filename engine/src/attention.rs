@@ -16,7 +16,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result,
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::ops::{contiguous, with_values, Float, Out};
+use crate::ops::{contiguous, with_values, Float};
+use crate::threads::SendPtr;
 
 /// What the op needs to know about the packed batch: the sequences, the heads, and each token's
 /// rotary angles.
@@ -122,9 +123,9 @@ impl PackedAttention {
             let mut sum = T::zero();
             for v in &mut row[..seen] {
                 *v = (*v - max).exp();
-                sum = sum + *v;
+                sum += *v;
             }
-            row[..seen].iter_mut().for_each(|v| *v = *v / sum);
+            row[..seen].iter_mut().for_each(|v| *v /= sum);
             row[seen..].iter_mut().for_each(|v| *v = T::zero());
         }
         p
@@ -137,10 +138,12 @@ impl PackedAttention {
         let tokens = self.tokens();
         let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
         let mut out = vec![T::zero(); tokens * hq];
-        let o = Out(out.as_mut_ptr());
+        let o = SendPtr(out.as_mut_ptr());
         let tasks: Vec<(usize, usize)> =
             (0..self.segments.len()).flat_map(|s| (0..self.heads).map(move |h| (s, h))).collect();
         tasks.into_par_iter().for_each(|(s, h)| {
+            // The whole SendPtr into the closure: edition 2021 would capture just its raw pointer, not Send.
+            #[allow(clippy::redundant_locals)]
             let o = o;
             let seg @ (start, n) = self.segments[s];
             let keys = self.keys(s);
@@ -150,10 +153,10 @@ impl PackedAttention {
             let kr = self.rotated(k, ks, g, &keys, T::one());
             let p = self.probabilities(&qr, &kr, n, m);
             // out[seg, head h] = p · v[keys, kv head g], one product per key range, read in place.
-            // SAFETY: each (sequence, head) block of the output is written by this task only; strides
-            // stay inside the buffers.
             let mut col = 0;
             for (r, &(from, len)) in keys.iter().enumerate() {
+                // SAFETY: each (sequence, head) block of the output is written by this task only; strides
+                // stay inside the buffers.
                 unsafe {
                     gemm(
                         n,
@@ -196,9 +199,9 @@ impl PackedAttention {
         (k, ks): (&[T], usize),
         (v, vs): (&[T], usize),
         go: &[T],
-        (pq, dq_stride): (Out<T>, usize),
-        (pk, dk_stride): (Out<T>, usize),
-        (pv, dv_stride): (Out<T>, usize),
+        (pq, dq_stride): (SendPtr<T>, usize),
+        (pk, dk_stride): (SendPtr<T>, usize),
+        (pv, dv_stride): (SendPtr<T>, usize),
     ) {
         let (d, hq) = (self.head_dim, self.heads * self.head_dim);
         let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
@@ -220,8 +223,9 @@ impl PackedAttention {
                 for h in g * self.rep()..(g + 1) * self.rep() {
                     let qr = self.rotated(q, qs, h, &[seg], scale);
                     let p = self.probabilities(&qr, &kr, n, m);
+                    // SAFETY: `start * hq + h * d` is within `go`, which holds (tokens, heads * d) values.
                     let gos = unsafe { go.as_ptr().add(start * hq + h * d) };
-                    // SAFETY (all gemm calls): row-major buffers of the stated shapes; go and v are read
+                    // SAFETY: (all gemm calls) row-major buffers of the stated shapes; go and v are read
                     // through their (tokens, heads * d) strides.
                     unsafe {
                         // dv += pᵀ go
@@ -283,6 +287,7 @@ impl PackedAttention {
                         }
                         dr[seen..].iter_mut().for_each(|x| *x = T::zero());
                     }
+                    // SAFETY: row-major buffers of the stated shapes, as for the gemm calls above.
                     unsafe {
                         // dqr = ds kr;  dkr += dsᵀ qr
                         gemm(
@@ -328,8 +333,9 @@ impl PackedAttention {
                             Parallelism::None,
                         );
                     }
-                    // dq = scale * rotate⁻¹(dqr). SAFETY: this task owns rows seg of head h in dq.
+                    // dq = scale * rotate⁻¹(dqr).
                     for i in 0..n {
+                        // SAFETY: this task owns rows seg of head h in dq.
                         let dst =
                             unsafe { std::slice::from_raw_parts_mut(pq.0.add((start + i) * dq_stride + h * d), d) };
                         self.rotate(&dqr[i * d..(i + 1) * d], start + i, scale, true, dst);
@@ -344,8 +350,10 @@ impl PackedAttention {
                 // SAFETY: this task owns rows seg of kv head g in dk and dv (its own tokens are the last n keys).
                 let own = (m - n) * d;
                 for i in 0..n {
+                    // SAFETY: row i of this sequence, kv head g: written by this task only, within the buffer.
                     let dst = unsafe { std::slice::from_raw_parts_mut(pk.0.add((start + i) * dk_stride + g * d), d) };
                     dst.copy_from_slice(&dkr[own + i * d..own + (i + 1) * d]);
+                    // SAFETY: as for the key gradient above.
                     let dst = unsafe { std::slice::from_raw_parts_mut(pv.0.add((start + i) * dv_stride + g * d), d) };
                     dst.copy_from_slice(&dvs[own + i * d..own + (i + 1) * d]);
                 }
@@ -358,12 +366,13 @@ impl PackedAttention {
             .collect();
         for (s, g, dkc, dvc) in to_context {
             let (cs, cn) = self.context[s].expect("only sequences with a context send to it");
-            // SAFETY: every task has finished; the context's rows of kv head g are inside dk and dv.
             for i in 0..cn {
+                // SAFETY: every task has finished; the context's rows of kv head g are inside dk and dv.
                 let dk = unsafe { std::slice::from_raw_parts_mut(pk.0.add((cs + i) * dk_stride + g * d), d) };
-                dk.iter_mut().zip(&dkc[i * d..(i + 1) * d]).for_each(|(a, &b)| *a = *a + b);
+                dk.iter_mut().zip(&dkc[i * d..(i + 1) * d]).for_each(|(a, &b)| *a += b);
+                // SAFETY: as for dk.
                 let dv = unsafe { std::slice::from_raw_parts_mut(pv.0.add((cs + i) * dv_stride + g * d), d) };
-                dv.iter_mut().zip(&dvc[i * d..(i + 1) * d]).for_each(|(a, &b)| *a = *a + b);
+                dv.iter_mut().zip(&dvc[i * d..(i + 1) * d]).for_each(|(a, &b)| *a += b);
             }
         }
     }
@@ -385,9 +394,9 @@ impl PackedAttention {
                 (&x[hq..], w),
                 (&x[hq + hk..], w),
                 go,
-                (Out(p), w),
-                (Out(p.add(hq)), w),
-                (Out(p.add(hq + hk)), w),
+                (SendPtr(p), w),
+                (SendPtr(p.add(hq)), w),
+                (SendPtr(p.add(hq + hk)), w),
             );
         }
         d
@@ -409,7 +418,7 @@ impl PackedAttention {
                 dims[2]
             );
         }
-        if self.heads % self.kv_heads != 0 || self.head_dim % 2 != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) || !self.head_dim.is_multiple_of(2) {
             bail!("packed attention: {} heads, {} kv heads, head_dim {}", self.heads, self.kv_heads, self.head_dim);
         }
         if self.segments.iter().chain(self.context.iter().flatten()).any(|&(s, n)| n == 0 || s + n > tokens) {
@@ -494,9 +503,9 @@ impl CustomOp3 for Op {
                                     (k_v, hk),
                                     (v_v, hk),
                                     go,
-                                    (Out(dq.as_mut_ptr()), hq),
-                                    (Out(dk.as_mut_ptr()), hk),
-                                    (Out(dv.as_mut_ptr()), hk),
+                                    (SendPtr(dq.as_mut_ptr()), hq),
+                                    (SendPtr(dk.as_mut_ptr()), hk),
+                                    (SendPtr(dv.as_mut_ptr()), hk),
                                 );
                             }
                             Ok(())

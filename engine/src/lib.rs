@@ -35,5 +35,6 @@ pub use train::{Example, MemoryEstimate, Progress, TrainConfig, TrainObserver, T
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Where tensors are computed in this build.
-pub const DEVICE: &str = if cfg!(feature = "cuda") { "cuda" } else { "cpu" };
+/// Where tensors are computed: every model loads on the CPU. (The `cuda` feature builds candle's CUDA
+/// kernels, but no code creates a CUDA device yet, so a CUDA build must not claim one.)
+pub const DEVICE: &str = "cpu";

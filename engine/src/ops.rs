@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use crate::amx;
+use crate::threads::SendPtr;
 
 pub(crate) trait Float: WithDType + num_traits::Float + Send + Sync + 'static {
     /// The values as f32 when they are f32: the AMX path takes f32 only.
@@ -187,10 +188,12 @@ pub(crate) fn row_split_matmul_into<T: Float>(
     let threads = rayon::current_num_threads();
     let tasks = threads.min(m / MIN_SPLIT_ROWS).max(1);
     let rows = m.div_ceil(tasks);
-    let d = Out(dst.as_mut_ptr());
+    let d = SendPtr(dst.as_mut_ptr());
     // SAFETY: the rows of dst and lhs lie inside their slices (asserted above) and each task writes only
     // its own rows of dst (with strides >= widths, rows never overlap); rhs holds every (k, n) element.
     let block = |first: usize, par: Parallelism| unsafe {
+        // The whole SendPtr into the closure: edition 2021 would capture just its raw pointer, not Send.
+        #[allow(clippy::redundant_locals)]
         let d = d;
         let count = rows.min(m - first);
         gemm(
@@ -221,12 +224,6 @@ pub(crate) fn row_split_matmul_into<T: Float>(
     }
     (0..tasks).into_par_iter().for_each(|t| block(t * rows, Parallelism::None));
 }
-
-/// Pointer to a buffer whose disjoint parts parallel tasks write.
-#[derive(Clone, Copy)]
-pub(crate) struct Out<T>(pub(crate) *mut T);
-unsafe impl<T> Send for Out<T> {}
-unsafe impl<T> Sync for Out<T> {}
 
 /// The input gradient `g W` as `(m, in)`.
 fn frozen_backward(w: &Tensor, packed: Option<&Arc<FrozenBf16>>, grad: &Tensor) -> Result<Tensor> {
@@ -637,13 +634,13 @@ fn rms_norm_bwd<T: Float>(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Resul
 /// with `accumulate`: the residual stream's gradient in the hand-written training step).
 pub(crate) fn rms_norm_grad_rows<T: Float>(x: &[T], w: &[T], g: &[T], eps: f64, dx: &mut [T], accumulate: bool) {
     let d = w.len();
-    assert!(x.len() == g.len() && x.len() == dx.len() && x.len() % d == 0, "rms_norm_grad_rows: shapes");
+    assert!(x.len() == g.len() && x.len() == dx.len() && x.len().is_multiple_of(d), "rms_norm_grad_rows: shapes");
     let (eps, n) = (T::from(eps).unwrap(), T::from(d).unwrap());
     dx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).for_each(|(dx, (x, g))| {
         let (mut ss, mut dot) = (T::zero(), T::zero());
         for i in 0..d {
-            ss = ss + x[i] * x[i];
-            dot = dot + x[i] * g[i] * w[i];
+            ss += x[i] * x[i];
+            dot += x[i] * g[i] * w[i];
         }
         let r = (ss / n + eps).sqrt().recip();
         let c = r * r * r * dot / n;

@@ -3,6 +3,7 @@
 //! does, products summed in int32. Two kernels over one weight layout:
 //! - AVX-512 VNNI: `vpdpbusd`, 64 multiply-adds per instruction (Sapphire Rapids, Zen 4);
 //! - AVX2: `vpmaddubsw` + `vpmaddwd`, 32 per pair (every x86-64 CPU since Haswell / Zen 1).
+//!
 //! Both compute the same integer sums and scale them in the same order, so they give bit-identical
 //! results (the tests check it where both run).
 //!
@@ -20,6 +21,8 @@
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
+
+use crate::threads::SendPtr;
 
 /// Output rows per kernel step: one 512-bit register of int32 sums (two 256-bit ones on AVX2).
 const ROWS: usize = 16;
@@ -136,7 +139,7 @@ impl std::fmt::Debug for QuantWeight {
 
 impl QuantWeight {
     fn empty(n: usize, k: usize, codes: Codes) -> Self {
-        assert!(k % BLOCK == 0, "inner dimension {k} is not a multiple of {BLOCK}");
+        assert!(k.is_multiple_of(BLOCK), "inner dimension {k} is not a multiple of {BLOCK}");
         let (blocks, groups) = (k / BLOCK, n.div_ceil(ROWS));
         Self {
             n,
@@ -281,21 +284,26 @@ pub struct QuantActivations {
 /// Which SIMD quantizes activations: every path rounds identically, so this follows the CPU alone.
 static QUANTIZER: OnceLock<Option<Kernel>> = OnceLock::new();
 
+/// One block's input and outputs as the zipped iterators of `QuantActivations::new` hand them out:
+/// (((input, codes), scale), sum of codes), scaled sum.
+type BlockOut<'a> = ((((&'a [f32], &'a mut [i8]), &'a mut f32), &'a mut i32), &'a mut f32);
+
 impl QuantActivations {
     /// llama.cpp's `quantize_row_q8_1` on x86: `q = round-half-even(x * 127 / max|x|)`, `d` and `s` in f16.
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(x.len(), m * k);
-        assert!(k % BLOCK == 0);
+        assert!(k.is_multiple_of(BLOCK));
         let blocks = m * k / BLOCK;
         let mut q = vec![0i8; m * k];
         let (mut d, mut sum, mut s) = (vec![0f32; blocks], vec![0i32; blocks], vec![0f32; blocks]);
         let f16 = |v: f32| half::f16::from_f32(v).to_f32();
         let simd = *QUANTIZER.get_or_init(|| Kernel::ALL.into_iter().find(|k| k.supported()));
-        let quantize = |((((xb, qb), d), sum), s): ((((&[f32], &mut [i8]), &mut f32), &mut i32), &mut f32)| {
+        let quantize = |((((xb, qb), d), sum), s): BlockOut| {
             let (amax, total) = match simd {
                 // SAFETY: the CPU has the kernel's instructions; both blocks hold 32 elements.
                 #[cfg(target_arch = "x86_64")]
                 Some(Kernel::Vnni) => unsafe { quantize_block(xb.as_ptr(), qb.as_mut_ptr()) },
+                // SAFETY: as above, for the AVX2 kernel.
                 #[cfg(target_arch = "x86_64")]
                 Some(Kernel::Avx2) => unsafe { avx2::quantize_block(xb.as_ptr(), qb.as_mut_ptr()) },
                 _ => {
@@ -361,7 +369,7 @@ fn matmul_many_with(kernel: Kernel, x: &[f32], m: usize, ws: &[&QuantWeight]) ->
     assert_eq!(x.len(), m * k, "input is not (m, {k})");
     let xq = QuantActivations::new(x, m, k);
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
-    let ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    let ptrs: Vec<SendPtr<f32>> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     // Every (weight, row group) pair is one task.
     let tasks: Vec<(usize, usize)> =
         ws.iter().enumerate().flat_map(|(i, w)| (0..w.groups).map(move |g| (i, g))).collect();
@@ -380,10 +388,6 @@ fn matmul_many_with(kernel: Kernel, x: &[f32], m: usize, ws: &[&QuantWeight]) ->
     }
     outs
 }
-
-struct SendPtr(*mut f32);
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// Outputs of row group `g` for all `m` tokens, `TOKENS` at a time.
 #[cfg(target_arch = "x86_64")]

@@ -104,6 +104,7 @@ pub fn run_watched<R: Send>(work: impl FnOnce() -> R + Send, mut stop: impl FnMu
 }
 
 fn block_all_signals() {
+    // SAFETY: fills a local signal set and changes this thread's own mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
@@ -116,6 +117,7 @@ struct SignalsBlocked(libc::sigset_t);
 
 impl SignalsBlocked {
     fn new() -> Self {
+        // SAFETY: local signal sets; changes this thread's own mask, saving the old one for drop.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             let mut old: libc::sigset_t = std::mem::zeroed();
@@ -128,8 +130,20 @@ impl SignalsBlocked {
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
+        // SAFETY: restores the mask saved by new() on this same thread.
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
         }
     }
 }
+
+/// A pointer into a buffer whose disjoint parts parallel tasks write (the one such type in the engine:
+/// kernels, training ops and attention share it). Each write through it says, at its `unsafe`, why no
+/// two tasks touch the same element.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: tasks only write disjoint elements through the pointer, and the buffer's owner waits for all
+// of them (a rayon parallel iterator or scope) before it reads, moves or frees the buffer.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as for Send: shared references only ever write disjoint elements.
+unsafe impl<T> Sync for SendPtr<T> {}
