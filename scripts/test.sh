@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 bash scripts/setup.sh
 
+echo "== format and lints"
+# rustfmt.toml's width; clippy with every warning an error (and undocumented unsafe blocks denied in
+# both crates' [lints]), on the private PostgreSQL tree the builds use (scripts/private_pg.sh).
+cargo fmt --all --check
+(source scripts/private_pg.sh && cargo clippy --workspace --all-targets --features pg15 -- -D warnings)
+
 echo "== engine tests"
 # Three tests compare the hand-written training step with autograd to 1e-3; on CPUs with AMX the
 # training matmuls round through bf16, past that tolerance, so those three run on the f32 kernels

@@ -292,6 +292,7 @@ fn check_model_name(name: &str) {
 /// where each look at the job sees the worker's latest commit.
 #[pg_extern(volatile, parallel_unsafe)]
 fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
+    // SAFETY: a read of the backend's transaction isolation level; main thread.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         invalid("distill.wait() needs READ COMMITTED isolation: a REPEATABLE READ snapshot never sees the job advance");
     }
@@ -315,6 +316,7 @@ fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
                 Some("The job keeps running; wait again or DESCRIBE it later."),
             );
         }
+        // SAFETY: waits on this backend's own latch; main thread; interrupts are checked right after.
         unsafe {
             pg_sys::WaitLatch(
                 pg_sys::MyLatch,

@@ -272,6 +272,7 @@ pub fn model_store() -> distill_engine::ModelStore {
     if !hub_download() {
         return distill_engine::ModelStore::new(dir, false);
     }
+    // SAFETY: reads of the current user and its role memberships; main thread, in a transaction.
     let may_write = unsafe {
         pg_sys::superuser()
             || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_WRITE_SERVER_FILES))

@@ -145,7 +145,7 @@ impl Runner {
         let started = Instant::now();
         let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), total_steps)?;
         let (adapter, report, validation_metrics) = match outcome {
-            Trained::Done(a, r, m) => (a, r, m),
+            Trained::Done(done) => *done,
             Trained::Cancelled if shutdown_requested() => return requeue(job),
             Trained::Cancelled => return finish_cancelled(job),
         };
@@ -221,7 +221,7 @@ impl Runner {
             Ok(Ok((_, report, _))) if report.cancelled => Ok(Trained::Cancelled),
             // Cancelled while answering the validation rows: as cancelled as during training.
             Ok(Ok((_, _, None))) if cancel.load(Ordering::Relaxed) => Ok(Trained::Cancelled),
-            Ok(Ok((adapter, report, metrics))) => Ok(Trained::Done(adapter, report, metrics)),
+            Ok(Ok((adapter, report, metrics))) => Ok(Trained::Done(Box::new((adapter, report, metrics)))),
             Ok(Err(e)) => Err(engine_error(e)),
             Err(panic) => Err(format!("internal error in the training engine: {}", panic_text(&*panic))),
         }
@@ -284,7 +284,8 @@ fn validation_metrics(
 }
 
 enum Trained {
-    Done(LoraAdapter, TrainReport, Option<Value>),
+    /// Boxed: the adapter and report are large beside `Cancelled`.
+    Done(Box<(LoraAdapter, TrainReport, Option<Value>)>),
     Cancelled,
 }
 

@@ -32,7 +32,7 @@ pub struct UsageTable {
     entries: [Entry; SLOTS],
 }
 
-// Plain old data: no pointers, so it means the same in every process.
+// SAFETY: plain old data: no pointers, so it means the same in every process.
 unsafe impl PGRXSharedMemory for UsageTable {}
 
 impl UsageTable {
@@ -88,6 +88,7 @@ fn truncate(name: &str) -> &str {
     &name[..end]
 }
 
+// SAFETY: the lock is initialised in shared memory by pg_shmem_init! in _PG_init, before any use.
 static USAGE: PgLwLock<UsageTable> = unsafe { PgLwLock::new(c"pg_distill_usage") };
 /// Set in the postmaster when the library is preloaded; backends inherit it through fork.
 static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -103,6 +104,7 @@ pub fn record(model: &str, prompt_tokens: usize, completion_tokens: usize, elaps
     if !COUNTING.load(Ordering::Relaxed) {
         return;
     }
+    // SAFETY: a read of the current user id; main thread.
     let role = unsafe { pg_sys::GetUserId() }.to_u32();
     let mut table = USAGE.exclusive();
     let e = table.slot(model, role);
@@ -133,6 +135,7 @@ fn completion_usage() -> TableIterator<
             Some("Add pg_distill to shared_preload_libraries in postgresql.conf and restart the server."),
         );
     }
+    // SAFETY: a read of the current user id; main thread.
     let me = unsafe { pg_sys::GetUserId() };
     let rows: Vec<Entry> = {
         let table = USAGE.share();
@@ -144,6 +147,7 @@ fn completion_usage() -> TableIterator<
     };
     let rows: Vec<_> = rows
         .into_iter()
+        // SAFETY: role membership lookups in the catalog cache; main thread, in a transaction.
         .filter(|e| unsafe { pg_sys::has_privs_of_role(me, pg_sys::Oid::from(e.role)) })
         .map(|e| {
             (
@@ -162,6 +166,7 @@ fn completion_usage() -> TableIterator<
 /// Zeroes the completion counters (superusers only, like pg_stat_statements_reset()).
 #[pg_extern(volatile)]
 fn reset_usage() {
+    // SAFETY: reads the current user's superuser flag; main thread, in a transaction.
     if !unsafe { pg_sys::superuser() } {
         crate::errors::report_sql(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

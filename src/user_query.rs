@@ -189,6 +189,7 @@ unsafe fn prepare(label: Label, sql: &str) -> (pg_sys::SPIPlanPtr, Columns) {
 }
 
 fn columns(label: Label, desc: pg_sys::TupleDesc) -> Columns {
+    // SAFETY: `desc` is the prepared plan's result descriptor, valid until SPI_finish.
     let desc = unsafe { PgTupleDesc::from_pg_unchecked(desc) };
     let find = |name: &str| -> i32 {
         let found: Vec<(usize, pg_sys::Oid)> = desc
@@ -204,8 +205,10 @@ fn columns(label: Label, desc: pg_sys::TupleDesc) -> Columns {
                 Some("Both queries must return columns named prompt and completion, e.g. SELECT request AS prompt, category AS completion FROM tickets"),
             ),
             [(i, ty)] => {
+                // SAFETY: catalog lookups of a type oid taken from the descriptor; main thread, in a transaction.
                 let base = unsafe { pg_sys::getBaseType(*ty) };
                 if ![pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::BPCHAROID].contains(&base) {
+                    // SAFETY: format_type_be returns a palloc'd C string for any type oid; main thread.
                     let ty_name = unsafe { CStr::from_ptr(pg_sys::format_type_be(*ty)).to_string_lossy().into_owned() };
                     report_sql(
                         ERRCODE_DATATYPE_MISMATCH,

@@ -20,7 +20,9 @@ fn read(path: &PathBuf) -> Vec<(String, String)> {
 }
 
 fn peak_rss_mib() -> f64 {
+    // SAFETY: rusage is plain old data (all-zero is valid); getrusage fills it.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid rusage for the call to fill.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     u.ru_maxrss as f64 / 1024.0
 }

@@ -20,7 +20,7 @@ struct Printer {
 
 impl TrainObserver for Printer {
     fn progress(&mut self, p: &Progress) {
-        if p.step % 10 == 0 || p.step == p.total_steps {
+        if p.step.is_multiple_of(10) || p.step == p.total_steps {
             let secs = self.started.elapsed().as_secs_f64();
             eprintln!(
                 "step {:>4}/{} epoch {} loss {:.4} lr {:.2e} tokens {} ({:.0} tok/s)",

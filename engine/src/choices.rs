@@ -128,8 +128,8 @@ fn greedy(
     cache: &mut KvCache,
 ) -> Result<(usize, usize)> {
     let mut alive: Vec<usize> = (0..seqs.len()).collect();
-    let mut steps = 0;
-    for pos in 0.. {
+    let (mut steps, mut pos) = (0, 0);
+    loop {
         if alive.len() == 1 {
             return Ok((alive[0], steps));
         }
@@ -146,8 +146,8 @@ fn greedy(
             logits = model.llama.forward_with(&[token], cache, adapter)?;
             steps += 1;
         }
+        pos += 1;
     }
-    unreachable!("choices are finite")
 }
 
 /// The model's log-probability of saying each of `seqs` (token ids, none empty) next, where `logits`

@@ -85,10 +85,10 @@ impl ModelStore {
                 ),
             });
         }
-        self.from_hub(name)
+        self.hub_file(name)
     }
 
-    fn from_hub(&self, name: &str) -> Result<PathBuf> {
+    fn hub_file(&self, name: &str) -> Result<PathBuf> {
         let (repo, file) = match name.split('/').collect::<Vec<_>>().as_slice() {
             [org, repo] => (format!("{org}/{repo}"), None),
             [org, repo, file] if file.ends_with(".gguf") => (format!("{org}/{repo}"), Some(file.to_string())),

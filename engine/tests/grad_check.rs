@@ -352,7 +352,7 @@ fn packed_attention_stacked_equals_packed_attention() {
         let att = attention(vec![(0, 3), (3, 4)], 7, interleaved);
         check("attention stacked", &qkv, |t| packed_attention_stacked(t, &att).unwrap());
         same_forward_and_gradients(
-            &[qkv.clone()],
+            std::slice::from_ref(&qkv),
             |t| packed_attention_stacked(t[0], &att).unwrap(),
             |t| {
                 packed_attention(

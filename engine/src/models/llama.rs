@@ -55,7 +55,7 @@ impl Config {
             g.opt_u64(&key("attention.head_count_kv")).unwrap_or(num_attention_heads as u64) as usize;
         let head_dim = hidden_size / num_attention_heads;
         let rope_dim = g.opt_u64(&key("rope.dimension_count")).unwrap_or(head_dim as u64) as usize;
-        if rope_dim != head_dim || num_attention_heads % num_key_value_heads != 0 {
+        if rope_dim != head_dim || !num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(Error::Unsupported(format!(
                 "partial RoPE or uneven GQA (rope dim {rope_dim}, head dim {head_dim}, heads {num_attention_heads}/{num_key_value_heads})"
             )));
@@ -116,7 +116,7 @@ impl Config {
             return Err(Error::Unsupported("rope_scaling".into()));
         }
         let num_key_value_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if hf.num_attention_heads % num_key_value_heads != 0 {
+        if !hf.num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(Error::Unsupported("uneven grouped-query attention".into()));
         }
         Ok(Self {
