@@ -13,6 +13,17 @@ cargo fmt --all --check
 (source scripts/private_pg.sh && cargo clippy --workspace --all-targets --features pg15 -- -D warnings)
 
 echo "== engine tests"
+# The kernels this machine has, from the OS's CPU flags: a kernel test for one of them fails instead of
+# skipping when the engine does not find it (engine/tests/common/mod.rs).
+flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+has() { for f in "$@"; do [[ "$flags" == *" $f "* ]] || return 1; done; }
+kernels=()
+if has avx512f avx512bw avx512_vnni; then kernels+=(vnni); fi
+if has avx2 fma f16c; then kernels+=(avx2); fi
+if has amx_bf16 amx_tile; then kernels+=(amx); fi
+DISTILL_EXPECT_KERNELS=$(IFS=,; echo "${kernels[*]}")
+export DISTILL_EXPECT_KERNELS
+echo "kernels this CPU has: ${DISTILL_EXPECT_KERNELS:-none}"
 # Three tests compare the hand-written training step with autograd to 1e-3; on CPUs with AMX the
 # training matmuls round through bf16, past that tolerance, so those three run on the f32 kernels
 # (DISTILL_NO_AMX=1); the AMX kernels have tests of their own (tests/amx.rs, grad_check.rs).

@@ -12,7 +12,7 @@ use distill_engine::{amx, ops};
 use common::values;
 
 fn skip() -> bool {
-    common::skip_without(amx::available(), "AMX-BF16")
+    common::skip_without(amx::available(), "amx", "AMX-BF16")
 }
 
 #[test]

@@ -44,9 +44,18 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// True (after saying why) when a kernel's CPU features are missing, so its test checks nothing more.
-pub fn skip_without(available: bool, what: &str) -> bool {
+/// Kernels the machine is known to have, from `DISTILL_EXPECT_KERNELS` (comma-separated: `vnni`, `avx2`,
+/// `amx`; CI sets it from /proc/cpuinfo in scripts/test.sh): for these a missing kernel fails the test
+/// instead of skipping it, so a detection bug cannot pass as "this CPU lacks it".
+pub fn expected(kernel: &str) -> bool {
+    std::env::var("DISTILL_EXPECT_KERNELS").is_ok_and(|v| v.split(',').any(|k| k.trim() == kernel))
+}
+
+/// True (after saying why) when kernel `name`'s CPU features are missing, so its test checks nothing
+/// more; a failure when [`expected`] says the machine has them.
+pub fn skip_without(available: bool, name: &str, what: &str) -> bool {
     if !available {
+        assert!(!expected(name), "DISTILL_EXPECT_KERNELS names {name}, but the {what} kernel is not available");
         eprintln!("no {what} on this CPU (or a DISTILL_* variable turned it off): kernel not checked");
     }
     !available
