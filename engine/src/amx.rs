@@ -115,11 +115,6 @@ impl PackedB {
     pub fn n(&self) -> usize {
         self.n
     }
-
-    /// Bytes held.
-    pub fn size_bytes(&self) -> usize {
-        self.data.len() * 2
-    }
 }
 
 /// `c = a · B` for `a (m, k)` row-major f32; returns `c (m, n)` row-major. Requires [`available`].

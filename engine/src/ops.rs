@@ -90,10 +90,6 @@ impl FrozenBf16 {
             backward: amx::PackedB::new(&data, out_dim, in_dim, false),
         })
     }
-
-    pub fn size_bytes(&self) -> usize {
-        self.forward.size_bytes() + self.backward.size_bytes()
-    }
 }
 
 struct FrozenLinear {

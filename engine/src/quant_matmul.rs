@@ -248,11 +248,6 @@ impl QuantWeight {
         self.codes
     }
 
-    /// Bytes held.
-    pub fn size_bytes(&self) -> usize {
-        self.data.len() + 2 * (self.d.len() + self.m.len())
-    }
-
     /// Row `r` in f32 (embedding lookups of a tied head).
     pub fn row(&self, r: usize) -> Vec<f32> {
         (0..self.k)

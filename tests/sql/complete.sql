@@ -24,6 +24,12 @@ SELECT distill.complete('smollm2-135m', 'Count from one to ten.', jsonb_build_ob
 FROM (SELECT full_reply, substr(full_reply, 8, 3) AS stop FROM counted) c;
 SELECT distill.complete('smollm2-135m', 'Name a colour.', '{"temperature": 0.8, "seed": 3, "max_tokens": 8}')
      = distill.complete('smollm2-135m', 'Name a colour.', '{"temperature": 0.8, "seed": 3, "max_tokens": 8}') AS seeded_sampling_repeats;
+-- Temperature is applied: over 8 seeds, sampling at 1.0 gives more than one reply and some that
+-- differ from the greedy one (were temperature ignored, all 8 would equal it).
+SELECT count(DISTINCT r) > 1 AS seeds_give_different_replies, bool_or(r <> greedy) AS sampling_leaves_greedy
+FROM (SELECT distill.complete('smollm2-135m', 'Name a colour.', jsonb_build_object('temperature', 1.0, 'seed', s, 'max_tokens', 8)) AS r,
+             distill.complete('smollm2-135m', 'Name a colour.', '{"max_tokens": 8}') AS greedy
+      FROM generate_series(1, 8) s) t;
 
 -- NULL in, NULL out (STRICT).
 SELECT distill.complete('smollm2-135m', NULL) IS NULL AS null_prompt;

@@ -13,13 +13,32 @@ SELECT (e->>'rows')::int AS rows, (e->>'exact_match')::int >= 26 AS exact_match_
 FROM distill.evaluate('ticket_classifier',
        'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test''') AS e;
 
--- Per-label metrics have precision, recall, f1 and support.
-SELECT k AS label, v->'support' AS support, (v->>'precision')::float8 BETWEEN 0 AND 1 AS precision_ok,
-       (v->>'recall')::float8 BETWEEN 0 AND 1 AS recall_ok, (v->>'f1')::float8 BETWEEN 0 AND 1 AS f1_ok
-FROM distill.evaluate('ticket_classifier',
+-- Per-label metrics, accuracy and macro-F1 equal what the confusion matrix gives by hand (the base
+-- model constrained to the labels, so it makes mistakes to count): precision tp/predicted, recall
+-- tp/support, F1 2tp/(predicted + support), 0 where nothing is predicted or expected.
+CREATE TEMP TABLE eval6 AS SELECT distill.evaluate('smollm2-135m',
        'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test'' ORDER BY id LIMIT 6',
-       '{"choices": true}') AS e, jsonb_each(e->'per_label') AS p(k, v)
-ORDER BY k;
+       '{"choices": true}') AS e;
+CREATE TEMP VIEW by_hand AS
+WITH c AS (SELECT c->>'expected' AS expected, c->>'predicted' AS predicted, (c->>'count')::int AS n
+           FROM eval6, jsonb_array_elements(e->'confusion') c)
+SELECT p.k AS label, p.v,
+       coalesce((SELECT sum(n) FROM c WHERE expected = p.k AND predicted = p.k), 0) AS tp,
+       coalesce((SELECT sum(n) FROM c WHERE predicted = p.k), 0) AS predicted,
+       coalesce((SELECT sum(n) FROM c WHERE expected = p.k), 0) AS support
+FROM eval6, jsonb_each(e->'per_label') AS p(k, v);
+SELECT label, support, (v->>'support')::int = support AS support_by_hand,
+       abs((v->>'precision')::float8 - CASE WHEN predicted = 0 THEN 0 ELSE tp::float8 / predicted END) < 1e-12 AS precision_by_hand,
+       abs((v->>'recall')::float8 - CASE WHEN support = 0 THEN 0 ELSE tp::float8 / support END) < 1e-12 AS recall_by_hand,
+       abs((v->>'f1')::float8 - CASE WHEN tp = 0 THEN 0 ELSE 2.0 * tp / (predicted + support) END) < 1e-12 AS f1_by_hand
+FROM by_hand ORDER BY label;
+SELECT (e->>'rows')::int AS rows, (e->>'exact_match')::int = (SELECT sum(tp) FROM by_hand) AS exact_match_by_hand,
+       abs((e->>'accuracy')::float8 - (e->>'exact_match')::float8 / 6) < 1e-12 AS accuracy_by_hand,
+       abs((e->>'macro_f1')::float8 - (SELECT avg((v->>'f1')::float8) FROM by_hand)) < 1e-12 AS macro_f1_by_hand,
+       (SELECT sum(tp) FROM by_hand) < 6 AS has_mistakes
+FROM eval6;
+DROP VIEW by_hand;
+DROP TABLE eval6;
 
 -- "choices": true constrains the base model to the labels in the query: every reply is a label.
 SELECT e->'options'->'choices' AS choices,

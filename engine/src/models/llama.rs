@@ -694,14 +694,6 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
-        self.rows.iter_mut().for_each(|(k, v)| {
-            k.clear();
-            v.clear();
-        });
-        self.len = 0;
-    }
     /// Drops the positions from `len` on, in place (nothing when it holds no more): scoring choices
     /// runs one branch after another from the same prompt (`choices::log_probs`).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
