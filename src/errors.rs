@@ -17,9 +17,10 @@ impl<T> OrReport<T> for distill_engine::Result<T> {
     }
 }
 
-pub fn report(e: Error) -> ! {
+/// The SQLSTATE an engine error is reported with.
+pub fn code_of(e: &Error) -> PgSqlErrorCode {
     use PgSqlErrorCode::*;
-    let code = match &e {
+    match e {
         Error::ModelNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
         Error::InvalidModelName(..) | Error::InvalidInput(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         Error::PermissionDenied(_) | Error::DownloadDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -32,7 +33,11 @@ pub fn report(e: Error) -> ! {
         Error::ModelDirNotWritable { .. } => ERRCODE_INSUFFICIENT_RESOURCES,
         Error::Candle(_) => ERRCODE_INTERNAL_ERROR,
         Error::Interrupted => ERRCODE_QUERY_CANCELED,
-    };
+    }
+}
+
+pub fn report(e: Error) -> ! {
+    let code = code_of(&e);
     let (message, hint) = (e.to_string(), e.hint());
     // distill.model_dir is a superuser-only setting: other roles learn a model is missing, not where
     // the server keeps its files.

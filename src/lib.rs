@@ -11,6 +11,7 @@ mod evaluate;
 mod finetune;
 mod guc;
 mod job_display;
+mod job_error;
 mod model_access;
 mod model_cache;
 mod pg;

@@ -23,8 +23,10 @@ use distill_engine::train::{self, Progress, TrainObserver};
 use distill_engine::{Example, LoraAdapter, ModelStore, TextModel, TrainConfig, TrainReport, WeightFormat};
 use pgrx::prelude::*;
 use pgrx::JsonB;
+use pgrx::PgSqlErrorCode::*;
 use serde_json::{json, Value};
 
+use crate::job_error::JobError;
 use crate::pg::elevated::Elevated;
 use crate::pg::interrupts;
 use crate::worker::{shutdown_requested, transaction, Job};
@@ -56,10 +58,10 @@ impl Runner {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_job(&job)));
         let error = match outcome {
             Ok(Ok(())) => None,
-            Ok(Err(message)) => Some(message),
-            Err(panic) => Some(format!("internal error: {}", panic_text(&*panic))),
+            Ok(Err(e)) => Some(e),
+            Err(panic) => Some(JobError::internal(format!("internal error: {}", panic_text(&*panic)))),
         };
-        if let Some(message) = error {
+        if let Some(error) = error {
             // A CANCEL that interrupted the job's query is not an error: the row says it was asked
             // for (this UPDATE waits for the CANCEL's transaction to commit, then sees its flag).
             let done = transaction(|| {
@@ -67,9 +69,11 @@ impl Runner {
                     "UPDATE distill.job_registry j SET
                             status = CASE WHEN j.cancel_requested THEN 'CANCELLED' ELSE 'ERROR' END,
                             error = CASE WHEN j.cancel_requested THEN NULL ELSE $2 END,
+                            data = j.data OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('error_sqlstate',
+                                   CASE WHEN j.cancel_requested THEN NULL ELSE $3 END),
                             finished_on = pg_catalog.now(), updated_on = pg_catalog.now(), worker_pid = NULL
                      WHERE j.id OPERATOR(pg_catalog.=) $1",
-                    &[job.id.as_str().into(), message.as_str().into()],
+                    &[job.id.as_str().into(), error.message.as_str().into(), error.sqlstate().into()],
                 )
             });
             if let Err(e) = done {
@@ -79,8 +83,8 @@ impl Runner {
         set_activity(pg_sys::BackendState::STATE_IDLE, "");
     }
 
-    fn run_job(&mut self, job: &Job) -> Result<(), String> {
-        let (config, holdout_fraction) = finetune::train_config(&job.options).map_err(engine_error)?;
+    fn run_job(&mut self, job: &Job) -> Result<(), JobError> {
+        let (config, holdout_fraction) = finetune::train_config(&job.options)?;
         // While the job's queries run, CANCEL may interrupt them (see registry::cancel_job); a cancel
         // that lands just after they end must not fail the worker's next statement.
         interrupts::forget_query_cancel();
@@ -91,7 +95,10 @@ impl Runner {
         let (train_rows, validation_rows) = rows??;
         reset_peak_rss();
         let no_rows = |label: &str, skipped: usize| {
-            format!("{label} returned no usable rows ({skipped} skipped for a NULL or blank prompt or completion)")
+            JobError::new(
+                ERRCODE_NO_DATA_FOUND,
+                format!("{label} returned no usable rows ({skipped} skipped for a NULL or blank prompt or completion)"),
+            )
         };
         if train_rows.examples.is_empty() {
             return Err(no_rows("training_sql", train_rows.skipped));
@@ -111,14 +118,17 @@ impl Runner {
             }
         };
         let model = self.model(&job.base_model)?;
-        let estimate = train::estimate_memory(&model, &train_set, &config).map_err(engine_error)?;
+        let estimate = train::estimate_memory(&model, &train_set, &config)?;
         let limit = guc::max_training_memory_bytes();
         if estimate.bytes > limit {
-            return Err(format!(
-                "this job would need about {} MB of memory to train, above distill.max_training_memory ({} MB) \
+            return Err(JobError::new(
+                ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                format!(
+                    "this job would need about {} MB of memory to train, above distill.max_training_memory ({} MB) \
                  (hint: lower batch_size or max_seq_len in the options, or raise distill.max_training_memory)",
-                estimate.bytes >> 20,
-                limit >> 20
+                    estimate.bytes >> 20,
+                    limit >> 20
+                ),
             ));
         }
         let total_steps = config.total_steps(train_set.len());
@@ -168,7 +178,7 @@ impl Runner {
         eval_set: Vec<Example>,
         config: TrainConfig,
         total_steps: usize,
-    ) -> Result<Trained, String> {
+    ) -> Result<Trained, JobError> {
         let pool = self.pool()?;
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -184,7 +194,7 @@ impl Runner {
                 Ok::<_, distill_engine::Error>((adapter, report, metrics))
             })
         })
-        .map_err(|e| format!("could not start the training thread: {e}"))?;
+        .map_err(|e| JobError::internal(format!("could not start the training thread: {e}")))?;
 
         let mut state = ProgressState { total_steps, started: Some(Instant::now()), ..Default::default() };
         let mut last_report = Instant::now();
@@ -222,26 +232,28 @@ impl Runner {
             // Cancelled while answering the validation rows: as cancelled as during training.
             Ok(Ok((_, _, None))) if cancel.load(Ordering::Relaxed) => Ok(Trained::Cancelled),
             Ok(Ok((adapter, report, metrics))) => Ok(Trained::Done(Box::new((adapter, report, metrics)))),
-            Ok(Err(e)) => Err(engine_error(e)),
-            Err(panic) => Err(format!("internal error in the training engine: {}", panic_text(&*panic))),
+            Ok(Err(e)) => Err(e.into()),
+            Err(panic) => {
+                Err(JobError::internal(format!("internal error in the training engine: {}", panic_text(&*panic))))
+            }
         }
     }
 
     /// The base model with f32 weights (training needs them), loaded once per worker.
-    fn model(&mut self, name: &str) -> Result<Arc<TextModel>, String> {
+    fn model(&mut self, name: &str) -> Result<Arc<TextModel>, JobError> {
         let key = (guc::model_dir(), name.to_string());
         if let Some(m) = self.models.get(&key) {
             return Ok(m.clone());
         }
-        let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name).map_err(engine_error)?;
-        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &Device::Cpu).map_err(engine_error)?);
+        let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name)?;
+        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &Device::Cpu)?);
         self.models.insert(key, model.clone());
         Ok(model)
     }
 
-    fn pool(&mut self) -> Result<Arc<rayon::ThreadPool>, String> {
+    fn pool(&mut self) -> Result<Arc<rayon::ThreadPool>, JobError> {
         if self.pool.is_none() {
-            let pool = distill_engine::threads::pool(guc::training_threads()).map_err(|e| e.to_string())?;
+            let pool = distill_engine::threads::pool(guc::training_threads())?;
             self.pool = Some(Arc::new(pool));
         }
         Ok(self.pool.clone().expect("just set"))
@@ -292,7 +304,7 @@ enum Trained {
 /// Reads the job's rows in the current transaction as the job's owner (see [`Elevated::job_owner`]),
 /// with the owner's search_path from CREATE time, read-only; at most `distill.max_training_rows`
 /// rows and `distill.max_training_memory` bytes of text, counted as they arrive.
-fn read_rows(job: &Job) -> Result<(user_query::Rows, Option<user_query::Rows>), String> {
+fn read_rows(job: &Job) -> Result<(user_query::Rows, Option<user_query::Rows>), JobError> {
     let role_exists = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1)",
         &[job.owner.into()],
@@ -301,7 +313,7 @@ fn read_rows(job: &Job) -> Result<(user_query::Rows, Option<user_query::Rows>), 
     .flatten()
     .unwrap_or(false);
     if !role_exists {
-        return Err("the role that created this job no longer exists".into());
+        return Err(JobError::new(ERRCODE_UNDEFINED_OBJECT, "the role that created this job no longer exists"));
     }
     let mut budget = user_query::Budget::training();
     let _owner = Elevated::job_owner(job.owner, &job.search_path);
@@ -319,9 +331,9 @@ fn store(
     report: &TrainReport,
     data: &Value,
     validation_metrics: Option<Value>,
-) -> Result<(), String> {
+) -> Result<(), JobError> {
     let peft_base = distill_engine::model_store::peft_base_name(&job.base_model);
-    let blob = adapter.to_bytes(peft_base, &model.llama.config).map_err(|e| e.to_string())?;
+    let blob = adapter.to_bytes(peft_base, &model.llama.config)?;
     let training_loss = report.train_loss.last().copied();
     let validation_loss = report.eval_loss.last().copied();
     let epochs = epochs_json(report);
@@ -364,13 +376,10 @@ fn store(
             ],
         )
     })?;
-    match status {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
+    status.map(|_| ()).map_err(JobError::from)
 }
 
-fn finish_cancelled(job: &Job) -> Result<(), String> {
+fn finish_cancelled(job: &Job) -> Result<(), JobError> {
     transaction(|| {
         Spi::run_with_args(
             "UPDATE distill.job_registry j SET status = 'CANCELLED', finished_on = pg_catalog.now(),
@@ -379,11 +388,11 @@ fn finish_cancelled(job: &Job) -> Result<(), String> {
             &[job.id.as_str().into()],
         )
     })?
-    .map_err(|e| e.to_string())
+    .map_err(JobError::from)
 }
 
 /// Shutdown during training: the job goes back to the queue and starts over when a worker is back.
-fn requeue(job: &Job) -> Result<(), String> {
+fn requeue(job: &Job) -> Result<(), JobError> {
     transaction(|| {
         Spi::run_with_args(
             "UPDATE distill.job_registry j SET status = CASE WHEN j.cancel_requested THEN 'CANCELLED' ELSE 'PENDING' END,
@@ -393,7 +402,7 @@ fn requeue(job: &Job) -> Result<(), String> {
             &[job.id.as_str().into()],
         )
     })?
-    .map_err(|e| e.to_string())
+    .map_err(JobError::from)
 }
 
 fn epochs_json(report: &TrainReport) -> Value {
@@ -544,21 +553,13 @@ fn peak_rss_mb() -> Option<u64> {
     Some(kb / 1024)
 }
 
-/// An engine error as the job's error text, with its hint when it has one.
-fn engine_error(e: distill_engine::Error) -> String {
-    match e.hint() {
-        Some(h) => format!("{e} (hint: {h})"),
-        None => e.to_string(),
-    }
-}
-
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else if let Some(e) = p.downcast_ref::<pgrx::pg_sys::panic::CaughtError>() {
-        crate::worker::message_of(e)
+        JobError::from(e).message
     } else {
         "unknown panic".into()
     }

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
 
 use crate::errors::report_sql;
+use crate::job_error::JobError;
 use crate::pg::elevated::Elevated;
 use crate::pg::interrupts;
 use crate::{guc, training_job};
@@ -166,8 +166,8 @@ fn claim_next_job() -> Option<Job> {
 
 /// Runs `f` in a transaction of its own and commits it, under [`Elevated::worker`] (a fixed
 /// search_path; settings changed inside are rolled back). An ERROR (or a Rust panic) inside aborts the
-/// transaction and comes back as `Err(message)`, so the worker lives on.
-pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+/// transaction and comes back as a [`JobError`] with its SQLSTATE, so the worker lives on.
+pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, JobError> {
     // SAFETY: the worker's main thread, between transactions: starts one with a snapshot for SPI.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
@@ -189,19 +189,7 @@ pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     .catch_others(|e| {
         // SAFETY: the ERROR left the transaction started above in an aborted state; end it.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(message_of(&e))
+        Err(JobError::from(&e))
     })
     .execute()
-}
-
-/// The text of a caught ERROR or panic, with its HINT when there is one.
-pub fn message_of(e: &CaughtError) -> String {
-    let r = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
-    };
-    match r.hint() {
-        Some(h) => format!("{} (hint: {h})", r.message()),
-        None => r.message().to_string(),
-    }
 }
