@@ -13,15 +13,16 @@ BEGIN
   RETURN false;
 END $$;
 
--- A training query that fails at run time (not at CREATE): the job ends in ERROR, the worker lives on.
+-- A training query that fails at run time (not at CREATE): the job ends in ERROR, the worker lives on;
+-- DESCRIBE keeps the error's SQLSTATE (22012: division by zero).
 SELECT distill.finetune('CREATE', 'bad_query', 'smollm2-135m',
        'SELECT request AS prompt, (1 / (length(request) - length(request)))::text AS completion FROM tickets_train') AS job \gset
-SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'job') AS d;
+SELECT d->>'status' AS status, d->>'error' AS error, d->'data'->>'error_sqlstate' AS sqlstate FROM distill.wait(:'job') AS d;
 
--- No usable rows: NULL and blank values are skipped and counted.
+-- No usable rows: NULL and blank values are skipped and counted (P0002: no_data_found).
 SELECT distill.finetune('CREATE', 'no_rows', 'smollm2-135m',
        'SELECT NULL::text AS prompt, label AS completion FROM tickets_train UNION ALL SELECT request, '' '' FROM tickets_train') AS job \gset
-SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'job') AS d;
+SELECT d->>'status' AS status, d->>'error' AS error, d->'data'->>'error_sqlstate' AS sqlstate FROM distill.wait(:'job') AS d;
 
 -- A long job, cancelled while it trains: it stops within a step or two and leaves no model.
 SELECT distill.finetune('CREATE', 'cancel_me', 'smollm2-135m',
