@@ -5,14 +5,15 @@
 //! data-modifying CTE, no FOR UPDATE, no SELECT INTO) with text-typed columns `prompt` and
 //! `completion`. Other columns are ignored.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode::*;
-use pgrx::{pg_sys, PgTupleDesc};
 
 use crate::errors::report_sql;
 use crate::guc;
+use crate::pg::spi_select::{base_type, type_name, Prepared, Shape};
 
 /// Which query a message is about ("training_sql" or "validation_sql").
 pub type Label = &'static str;
@@ -57,11 +58,9 @@ impl Budget {
 /// Checks that `sql` is one SELECT with usable columns and that the current role may run it (the
 /// executor's permission checks run when a cursor opens; no row is fetched).
 pub fn check(label: Label, sql: &str) {
-    // SAFETY: SPI calls on the main thread inside Spi::connect; the portal is closed before returning.
-    Spi::connect(|_| unsafe {
-        let (plan, _) = prepare(label, sql);
-        let portal = pg_sys::SPI_cursor_open(std::ptr::null(), plan, std::ptr::null_mut(), std::ptr::null(), true);
-        pg_sys::SPI_cursor_close(portal);
+    Spi::connect(|client| {
+        let (plan, _) = prepare(client, label, sql);
+        drop(plan.open());
     })
 }
 
@@ -69,21 +68,14 @@ pub fn check(label: Label, sql: &str) {
 /// skip the row (counted). Past the budget's rows or bytes (skipped rows count too) the read stops
 /// with an ERROR naming the setting, before the rest is fetched.
 pub fn read(label: Label, sql: &str, budget: &mut Budget) -> Rows {
-    // SAFETY: SPI calls on the main thread inside Spi::connect; each fetched tuple table is freed
-    // after its rows are copied out, and the portal is closed before returning.
-    Spi::connect(|_| unsafe {
-        let (plan, cols) = prepare(label, sql);
-        let portal = pg_sys::SPI_cursor_open(std::ptr::null(), plan, std::ptr::null_mut(), std::ptr::null(), true);
+    Spi::connect(|client| {
+        let (plan, cols) = prepare(client, label, sql);
+        let mut cursor = plan.open();
         let mut rows = Rows::default();
         loop {
             pgrx::check_for_interrupts!();
-            pg_sys::SPI_cursor_fetch(portal, true, 1000);
-            let table = pg_sys::SPI_tuptable;
-            let n = pg_sys::SPI_processed as usize;
-            if table.is_null() || n == 0 {
-                break;
-            }
-            for i in 0..n {
+            let Some(batch) = cursor.fetch(1000) else { break };
+            for i in 0..batch.len() {
                 if budget.rows == 0 {
                     report_sql(
                         ERRCODE_PROGRAM_LIMIT_EXCEEDED,
@@ -92,9 +84,8 @@ pub fn read(label: Label, sql: &str, budget: &mut Budget) -> Rows {
                     );
                 }
                 budget.rows -= 1;
-                let tuple = *(*table).vals.add(i);
-                let prompt = text_value(tuple, (*table).tupdesc, cols.prompt);
-                let completion = text_value(tuple, (*table).tupdesc, cols.completion);
+                let prompt = batch.text(i, cols.prompt);
+                let completion = batch.text(i, cols.completion);
                 let bytes = prompt.as_ref().map_or(0, String::len) + completion.as_ref().map_or(0, String::len);
                 if bytes > budget.bytes {
                     report_sql(
@@ -111,35 +102,14 @@ pub fn read(label: Label, sql: &str, budget: &mut Budget) -> Rows {
                     _ => rows.skipped += 1,
                 }
             }
-            pg_sys::SPI_freetuptable(table);
         }
-        pg_sys::SPI_cursor_close(portal);
         rows
     })
 }
 
-/// The text in column `col` of `tuple`.
-///
-/// # Safety
-/// `tuple` and `desc` come from the current SPI tuple table and `col` is a text-typed column of it.
-unsafe fn text_value(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, col: i32) -> Option<String> {
-    let mut isnull = false;
-    let datum = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
-    if isnull {
-        return None;
-    }
-    let c = pg_sys::text_to_cstring(datum.cast_mut_ptr());
-    let s = CStr::from_ptr(c).to_string_lossy().into_owned();
-    pg_sys::pfree(c.cast());
-    Some(s)
-}
-
-/// Prepares `sql` after checking it is one plain SELECT with usable columns, no longer than
-/// `distill.max_query_bytes`.
-///
-/// # Safety
-/// Called inside `Spi::connect` on the main thread; the plan lives until SPI_finish.
-unsafe fn prepare(label: Label, sql: &str) -> (pg_sys::SPIPlanPtr, Columns) {
+/// Prepares `sql` after checking it is no longer than `distill.max_query_bytes` and one plain SELECT
+/// with usable columns.
+fn prepare<'conn>(client: &SpiClient<'conn>, label: Label, sql: &str) -> (Prepared<'conn>, Columns) {
     let limit = guc::max_query_bytes();
     if sql.len() > limit {
         report_sql(
@@ -159,64 +129,47 @@ unsafe fn prepare(label: Label, sql: &str) -> (pg_sys::SPIPlanPtr, Columns) {
         not_select("it is empty");
     }
     let c = CString::new(sql).unwrap_or_else(|_| not_select("it contains a NUL byte"));
-    let plan = pg_sys::SPI_prepare(c.as_ptr(), 0, std::ptr::null_mut());
-    if plan.is_null() {
-        let code = pg_sys::SPI_result;
-        report_sql(ERRCODE_SYNTAX_ERROR, &format!("{label} could not be prepared (SPI code {code})"), None);
-    }
-    let sources = pg_sys::SPI_plan_get_plan_sources(plan);
-    if pg_sys::list_length(sources) != 1 {
+    let plan = Prepared::new(client, &c).unwrap_or_else(|code| {
+        report_sql(ERRCODE_SYNTAX_ERROR, &format!("{label} could not be prepared (SPI code {code})"), None)
+    });
+    let shape = plan.shape();
+    if shape.statements != 1 {
         not_select("it holds several statements");
     }
-    let source = pg_sys::list_nth(sources, 0) as *mut pg_sys::CachedPlanSource;
-    if (*source).commandTag != pg_sys::CommandTag::CMDTAG_SELECT || (*source).resultDesc.is_null() {
+    if !shape.is_select {
         not_select("it is not a SELECT");
     }
-    let queries = (*source).query_list;
-    for i in 0..pg_sys::list_length(queries) {
-        let q = pg_sys::list_nth(queries, i) as *mut pg_sys::Query;
-        if (*q).commandType != pg_sys::CmdType::CMD_SELECT || !(*q).utilityStmt.is_null() {
-            not_select("it is not a plain SELECT");
-        }
-        if (*q).hasModifyingCTE {
-            not_select("it modifies data (a WITH ... INSERT/UPDATE/DELETE)");
-        }
-        if !(*q).rowMarks.is_null() {
-            not_select("it locks rows (FOR UPDATE/SHARE)");
-        }
+    if !shape.plain {
+        not_select("it is not a plain SELECT");
     }
-    (plan, columns(label, (*source).resultDesc))
+    if shape.modifies_data {
+        not_select("it modifies data (a WITH ... INSERT/UPDATE/DELETE)");
+    }
+    if shape.locks_rows {
+        not_select("it locks rows (FOR UPDATE/SHARE)");
+    }
+    let cols = columns(label, &shape);
+    (plan, cols)
 }
 
-fn columns(label: Label, desc: pg_sys::TupleDesc) -> Columns {
-    // SAFETY: `desc` is the prepared plan's result descriptor, valid until SPI_finish.
-    let desc = unsafe { PgTupleDesc::from_pg_unchecked(desc) };
+fn columns(label: Label, shape: &Shape) -> Columns {
     let find = |name: &str| -> i32 {
-        let found: Vec<(usize, pg_sys::Oid)> = desc
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| !a.is_dropped() && a.name() == name)
-            .map(|(i, a)| (i, a.type_oid().value()))
-            .collect();
+        let found: Vec<&(String, pg_sys::Oid, i32)> = shape.columns.iter().filter(|(n, _, _)| n == name).collect();
         match found.as_slice() {
             [] => report_sql(
                 ERRCODE_UNDEFINED_COLUMN,
                 &format!("{label} has no column \"{name}\""),
                 Some("Both queries must return columns named prompt and completion, e.g. SELECT request AS prompt, category AS completion FROM tickets"),
             ),
-            [(i, ty)] => {
-                // SAFETY: catalog lookups of a type oid taken from the descriptor; main thread, in a transaction.
-                let base = unsafe { pg_sys::getBaseType(*ty) };
-                if ![pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::BPCHAROID].contains(&base) {
-                    // SAFETY: format_type_be returns a palloc'd C string for any type oid; main thread.
-                    let ty_name = unsafe { CStr::from_ptr(pg_sys::format_type_be(*ty)).to_string_lossy().into_owned() };
+            [(_, ty, number)] => {
+                if ![pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::BPCHAROID].contains(&base_type(*ty)) {
                     report_sql(
                         ERRCODE_DATATYPE_MISMATCH,
-                        &format!("{label} column \"{name}\" is of type {ty_name}, not text"),
+                        &format!("{label} column \"{name}\" is of type {}, not text", type_name(*ty)),
                         Some(&format!("Cast it to text in the query, e.g. SELECT ...::text AS {name}")),
                     );
                 }
-                *i as i32 + 1
+                *number
             }
             _ => report_sql(ERRCODE_AMBIGUOUS_COLUMN, &format!("{label} has more than one column \"{name}\""), None),
         }
