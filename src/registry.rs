@@ -87,23 +87,28 @@ pub fn insert_job(j: &NewJob) -> Option<String> {
 fn check_job_counts(role: pg_sys::Oid) {
     lock_role(role);
     let (unfinished, rows) = job_counts(role);
-    let limit = guc::max_pending_jobs_per_role();
-    if unfinished >= limit {
-        report_sql(
-            ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            &format!("you already have {unfinished} unfinished fine-tuning jobs (distill.max_pending_jobs_per_role = {limit})"),
-            Some("Wait for one to finish, or CANCEL one: SELECT distill.finetune('SHOW') lists them."),
-        );
-    }
-    let limit = guc::max_jobs_per_role();
-    if rows >= limit {
-        report_sql(
-            ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            &format!("you have {rows} fine-tuning jobs on record (distill.max_jobs_per_role = {limit})"),
-            Some("Ask an administrator to delete old rows of distill.job_registry or to raise the limit."),
-        );
-    }
+    refuse_at_limit(
+        unfinished,
+        guc::max_pending_jobs_per_role(),
+        "distill.max_pending_jobs_per_role",
+        &format!("you already have {unfinished} unfinished fine-tuning jobs"),
+        "Wait for one to finish, or CANCEL one: SELECT distill.finetune('SHOW') lists them.",
+    );
+    refuse_at_limit(
+        rows,
+        guc::max_jobs_per_role(),
+        "distill.max_jobs_per_role",
+        &format!("you have {rows} fine-tuning jobs on record"),
+        "Ask an administrator to delete old rows of distill.job_registry or to raise the limit.",
+    );
     check_model_count(role);
+}
+
+/// A 53400 ERROR when a role already has `count` of something a setting limits to `limit`.
+fn refuse_at_limit(count: i64, limit: i64, setting: &str, what: &str, hint: &str) {
+    if count >= limit {
+        report_sql(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, &format!("{what} ({setting} = {limit})"), Some(hint));
+    }
 }
 
 /// Serialises this transaction's limit checks with other transactions of the same role (released
@@ -143,14 +148,13 @@ fn check_model_count(role: pg_sys::Oid) {
         &[role.into()],
     )
     .unwrap_or(0);
-    let limit = guc::max_models_per_role();
-    if n >= limit {
-        report_sql(
-            ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            &format!("you already own {n} models and unfinished jobs (distill.max_models_per_role = {limit})"),
-            Some("Drop a model you no longer need: SELECT distill.drop_model(name)."),
-        );
-    }
+    refuse_at_limit(
+        n,
+        guc::max_models_per_role(),
+        "distill.max_models_per_role",
+        &format!("you already own {n} models and unfinished jobs"),
+        "Drop a model you no longer need: SELECT distill.drop_model(name).",
+    );
 }
 
 /// A job's row as JSON, if it exists and the caller may see it.
