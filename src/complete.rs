@@ -125,7 +125,7 @@ impl Request {
         if let Some(k) = o.keys().next() {
             invalid(format!("option \"{k}\" does not apply with choices (decoding is greedy over the choices)"));
         }
-        distill_engine::choices::validate(&choices).or_report();
+        distill_engine::infer::choices::validate(&choices).or_report();
         Request::Choose { choices, scores }
     }
 }

@@ -41,8 +41,7 @@ pub fn report(e: Error) -> ! {
     let (message, hint) = (e.to_string(), e.hint());
     // distill.model_dir is a superuser-only setting: other roles learn a model is missing, not where
     // the server keeps its files.
-    // SAFETY: reads the current user's superuser flag; main thread, in a transaction.
-    let dir = match unsafe { pgrx::pg_sys::superuser() } {
+    let dir = match crate::pg::backend::is_superuser() {
         true => String::new(),
         false => crate::guc::model_dir().display().to_string(),
     };

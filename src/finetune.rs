@@ -114,7 +114,7 @@ pub fn check_new_model(name: &str, base_model: &str) {
     if base_path.is_file() {
         // Reads the header and checks every tensor lies inside the file: a truncated or corrupt base
         // model fails here rather than in the worker.
-        distill_engine::gguf::GgufFile::open(&base_path).or_report();
+        distill_engine::formats::gguf::GgufFile::open(&base_path).or_report();
     }
     if store.resolve(name).is_ok() || distill_engine::model_store::BUILTIN_MODELS.iter().any(|b| b.name == name) {
         taken(name, "a base model");
@@ -292,8 +292,7 @@ fn check_model_name(name: &str) {
 /// where each look at the job sees the worker's latest commit.
 #[pg_extern(volatile, parallel_unsafe)]
 fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
-    // SAFETY: a read of the backend's transaction isolation level; main thread.
-    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+    if crate::pg::backend::repeatable_read_or_stricter() {
         invalid("distill.wait() needs READ COMMITTED isolation: a REPEATABLE READ snapshot never sees the job advance");
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout_seconds.clamp(0.0, 1e7));
@@ -316,16 +315,7 @@ fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
                 Some("The job keeps running; wait again or DESCRIBE it later."),
             );
         }
-        // SAFETY: waits on this backend's own latch; main thread; interrupts are checked right after.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                500,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        crate::pg::interrupts::wait_latch(std::time::Duration::from_millis(500));
         pgrx::check_for_interrupts!();
     }
 }

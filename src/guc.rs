@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
+use crate::pg::backend;
+
 /// `$sharedir` is expanded at use, like `$libdir` in `dynamic_library_path`, so the default follows the
 /// installation and `SHOW distill.model_dir` still says where models are.
 static MODEL_DIR: GucSetting<Option<CString>> =
@@ -217,7 +219,7 @@ pub fn max_training_rows() -> usize {
 
 pub fn model_dir() -> PathBuf {
     let raw = MODEL_DIR.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
-    PathBuf::from(raw.replace("$sharedir", &share_dir()))
+    PathBuf::from(raw.replace("$sharedir", &backend::share_dir()))
 }
 
 pub fn threads() -> usize {
@@ -272,11 +274,8 @@ pub fn model_store() -> distill_engine::ModelStore {
     if !hub_download() {
         return distill_engine::ModelStore::new(dir, false);
     }
-    // SAFETY: reads of the current user and its role memberships; main thread, in a transaction.
-    let may_write = unsafe {
-        pg_sys::superuser()
-            || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_WRITE_SERVER_FILES))
-    };
+    let may_write = backend::is_superuser()
+        || backend::has_privs_of_role(backend::current_user(), pg_sys::Oid::from(pg_sys::ROLE_PG_WRITE_SERVER_FILES));
     if may_write {
         distill_engine::ModelStore::new(dir, true)
     } else {
@@ -289,13 +288,4 @@ pub fn model_store() -> distill_engine::ModelStore {
 
 pub fn hub_download() -> bool {
     HUB_DOWNLOAD.get()
-}
-
-fn share_dir() -> String {
-    let mut buf = [0 as std::ffi::c_char; pg_sys::MAXPGPATH as usize];
-    // SAFETY: my_exec_path is set at backend start; get_share_path writes at most MAXPGPATH bytes.
-    unsafe {
-        pg_sys::get_share_path(std::ptr::addr_of!(pg_sys::my_exec_path) as *const _, buf.as_mut_ptr());
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-    }
 }

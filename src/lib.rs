@@ -42,8 +42,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
-    // SAFETY: a read of a flag the postmaster sets while it loads preloaded libraries.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if pg::backend::preloading_libraries() {
         usage::init();
         worker::register();
     }

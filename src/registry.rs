@@ -26,8 +26,7 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
 
 /// The calling role and whether it is a superuser (read before any [`as_owner`]).
 pub fn caller() -> (pg_sys::Oid, bool) {
-    // SAFETY: reads of the backend's current user; main thread, in a transaction.
-    unsafe { (pg_sys::GetUserId(), pg_sys::superuser()) }
+    (crate::pg::backend::current_user(), crate::pg::backend::is_superuser())
 }
 
 /// The first column of the first row, None when there is no row (or the value is NULL).

@@ -9,7 +9,6 @@
 //! 4. store the adapter and the final status in one transaction.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +26,11 @@ use pgrx::PgSqlErrorCode::*;
 use serde_json::{json, Value};
 
 use crate::job_error::JobError;
+use crate::pg::backend::shutdown_requested;
 use crate::pg::elevated::Elevated;
 use crate::pg::interrupts;
-use crate::worker::{shutdown_requested, transaction, Job};
+use crate::pg::transaction::transaction;
+use crate::worker::Job;
 use crate::{finetune, guc, registry, user_query};
 
 /// How often the job row gets the latest progress (and the worker learns of a CANCEL).
@@ -534,9 +535,7 @@ impl ProgressState {
 
 /// What pg_stat_activity shows for this worker.
 fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
-    let c = CString::new(text).unwrap_or_default();
-    // SAFETY: copies the string into this backend's activity slot; main thread.
-    unsafe { pg_sys::pgstat_report_activity(state, c.as_ptr()) };
+    crate::pg::backend::report_activity(state, text);
 }
 
 /// Starts this process's peak-RSS count afresh (Linux: "5" to clear_refs resets VmHWM), so that a

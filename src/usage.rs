@@ -7,8 +7,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+
+use crate::pg::backend;
+use crate::pg::shmem::USAGE;
 
 /// Model/role pairs counted separately; past that, further pairs are counted under `(other)`.
 const SLOTS: usize = 1024;
@@ -31,9 +34,6 @@ pub struct UsageTable {
     used: usize,
     entries: [Entry; SLOTS],
 }
-
-// SAFETY: plain old data: no pointers, so it means the same in every process.
-unsafe impl PGRXSharedMemory for UsageTable {}
 
 impl UsageTable {
     fn new() -> Self {
@@ -88,8 +88,6 @@ fn truncate(name: &str) -> &str {
     &name[..end]
 }
 
-// SAFETY: the lock is initialised in shared memory by pg_shmem_init! in _PG_init, before any use.
-static USAGE: PgLwLock<UsageTable> = unsafe { PgLwLock::new(c"pg_distill_usage") };
 /// Set in the postmaster when the library is preloaded; backends inherit it through fork.
 static COUNTING: AtomicBool = AtomicBool::new(false);
 
@@ -104,8 +102,7 @@ pub fn record(model: &str, prompt_tokens: usize, completion_tokens: usize, elaps
     if !COUNTING.load(Ordering::Relaxed) {
         return;
     }
-    // SAFETY: a read of the current user id; main thread.
-    let role = unsafe { pg_sys::GetUserId() }.to_u32();
+    let role = backend::current_user().to_u32();
     let mut table = USAGE.exclusive();
     let e = table.slot(model, role);
     e.calls += 1;
@@ -135,8 +132,7 @@ fn completion_usage() -> TableIterator<
             Some("Add pg_distill to shared_preload_libraries in postgresql.conf and restart the server."),
         );
     }
-    // SAFETY: a read of the current user id; main thread.
-    let me = unsafe { pg_sys::GetUserId() };
+    let me = backend::current_user();
     let rows: Vec<Entry> = {
         let table = USAGE.share();
         table.entries[..table.used]
@@ -147,8 +143,7 @@ fn completion_usage() -> TableIterator<
     };
     let rows: Vec<_> = rows
         .into_iter()
-        // SAFETY: role membership lookups in the catalog cache; main thread, in a transaction.
-        .filter(|e| unsafe { pg_sys::has_privs_of_role(me, pg_sys::Oid::from(e.role)) })
+        .filter(|e| backend::has_privs_of_role(me, pg_sys::Oid::from(e.role)))
         .map(|e| {
             (
                 String::from_utf8_lossy(&e.name[..e.name_len]).into_owned(),
@@ -166,8 +161,7 @@ fn completion_usage() -> TableIterator<
 /// Zeroes the completion counters (superusers only, like pg_stat_statements_reset()).
 #[pg_extern(volatile)]
 fn reset_usage() {
-    // SAFETY: reads the current user's superuser flag; main thread, in a transaction.
-    if !unsafe { pg_sys::superuser() } {
+    if !backend::is_superuser() {
         crate::errors::report_sql(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "only a superuser may reset usage counters",

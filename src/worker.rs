@@ -5,7 +5,6 @@
 //! [`crate::training_job`]. Every step that touches the database runs in its own short transaction
 //! through [`transaction`], which turns an ERROR into a value instead of killing the worker.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,9 +13,8 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
 
 use crate::errors::report_sql;
-use crate::job_error::JobError;
-use crate::pg::elevated::Elevated;
-use crate::pg::interrupts;
+use crate::pg::transaction::transaction;
+use crate::pg::{backend, interrupts};
 use crate::{guc, training_job};
 
 /// pg_stat_activity.backend_type of our workers.
@@ -65,12 +63,6 @@ pub fn check_can_run_jobs() {
     }
 }
 
-/// True once the postmaster asked this process to exit (SIGTERM).
-pub fn shutdown_requested() -> bool {
-    // SAFETY: a volatile read of a flag the SIGTERM handler sets; main thread.
-    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
-}
-
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn distill_worker_main(_arg: pg_sys::Datum) {
@@ -78,10 +70,9 @@ pub extern "C-unwind" fn distill_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&guc::database()), None);
     distill_engine::threads::init_global_pool(1);
     let mut runner = training_job::Runner::new();
-    while !shutdown_requested() {
+    while !backend::shutdown_requested() {
         if BackgroundWorker::sighup_received() {
-            // SAFETY: rereads postgresql.conf in this process, as any backend does on SIGHUP; main thread.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            backend::reload_config();
         }
         match transaction(claim_next_job) {
             Ok(Some(job)) => runner.run(job),
@@ -92,10 +83,7 @@ pub extern "C-unwind" fn distill_worker_main(_arg: pg_sys::Datum) {
             }
         }
     }
-    // Exit code 1: the postmaster starts a worker again if it is still running (e.g. after
-    // pg_terminate_backend); at shutdown nothing is restarted.
-    // SAFETY: ends this process the way Postgres ends a worker; nothing of ours is left to drop.
-    unsafe { pg_sys::proc_exit(1) };
+    backend::exit_worker();
 }
 
 /// A claimed job: what the worker needs to run it.
@@ -162,34 +150,4 @@ fn claim_next_job() -> Option<Job> {
             search_path: row.get(8).ok()??,
         })
     })
-}
-
-/// Runs `f` in a transaction of its own and commits it, under [`Elevated::worker`] (a fixed
-/// search_path; settings changed inside are rolled back). An ERROR (or a Rust panic) inside aborts the
-/// transaction and comes back as a [`JobError`] with its SQLSTATE, so the worker lives on.
-pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, JobError> {
-    // SAFETY: the worker's main thread, between transactions: starts one with a snapshot for SPI.
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    PgTryBuilder::new(AssertUnwindSafe(move || {
-        let r = {
-            let _settings = Elevated::worker();
-            f()
-        };
-        // SAFETY: pops the snapshot pushed above and commits the transaction started above.
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
-        }
-        Ok(r)
-    }))
-    .catch_others(|e| {
-        // SAFETY: the ERROR left the transaction started above in an aborted state; end it.
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(JobError::from(&e))
-    })
-    .execute()
 }

@@ -91,7 +91,8 @@ fn main() -> distill_engine::Result<()> {
     let mut correct = 0;
     for (text, label) in &test_rows {
         let ids = serve.chat_prompt(&[distill_engine::Message::user(&prompt(text))])?;
-        let out = pool.install(|| distill_engine::generation::generate_with(&serve, &ids, &opts, Some(&adapter)))?;
+        let out =
+            pool.install(|| distill_engine::infer::generation::generate_with(&serve, &ids, &opts, Some(&adapter)))?;
         if out.text.trim() == label.trim() {
             correct += 1;
         } else {

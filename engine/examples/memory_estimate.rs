@@ -117,7 +117,7 @@ fn main() -> distill_engine::Result<()> {
             "eval_rows": eval_set.len(),
             "batch_size": batch,
             "share_prefix": config.share_prefix,
-            "amx": distill_engine::amx::available(),
+            "amx": distill_engine::kernels::amx::available(),
             "estimate_mib": estimate.bytes >> 20,
             "largest_batch_tokens": estimate.largest_batch_tokens,
             "largest_batch_computed_tokens": estimate.largest_batch_computed_tokens,

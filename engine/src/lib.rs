@@ -1,33 +1,26 @@
 //! pg_distill's model engine: plain Rust, no Postgres. Load a Llama-family GGUF, tokenize with its own
-//! vocabulary, render its chat template and generate. The SQL layer is a thin wrapper over this crate.
+//! vocabulary, render its chat template, generate, and train LoRA adapters.
+//!
+//! Laid out by role: `formats/` (files in and out), `kernels/` (quantized matmuls per instruction
+//! set), `infer/` (generation), `train/` (fine-tuning), `models/` (the transformer itself).
 
-pub mod adapter_archive;
-pub mod amx;
-pub mod attention;
-pub mod chat_template;
-pub mod choices;
-pub mod error;
-pub mod generation;
-pub mod gguf;
-pub mod infer_ops;
+mod error;
+pub mod formats;
+pub mod infer;
 pub mod interrupt;
-pub mod lora;
+pub mod kernels;
+mod lora;
 pub mod metrics;
 pub mod model_store;
 pub mod models;
-pub mod ops;
-pub mod prefix_cache;
-pub mod quant_matmul;
-pub mod sampling;
-pub mod text_model;
+mod text_model;
 pub mod threads;
-pub mod tokenizer;
 pub mod train;
 
-pub use chat_template::Message;
 pub use error::{Error, Result};
-pub use generation::{FinishReason, GenerateOptions, Generation};
-pub use lora::{LoraAdapter, LoraConfig, Target};
+pub use formats::chat_template::Message;
+pub use infer::generation::{FinishReason, GenerateOptions, Generation};
+pub use lora::{LoraAdapter, LoraConfig, LoraPair, Target};
 pub use model_store::ModelStore;
 pub use models::llama::WeightFormat;
 pub use text_model::TextModel;

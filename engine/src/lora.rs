@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter_archive::SafetensorsHeader;
 use crate::error::{Error, Result};
+use crate::formats::peft_zip::SafetensorsHeader;
 use crate::models::llama::Config;
 
 /// A linear layer an adapter can attach to, by its Hugging Face module name.
@@ -140,7 +140,7 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     /// Per transformer block, the adapted layers.
     pub layers: Vec<BTreeMap<Target, LoraPair>>,
-    /// Tells adapters apart in [`crate::prefix_cache`]; 0 for one still being trained (its weights
+    /// Tells adapters apart in [`crate::infer::prefix_cache`]; 0 for one still being trained (its weights
     /// change, so nothing computed with it may be reused).
     pub(crate) cache_id: u64,
 }
@@ -321,18 +321,21 @@ impl LoraAdapter {
         Self::from_peft_parts(&Self::blob_config(bytes)?, bytes, model)
     }
 
-    /// A registry blob as a PEFT zip (see [`crate::adapter_archive`]); the blob itself is PEFT's
+    /// A registry blob as a PEFT zip (see [`crate::formats::peft_zip`]); the blob itself is PEFT's
     /// safetensors file (its extra metadata entry is ignored by PEFT).
     pub fn blob_to_archive(blob: &[u8]) -> Result<Vec<u8>> {
         let config = Self::blob_config(blob)?;
-        crate::adapter_archive::write_zip(&crate::adapter_archive::AdapterFiles { config, safetensors: blob.to_vec() })
+        crate::formats::peft_zip::write_zip(&crate::formats::peft_zip::AdapterFiles {
+            config,
+            safetensors: blob.to_vec(),
+        })
     }
 
     /// An adapter from a PEFT zip, checked against the base model: tensor names, dtypes and shapes
     /// from the safetensors header before any tensor data is inflated, and nothing larger than
-    /// `max_bytes` read (see [`read_zip_checked`](crate::adapter_archive::read_zip_checked)).
+    /// `max_bytes` read (see [`read_zip_checked`](crate::formats::peft_zip::read_zip_checked)).
     pub fn from_archive(archive: &[u8], model: &Config, max_bytes: u64) -> Result<Self> {
-        let files = crate::adapter_archive::read_zip_checked(archive, max_bytes, |config, header| {
+        let files = crate::formats::peft_zip::read_zip_checked(archive, max_bytes, |config, header| {
             Self::check_header(&lora_config_from_peft(config)?, header, model)
         })?;
         Self::from_peft_parts(&files.config, &files.safetensors, model)
@@ -372,7 +375,7 @@ impl LoraAdapter {
 
     fn from_peft_parts(config: &serde_json::Value, bytes: &[u8], model: &Config) -> Result<Self> {
         let config = lora_config_from_peft(config)?;
-        Self::check_header(&config, &crate::adapter_archive::parse_header(bytes)?, model)?;
+        Self::check_header(&config, &crate::formats::peft_zip::parse_header(bytes)?, model)?;
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| Error::InvalidInput(format!("adapter tensors: {e}")))?;
         Self::from_peft_tensors(config, tensors, model)

@@ -4,14 +4,14 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use crate::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::error::Result;
-use crate::generation::{generate_with, GenerateOptions, Generation};
-use crate::gguf::GgufFile;
+use crate::formats::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
+use crate::formats::gguf::GgufFile;
+use crate::formats::tokenizer::Tokenizer;
+use crate::infer::generation::{generate_with, GenerateOptions, Generation};
+use crate::infer::prefix_cache::PrefixCache;
 use crate::lora::LoraAdapter;
 use crate::models::llama::{Llama, WeightFormat};
-use crate::prefix_cache::PrefixCache;
-use crate::tokenizer::Tokenizer;
 
 pub struct TextModel {
     pub llama: Llama,
@@ -75,14 +75,14 @@ impl TextModel {
         self.chat(&[Message::user(prompt)], opts)
     }
 
-    /// Which of `choices` the model answers to one user message (see [`crate::choices`]).
+    /// Which of `choices` the model answers to one user message (see [`crate::infer::choices`]).
     pub fn choose_with(
         &self,
         prompt: &str,
         choices: &[String],
         scores: bool,
         adapter: Option<&LoraAdapter>,
-    ) -> Result<crate::choices::Choice> {
+    ) -> Result<crate::infer::choices::Choice> {
         self.choose_chat(&[Message::user(prompt)], choices, scores, adapter)
     }
 
@@ -93,9 +93,9 @@ impl TextModel {
         choices: &[String],
         scores: bool,
         adapter: Option<&LoraAdapter>,
-    ) -> Result<crate::choices::Choice> {
+    ) -> Result<crate::infer::choices::Choice> {
         let ids = self.chat_prompt(messages)?;
-        crate::choices::choose(self, &ids, choices, scores, adapter)
+        crate::infer::choices::choose(self, &ids, choices, scores, adapter)
     }
 
     /// Tokens of `text` alone (no chat template, no special tokens added).

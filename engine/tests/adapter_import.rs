@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use candle_core::{Device, Tensor};
-use distill_engine::adapter_archive::{self, DEFAULT_MAX_BYTES};
+use distill_engine::formats::peft_zip::{self, DEFAULT_MAX_BYTES};
 use distill_engine::models::llama::Config;
 use distill_engine::{LoraAdapter, LoraConfig};
 
@@ -52,9 +52,9 @@ fn blob_of(tensors: &HashMap<String, Tensor>, config: &serde_json::Value) -> Vec
 fn zip_of(config: &serde_json::Value, weights: &[u8]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file(adapter_archive::CONFIG_FILE, o).unwrap();
+    zip.start_file(peft_zip::CONFIG_FILE, o).unwrap();
     zip.write_all(config.to_string().as_bytes()).unwrap();
-    zip.start_file(adapter_archive::WEIGHTS_FILE, o).unwrap();
+    zip.start_file(peft_zip::WEIGHTS_FILE, o).unwrap();
     zip.write_all(weights).unwrap();
     zip.finish().unwrap().into_inner()
 }

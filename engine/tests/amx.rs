@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
-use distill_engine::{amx, ops};
+use distill_engine::kernels::amx;
+use distill_engine::train::ops;
 
 use common::values;
 

@@ -113,7 +113,7 @@ fn independent_log_prob(m: &TextModel, prompt: &[u32], seq: &[u32]) -> f64 {
 /// share one cache, cut back after each, rather than a copy per position.
 #[test]
 fn long_choices_score_as_independent_passes_in_one_cache() {
-    use distill_engine::choices;
+    use distill_engine::infer::choices;
     let m = model();
     let mut long = String::new();
     while m.count_tokens(&long).unwrap() < 200 {
@@ -127,7 +127,7 @@ fn long_choices_score_as_independent_passes_in_one_cache() {
     let ids = m.chat_prompt(&[distill_engine::Message::user(&prompt("My bill shows roaming charges"))]).unwrap();
 
     let want: Vec<f64> = seqs.iter().map(|s| independent_log_prob(m, &ids, s)).collect();
-    let (logits, mut cache) = distill_engine::generation::prefill(m, &ids, None).unwrap();
+    let (logits, mut cache) = distill_engine::infer::generation::prefill(m, &ids, None).unwrap();
     let (got, steps) = choices::log_probs(m, None, &seqs, logits, &mut cache).unwrap();
     assert_eq!(cache.len(), ids.len(), "the cache holds the prompt again");
     // The long pair shares its passes up to where it parts.
@@ -150,7 +150,7 @@ fn long_choices_score_as_independent_passes_in_one_cache() {
 /// needs no model).
 #[test]
 fn choice_limits() {
-    use distill_engine::choices::{validate, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_CHOICE_TOKENS};
+    use distill_engine::infer::choices::{validate, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_CHOICE_TOKENS};
     let many: Vec<String> = (0..=MAX_CHOICES).map(|i| format!("label {i}")).collect();
     assert_eq!(validate(&many).unwrap_err().to_string(), "too many choices: 1001 given, at most 1000 are allowed");
     assert!(validate(&many[..MAX_CHOICES]).is_ok());

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::sync::Arc;
 
-use distill_engine::attention::{packed_attention, packed_attention_stacked, PackedAttention};
-use distill_engine::ops;
+use distill_engine::train::attention::{packed_attention, packed_attention_stacked, PackedAttention};
+use distill_engine::train::ops;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     // Deterministic pseudo-random values without depending on candle's RNG.

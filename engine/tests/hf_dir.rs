@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use distill_engine::gguf::GgufFile;
+use distill_engine::formats::gguf::GgufFile;
 use distill_engine::models::llama::{Config, KvCache, Llama};
 use distill_engine::{LoraAdapter, LoraConfig, WeightFormat};
 

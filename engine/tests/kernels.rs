@@ -1,13 +1,14 @@
-//! The int8 quantized matmul kernels (AVX-512 VNNI, AVX2) against a reference computed from the same
-//! codes in f64, against candle's own quantized kernels on Q4_1 and Q8_0 weights, and against each other
-//! (bit-identical where the CPU has both). A kernel the CPU lacks is skipped with a message; the layout
-//! tests (dequantization) need no instructions.
+//! The int8 quantized matmul kernels: the scalar reference (`kernels/scalar.rs`) against a product
+//! computed from the same codes in f64 and against candle's own quantized kernels on Q4_1 and Q8_0
+//! weights; each SIMD kernel (AVX-512 VNNI, AVX2) against the scalar reference, bit for bit, and
+//! against the f64 product and candle too. A SIMD kernel the CPU lacks is skipped with a message (a
+//! failure where `DISTILL_EXPECT_KERNELS` names it); the layout tests need no instructions.
 
 mod common;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use distill_engine::quant_matmul::{self, Kernel, QuantWeight};
+use distill_engine::kernels::{self, Kernel, QuantWeight};
 
 use common::values;
 
@@ -37,15 +38,21 @@ fn kernel_name(k: Kernel) -> &'static str {
     match k {
         Kernel::Vnni => "vnni",
         Kernel::Avx2 => "avx2",
+        Kernel::Scalar => "scalar",
     }
 }
 
-/// The kernels this CPU can run (a message for each it cannot).
-fn kernels() -> Vec<Kernel> {
-    Kernel::ALL
+/// The SIMD kernels this CPU can run (a message for each it cannot).
+fn simd_kernels() -> Vec<Kernel> {
+    Kernel::SIMD
         .into_iter()
         .filter(|&k| !common::skip_without(k.supported(), kernel_name(k), &format!("{k:?} kernel instructions")))
         .collect()
+}
+
+/// The scalar reference, then the SIMD kernels this CPU can run.
+fn all_kernels() -> Vec<Kernel> {
+    std::iter::once(Kernel::Scalar).chain(simd_kernels()).collect()
 }
 
 #[test]
@@ -92,11 +99,11 @@ fn ggml_blocks_are_taken_over_exactly() {
 
 #[test]
 fn matmul_matches_f64_reference_on_8_bit_codes() {
-    for kernel in kernels() {
+    for kernel in all_kernels() {
         for &(m, k, n) in &SHAPES {
             let (x, w) = (values(m * k, 1), values(n * k, 2));
             let q = QuantWeight::quantize(&w, n, k);
-            let got = quant_matmul::matmul_with(kernel, &x, m, &q);
+            let got = kernels::matmul_with(kernel, &x, m, &q);
             let want = reference(&x, m, &q.dequantize(), n, k);
             assert_eq!(got.len(), m * n);
             for (i, (g, r)) in got.iter().zip(&want).enumerate() {
@@ -110,13 +117,13 @@ fn matmul_matches_f64_reference_on_8_bit_codes() {
 
 #[test]
 fn matmul_on_q4_1_matches_candle_and_the_reference() {
-    for kernel in kernels() {
+    for kernel in all_kernels() {
         // candle's Q4_1 kernel wants an even number of blocks.
         for &(m, k, n) in SHAPES.iter().filter(|s| s.1 % 64 == 0) {
             let (x, w) = (values(m * k, 5), values(n * k, 6));
             let qt = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
             let q = QuantWeight::from_q4_1(&qt.data().unwrap(), n, k);
-            let got = quant_matmul::matmul_with(kernel, &x, m, &q);
+            let got = kernels::matmul_with(kernel, &x, m, &q);
             // The offset term uses llama.cpp's f16 `s`, so this agrees with the exact reference to f16 rounding.
             let want = reference(&x, m, &q.dequantize(), n, k);
             let candle = QMatMul::from_qtensor(qt)
@@ -142,21 +149,21 @@ fn matmul_on_q4_1_matches_candle_and_the_reference() {
 }
 
 #[test]
-fn kernels_agree_bit_for_bit() {
-    // Same integer sums, same scaling order: the kernels must give identical floats, so greedy text does
-    // not depend on which one the CPU runs. Shapes include rows off the 8- and 16-row grids.
-    let kernels = kernels();
-    if kernels.len() < 2 {
-        eprintln!("skipped: needs both kernels ({kernels:?} here)");
-        return;
-    }
+fn simd_kernels_equal_the_scalar_reference_bit_for_bit() {
+    // Same integer sums, same scaling order, same fused multiply-adds: every kernel must give the
+    // scalar reference's floats exactly, so greedy text does not depend on which one the CPU runs.
+    // Shapes include rows off the 8- and 16-row grids and token counts off the 4-token tile.
     for &(m, k, n) in &SHAPES {
         let (x, w) = (values(m * k, 7), values(n * k, 8));
         let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
         let q4 = QuantWeight::from_q4_1(&QTensor::quantize(&wt, GgmlDType::Q4_1).unwrap().data().unwrap(), n, k);
         for q in [QuantWeight::quantize(&w, n, k), q4] {
-            let outs: Vec<Vec<f32>> = kernels.iter().map(|&kn| quant_matmul::matmul_with(kn, &x, m, &q)).collect();
-            assert!(outs.windows(2).all(|o| o[0] == o[1]), "({m},{k},{n}) {:?}: kernels differ", q.codes());
+            let want = kernels::matmul_with(Kernel::Scalar, &x, m, &q);
+            for kernel in simd_kernels() {
+                let got = kernels::matmul_with(kernel, &x, m, &q);
+                let differ = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(differ, None, "({m},{k},{n}) {:?} on {kernel:?}: first differing output", q.codes());
+            }
         }
     }
 }
@@ -166,12 +173,13 @@ fn kernel_choice_follows_the_cpu_or_the_variable() {
     // DISTILL_QUANT_KERNEL picks a kernel (candle: none). Unset, the best one the machine has, as
     // DISTILL_EXPECT_KERNELS says from the OS's CPU flags (a source independent of the kernels' own
     // CPUID checks); without that variable only the consistency of kernel() and available() is checked.
-    let chosen = quant_matmul::kernel();
-    assert_eq!(quant_matmul::available(), chosen.is_some());
+    let chosen = kernels::kernel();
+    assert_eq!(kernels::available(), chosen.is_some());
     match std::env::var("DISTILL_QUANT_KERNEL").as_deref() {
         Ok("candle") => assert_eq!(chosen, None),
         Ok("vnni") if common::expected("vnni") => assert_eq!(chosen, Some(Kernel::Vnni)),
         Ok("avx2") if common::expected("avx2") => assert_eq!(chosen, Some(Kernel::Avx2)),
+        Ok("scalar") => assert_eq!(chosen, Some(Kernel::Scalar)),
         Ok(_) => {}
         Err(_) if common::expected("vnni") => assert_eq!(chosen, Some(Kernel::Vnni)),
         Err(_) if common::expected("avx2") => assert_eq!(chosen, Some(Kernel::Avx2)),
@@ -181,7 +189,7 @@ fn kernel_choice_follows_the_cpu_or_the_variable() {
 
 #[test]
 fn several_weights_in_one_pass_equal_one_at_a_time() {
-    if common::skip_without(quant_matmul::available(), "avx2", "int8 kernel") {
+    if common::skip_without(kernels::available(), "avx2", "int8 kernel") {
         return;
     }
     // q, k, v-like shapes (different row counts, one of them off the 16-row grid), for a prompt and a token.
@@ -193,8 +201,8 @@ fn several_weights_in_one_pass_equal_one_at_a_time() {
     for m in [1, 6] {
         let x = values(m * k, 12);
         let refs: Vec<&QuantWeight> = ws.iter().collect();
-        let many = quant_matmul::matmul_many(&x, m, &refs);
-        let one: Vec<Vec<f32>> = ws.iter().map(|w| quant_matmul::matmul(&x, m, w)).collect();
+        let many = kernels::matmul_many(&x, m, &refs);
+        let one: Vec<Vec<f32>> = ws.iter().map(|w| kernels::matmul(&x, m, w)).collect();
         assert_eq!(many, one, "m = {m}");
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use distill_engine::generation::{generate, prefill};
+use distill_engine::infer::generation::{generate, prefill};
 use distill_engine::models::llama::KvCache;
 use distill_engine::{GenerateOptions, Message, WeightFormat};
 

@@ -57,7 +57,7 @@ fn training_forward_matches_inference_and_packing_is_exact() {
     }
     // The training forward computes what inference does: exactly in f32; on AMX its matmuls round
     // their inputs to bf16 (8-bit mantissa), which moves logits by about 1% of their range.
-    let tolerance = if distill_engine::amx::available() { 0.02 } else { 1e-4 };
+    let tolerance = if distill_engine::kernels::amx::available() { 0.02 } else { 1e-4 };
     for (i, ids) in [&a, &b].into_iter().enumerate() {
         let want = inference(&ids[..ids.len() - 1]);
         let range = want.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();

@@ -103,7 +103,7 @@ pub fn choose(
     if prompt.len() + longest >= context {
         return Err(Error::PromptTooLong { tokens: prompt.len() + longest, context });
     }
-    let (logits, mut cache) = crate::generation::prefill(model, prompt, adapter)?;
+    let (logits, mut cache) = crate::infer::generation::prefill(model, prompt, adapter)?;
     let (index, probs, steps) = if scores {
         let (logp, steps) = log_probs(model, adapter, &seqs, logits, &mut cache)?;
         let max = logp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -212,7 +212,7 @@ fn score_subtree(
             let next = model.llama.forward_with(&[token], cache, adapter)?;
             *steps += 1;
             score_subtree(model, adapter, seqs, &more, pos + 1, next, cache, lp, logp, steps)?;
-            cache.truncate(start)?;
+            cache.truncate(start);
         }
     }
     Ok(())

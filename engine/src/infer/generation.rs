@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::lora::LoraAdapter;
 use candle_core::Tensor;
 
+use crate::infer::sampling::Sampler;
 use crate::models::llama::KvCache;
-use crate::sampling::Sampler;
 use crate::text_model::TextModel;
 
 /// Completion options; the JSON keys of `complete(..., options)`. Unknown keys are an error.
@@ -74,11 +74,11 @@ pub struct Generation {
 /// half a second, where a whole 2,000-token prompt took seconds that no cancel could cut short.
 pub const PREFILL_CHUNK: usize = 256;
 
-/// Runs `prompt` (all but what the model's [`PrefixCache`](crate::prefix_cache::PrefixCache) already
+/// Runs `prompt` (all but what the model's [`PrefixCache`](crate::infer::prefix_cache::PrefixCache) already
 /// holds of it); returns the next token's logits and the keys and values of the whole prompt.
 pub fn prefill(model: &TextModel, prompt: &[u32], adapter: Option<&LoraAdapter>) -> Result<(Tensor, KvCache)> {
     crate::interrupt::check()?;
-    let mut cache = model.prefix.start(&model.llama.config, prompt, adapter)?;
+    let mut cache = model.prefix.start(&model.llama.config, prompt, adapter);
     let mut rest = &prompt[cache.len()..];
     while rest.len() > PREFILL_CHUNK {
         model.llama.forward_with(&rest[..PREFILL_CHUNK], &mut cache, adapter)?;

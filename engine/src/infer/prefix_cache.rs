@@ -8,9 +8,9 @@
 
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use crate::infer::kv_cache::KvCache;
 use crate::lora::LoraAdapter;
-use crate::models::llama::{Config, KvCache};
+use crate::models::llama::Config;
 
 /// Adapters remembered at once; the least recently used goes first.
 const ENTRIES: usize = 4;
@@ -24,11 +24,11 @@ pub struct PrefixCache {
 impl PrefixCache {
     /// A KV cache holding the longest prefix of `prompt` already computed with `adapter` (never the
     /// whole prompt: its last token must run to give the next token's logits), and its length.
-    pub fn start(&self, config: &Config, prompt: &[u32], adapter: Option<&LoraAdapter>) -> Result<KvCache> {
-        let Some(id) = key(adapter) else { return Ok(KvCache::new(config)) };
+    pub fn start(&self, config: &Config, prompt: &[u32], adapter: Option<&LoraAdapter>) -> KvCache {
+        let Some(id) = key(adapter) else { return KvCache::new(config) };
         let entries = self.entries.lock();
         let Some((_, ids, cache)) = entries.iter().find(|(k, _, _)| *k == id) else {
-            return Ok(KvCache::new(config));
+            return KvCache::new(config);
         };
         let common = ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         cache.truncated(common.min(prompt.len().saturating_sub(1)))

@@ -76,7 +76,7 @@ pub fn attention(
 /// baseline x86-64 (SSE2), so the attention loops are also compiled for AVX2 and picked at run time:
 /// 8 lanes instead of 4, the same arithmetic (no fused multiply-adds are formed), so the same results.
 fn avx2() -> bool {
-    crate::quant_matmul::Kernel::Avx2.supported()
+    crate::kernels::Kernel::Avx2.supported()
 }
 
 struct Attention<'a> {

@@ -16,8 +16,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result,
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::ops::{contiguous, with_values, Float};
 use crate::threads::SendPtr;
+use crate::train::ops::{contiguous, with_values, Float};
 
 /// What the op needs to know about the packed batch: the sequences, the heads, and each token's
 /// rotary angles.

@@ -16,7 +16,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::amx;
+use crate::kernels::amx;
 use crate::threads::SendPtr;
 
 pub(crate) trait Float: WithDType + num_traits::Float + Send + Sync + 'static {

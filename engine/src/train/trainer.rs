@@ -13,8 +13,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::chat_template::Message;
 use crate::error::{Error, Result};
+use crate::formats::chat_template::Message;
 use crate::lora::{LoraAdapter, LoraConfig};
 use crate::models::llama::{Dropout, PackedBatch};
 use crate::text_model::TextModel;
@@ -468,7 +468,7 @@ pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainCo
     // Weights of the blocks' matmuls and of the output head (a matmul whether tied or not).
     let matmul_params = l * (2 * h * hq + 2 * h * hk + 3 * h * i) + vocab * h;
     let params = matmul_params + if c.tie_word_embeddings { 0 } else { vocab * h };
-    let packed = if crate::amx::available() { matmul_params * 2 * 2 } else { 0 };
+    let packed = if crate::kernels::amx::available() { matmul_params * 2 * 2 } else { 0 };
     // The conditions of `Llama::train_step` that a configuration decides (f32 weights are a given).
     let hand_written = config.lora.dropout == 0.0 && !c.attention_bias && model.llama.device().is_cpu();
     let per_token = if hand_written {

@@ -1,17 +1,19 @@
 //! The training step of an f32 model on the CPU written out by hand: the forward through the blocks,
 //! keeping what the backward reads, the loss, and the backward block by block through the training
-//! ops' own row functions (`ops.rs`, `attention.rs`), the residual stream's gradient added to in place.
+//! ops' own row functions (`train/ops.rs`, `train/attention.rs`), the residual stream's gradient added to in place.
 //!
 //! Why not candle's autograd ([`Llama::forward_train`] + `loss.backward()`, still the path for
-//! dropout, biases, GPUs and weights that are not stacked): it gives every edge of the graph a
+//! dropout, biases and weights that are not stacked): it gives every edge of the graph a
 //! zero-filled tensor and an add (`GradStore::or_insert`), about ten tensors the size of a layer's
 //! activations per block, and wraps each op's output in a new tensor. The arithmetic here is the
-//! same; `engine/tests/train_step.rs` checks the two paths against each other.
+//! same; `engine/tests/train.rs` checks the two paths against each other.
 
 use rayon::prelude::*;
 
 use super::*;
-use crate::ops::{rms_norm_grad_rows, rms_norm_rows, silu_mul_stacked_fwd, silu_mul_stacked_grad_rows, LoraStacked};
+use crate::train::ops::{
+    rms_norm_grad_rows, rms_norm_rows, silu_mul_stacked_fwd, silu_mul_stacked_grad_rows, LoraStacked,
+};
 
 /// A step's mean loss over the batch's targets and the gradient of each adapter tensor (A and B of
 /// every adapted layer) as `(tensor, gradient)`.

@@ -1,0 +1,56 @@
+//! The inference forward on the CPU: activations as plain rows between the matmuls (see
+//! `infer/row_ops.rs` for why), keys and values appended to the [`KvCache`] in place.
+
+use candle_core::Tensor;
+
+use super::{KvCache, Linear, Llama};
+use crate::error::{Error, Result};
+use crate::infer::row_ops;
+use crate::lora::{LoraAdapter, Target};
+
+impl Llama {
+    /// Runs `ids` (one sequence) after the positions already in `cache`, appends them to it, and returns
+    /// the logits of the last position, shape `(vocab,)`.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_with(ids, cache, None)
+    }
+
+    /// [`Llama::forward`] with a LoRA adapter applied.
+    pub fn forward_with(&self, ids: &[u32], cache: &mut KvCache, adapter: Option<&LoraAdapter>) -> Result<Tensor> {
+        let seq_len = ids.len();
+        if seq_len == 0 {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        let pos = cache.len;
+        if pos + seq_len > self.config.max_position_embeddings {
+            return Err(Error::PromptTooLong { tokens: pos + seq_len, context: self.config.max_position_embeddings });
+        }
+        let c = &self.config;
+        let (m, d) = (seq_len, c.head_dim);
+        let (cos, sin) = (&self.rope_values.0, &self.rope_values.1);
+        let mut x = self.token_embd.lookup(ids, &self.device)?.flatten_all()?.to_vec1::<f32>()?;
+        for (i, (b, (kc, vc))) in self.blocks.iter().zip(cache.rows.iter_mut()).enumerate() {
+            let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
+            let h = row_ops::rms_norm(&x, &b.attn_norm.values, b.attn_norm.eps);
+            let qkv = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
+            let [mut q, mut k, v] = Linear::forward_rows_many(qkv, &h, m)?;
+            row_ops::rope(&mut q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
+            row_ops::rope(&mut k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
+            kc.extend_from_slice(&k);
+            vc.extend_from_slice(&v);
+            let y = row_ops::attention(&q, kc, vc, m, pos, c.num_attention_heads, c.num_key_value_heads, d);
+            row_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
+            let h = row_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
+            let [gate, up] =
+                Linear::forward_rows_many([(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))], &h, m)?;
+            let a = row_ops::silu_mul(&gate, &up);
+            row_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
+        }
+        cache.len += m;
+        let last = &x[(m - 1) * c.hidden_size..];
+        let h = row_ops::rms_norm(last, &self.output_norm.values, self.output_norm.eps);
+        let logits = self.output.forward_rows(&h, 1, None)?;
+        let n = logits.len();
+        Ok(Tensor::from_vec(logits, n, &self.device)?)
+    }
+}
