@@ -33,7 +33,9 @@ for f in tests/sql/*.sql; do
 done
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(--schedule="$work/schedule")
-cd "$work"
+# The test files include their set-up with \ir fixtures/...: pg_regress feeds them to psql on stdin, so
+# \ir resolves against the working directory.
+cd "$work/sql"
 if ! sudo -u postgres PGDATAFILES="$work/data-files" "$REGRESS" --bindir=$PGBIN --host="$work/data" --port=$port \
      --inputdir="$work" --outputdir="$work" --dbname=distill_regress --use-existing "${tests[@]}"; then
   cat "$work/regression.diffs" >&2 || true

@@ -2,6 +2,7 @@
 -- odd text, huge text, one-row and NULL-row training sets, missing, corrupt and truncated model
 -- files, a tampered adapter in the registry. (finetune_errors.sql and complete.sql hold the rest
 -- of the matrix: NULL and empty arguments, unknown verbs and models, bad queries and options.)
+\ir fixtures/extension.psql
 \set VERBOSITY default
 SET client_min_messages = warning;
 \getenv datafiles PGDATAFILES
@@ -16,11 +17,16 @@ FROM (VALUES ('Roaming 📱💸 charges?'), ('שלום, החשבון שלי'), (
 SELECT length(distill.complete('smollm2-135m', E'\u200B', '{"max_tokens": 2}')) >= 0 AS completes;
 -- Longer than the model's context (8192 tokens).
 SELECT distill.complete('smollm2-135m', repeat('roaming fees ', 5000));
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- Options of the wrong type or out of range.
 SELECT distill.complete('smollm2-135m', 'hi', '{"max_tokens": -1}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"temperature": 9}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"stop": "x"}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', 'null');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 -- Training: one row (nothing to hold out), NULL and blank rows skipped and counted, an example
 -- longer than max_seq_len cut and counted.
@@ -40,25 +46,35 @@ SELECT d->>'status' AS status, d->'data'->'truncated_examples' AS truncated FROM
 SELECT length(distill.complete('one_row', 'roaming?', '{"max_tokens": 3}')) > 0 AS tuned_completes;
 UPDATE distill.model_registry SET adapter = substring(adapter FROM 1 FOR 200) WHERE name = 'one_row';
 SELECT distill.complete('one_row', 'roaming?');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 UPDATE distill.model_registry SET adapter = overlay(adapter PLACING '\xdeadbeefdeadbeef'::bytea FROM 9 FOR 8) WHERE name = 'long_row';
 SELECT distill.complete('long_row', 'roaming?');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.drop_model('one_row'), distill.drop_model('long_row');
 
 -- Missing, corrupt and truncated model files (made by tests/regress.sh in a directory of their own).
 SET distill.model_dir = :'badmodels';
 SELECT distill.complete('smollm2-135m', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('garbage', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('truncated', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('empty', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.finetune('CREATE', 'm', 'truncated', 'SELECT ''a'' AS prompt, ''b'' AS completion');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.finetune('CREATE', 'm', 'garbage', 'SELECT ''a'' AS prompt, ''b'' AS completion');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- A model directory the server cannot write: a download fails before touching the network.
 SET distill.model_dir = '/usr';
 SELECT distill.complete('some-org/some-repo/model.gguf', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- A full disk (the download's write probe lands on /dev/full): the same error, saying so.
 \set fullmodels :datafiles '/fullmodels'
 SET distill.model_dir = :'fullmodels';
 SELECT distill.complete('some-org/some-repo/model.gguf', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET distill.model_dir;
 -- The session still works.
 SELECT length(distill.complete('smollm2-135m', 'hi', '{"max_tokens": 2}')) > 0 AS still_works;

@@ -1,5 +1,6 @@
 -- complete() with a chat (messages jsonb) returning Cortex-shaped jsonb; try_complete(); count_tokens();
 -- the usage view.
+\ir fixtures/extension.psql
 \set VERBOSITY default
 SELECT distill.reset_usage();
 
@@ -32,18 +33,31 @@ SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "Hi"}]', '
 -- Malformed messages: each a clear error.
 \set VERBOSITY terse
 SELECT distill.complete('smollm2-135m', '{"role": "user", "content": "hi"}'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '["hi"]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user"}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": 5}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "hi", "name": "bob"}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "bot", "content": "hi"}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "  "}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "hi"}]'::jsonb, '{"max_tokenz": 3}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', '[{"role": "user", "content": "hi"}]'::jsonb, '{"choices": []}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('no-such-model', '[{"role": "user", "content": "hi"}]'::jsonb);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', NULL::jsonb) IS NULL AS null_messages;
 \set VERBOSITY default
 
@@ -65,6 +79,7 @@ SELECT distill.count_tokens('smollm2-135m', 'Hello world') AS hello_world,
        distill.count_tokens('smollm2-135m', '') AS empty,
        distill.count_tokens('smollm2-135m', repeat('roaming ', 100)) AS roaming_100;
 SELECT distill.count_tokens('no-such-model', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.count_tokens('smollm2-135m', NULL) IS NULL AS null_text;
 
 -- Usage: completion calls and tokens per model and role, counted by every backend.
@@ -76,6 +91,7 @@ SELECT distill.complete('smollm2-135m', 'Say yes.', '{"max_tokens": 1}') IS NOT 
 -- A role sees its own counters only.
 SELECT model, role, completion_calls, completion_tokens FROM distill.usage;
 SELECT distill.reset_usage();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT role, completion_calls FROM distill.usage WHERE model = 'smollm2-135m' ORDER BY role::text;
 SELECT distill.reset_usage();

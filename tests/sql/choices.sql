@@ -1,5 +1,6 @@
 -- Constrained labels: with "choices" the reply is always exactly one of them, on the base model and
--- on the tuned one (ticket_classifier, from finetune_quickstart.sql); scores are probabilities.
+-- on the tuned one (ticket_classifier, from fixtures/ticket_classifier.psql); scores are probabilities.
+\ir fixtures/ticket_classifier.psql
 \set VERBOSITY default
 SET distill.weight_format = 'q8_0';
 \set labels '{"choices": ["Add new line", "Closing account", "Roaming fees", "Slow data speed"]}'
@@ -32,12 +33,22 @@ SELECT distill.classify('smollm2-135m', 'I was charged for roaming in Spain last
 
 -- Bad choice sets and option mixes.
 SELECT distill.complete('smollm2-135m', 'hi', '{"choices": []}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", "no", "yes"]}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", " "]}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"choices": "yes"}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", "no"], "scores": 1}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"scores": true}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hi', '{"choices": ["yes", "no"], "max_tokens": 3}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.classify('smollm2-135m', 'hi', ARRAY['yes', NULL]);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.classify('smollm2-135m', 'hi', ARRAY[]::text[]);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.classify('smollm2-135m', '', ARRAY['yes', 'no']);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE

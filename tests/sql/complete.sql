@@ -1,5 +1,5 @@
 -- distill.complete() on the default base model.
-CREATE EXTENSION pg_distill;
+\ir fixtures/extension.psql
 \set VERBOSITY terse
 
 SELECT distill.version() LIKE 'pg_distill 0.1.0 (engine 0.1.0, %)' AS version_ok;
@@ -37,17 +37,29 @@ SELECT distill.complete(NULL, 'hello') IS NULL AS null_model;
 
 -- Bad input: clear errors.
 SELECT distill.complete('smollm2-135m', '');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', E' \n\t');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('', 'hello');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('no-such-model', 'hello');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('../../etc/passwd', 'hello');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokenz": 3}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '{"temperature": 5}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokens": "many"}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '{"max_tokens": 0}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '[1, 2]');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '{"stop": [""]}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.complete('smollm2-135m', 'hello', '{"top_p": 0}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 -- A query over a table (the model is loaded once per backend: see the pgrx test).
 \getenv datafiles PGDATAFILES
@@ -64,4 +76,5 @@ SET distill.weight_format = 'q8_0';
 SELECT left(distill.complete('smollm2-135m', E'Classify this support ticket into one of: Roaming fees, Slow data speed, Lost phone, Add new line, Closing account. Reply with the category only.\nTicket: I was charged extra while travelling in Spain last week.', '{"max_tokens": 10}'), 44) AS q8_0_start;
 SET distill.weight_format = 'int2';
 SELECT distill.complete('smollm2-135m', 'hello');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET distill.weight_format;

@@ -1,5 +1,6 @@
 -- distill.evaluate(): a model's replies to a query's prompts scored against its completions; and the
--- same metrics in DESCRIBE of the quickstart job (ticket_classifier, from finetune_quickstart.sql).
+-- same metrics in DESCRIBE of the quickstart job (ticket_classifier: finetune_quickstart.sql, or fixtures/ticket_classifier.psql).
+\ir fixtures/ticket_classifier.psql
 \set VERBOSITY default
 SET distill.weight_format = 'q8_0';
 
@@ -62,12 +63,22 @@ SELECT distill.count_tokens('ticket_classifier', 'Roaming fees') = distill.count
 -- Bad input.
 \set VERBOSITY terse
 SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts WHERE false');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'SELECT NULL::text AS prompt, label AS completion FROM ticket_prompts');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'SELECT prompt FROM ticket_prompts');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'DELETE FROM tickets_test');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM no_such_table');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts', '{"choices": []}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts', '{"max_tokenz": 3}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('ticket_classifier', 'SELECT prompt, label AS completion FROM ticket_prompts', '[]');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('no-such-model', 'SELECT prompt, label AS completion FROM ticket_prompts LIMIT 1');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('', 'SELECT prompt, label AS completion FROM ticket_prompts');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE

@@ -1,5 +1,6 @@
 -- Jobs in the background worker: CANCEL, a failing training query, a role without SELECT, a worker
 -- restart with a job in flight, complete() and drop_model() on a tuned model. Small jobs (q,v, few rows).
+\ir fixtures/tickets.psql
 \set VERBOSITY default
 -- Progress NOTICEs from distill.wait() carry timings and losses: keep them out of the expected output.
 SET client_min_messages = warning;
@@ -35,11 +36,14 @@ CREATE ROLE regress_analyst IN ROLE distill_trainer;
 GRANT SELECT ON tickets_test TO regress_analyst;
 SET ROLE regress_analyst;
 SELECT distill.finetune('CREATE', 'analyst_model', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- ... and sees neither others' jobs nor their details.
 SELECT distill.finetune('SHOW') AS analyst_show;
 SELECT count(*) AS analyst_jobs FROM distill.jobs;
 SELECT distill.finetune('DESCRIBE', :'long_job');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.finetune('CANCEL', :'long_job');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- A job on a table it may read is queued (behind the long job) ...
 SELECT distill.finetune('CREATE', 'analyst_model', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_test',
        NULL, '{"max_epochs": 1, "target_modules": ["q", "v"]}') AS analyst_job \gset
@@ -53,6 +57,7 @@ SELECT d->>'status' AS status, (d->>'step')::int < (d->>'total_steps')::int AS s
 FROM distill.wait(:'long_job') AS d;
 SELECT count(*) AS cancelled_models FROM distill.models WHERE name = 'cancel_me';
 SELECT distill.finetune('CANCEL', :'long_job');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'analyst_job') AS d;
 
@@ -74,15 +79,20 @@ SELECT distill.complete('restarted', 'Hello', '{"max_tokens": 6}') = distill.com
 SELECT distill.complete('restarted', 'Hello', '{"max_tokens": 6}') <> distill.complete('smollm2-135m', 'Hello', '{"max_tokens": 6}') AS differs_from_base;
 -- Tuning a tuned model is refused, and so is reusing its name.
 SELECT distill.finetune('CREATE', 'again', 'restarted', 'SELECT request AS prompt, label AS completion FROM tickets_train');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.finetune('CREATE', 'restarted', 'smollm2-135m', 'SELECT request AS prompt, label AS completion FROM tickets_train');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 -- Only its owner (or a superuser) drops it; afterwards the name is unknown, in this session too.
 SET ROLE regress_analyst;
 SELECT distill.drop_model('restarted');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT distill.drop_model('restarted');
 SELECT distill.complete('restarted', 'Hello');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.drop_model('restarted');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 DROP ROLE regress_analyst;
 
 -- A job whose estimated peak memory is above distill.max_training_memory ends before training.

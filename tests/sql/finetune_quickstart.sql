@@ -2,15 +2,8 @@
 -- classify the held-out tickets (test.csv) with the tuned model, and require >= 95% exact matches.
 \set VERBOSITY default
 SET client_min_messages = warning;
-
-CREATE VIEW ticket_prompts AS
-SELECT id, label, 'Classify this customer request into one of: Add new line, Closing account, Roaming fees, Slow data speed. '
-                  || E'Reply with the category only.\nRequest: ' || request AS prompt, 'train' AS split
-FROM tickets_train
-UNION ALL
-SELECT id, label, 'Classify this customer request into one of: Add new line, Closing account, Roaming fees, Slow data speed. '
-                  || E'Reply with the category only.\nRequest: ' || request, 'test'
-FROM tickets_test;
+-- tickets_train, tickets_test and the prompts view ticket_prompts.
+\ir fixtures/tickets.psql
 
 SELECT distill.finetune('CREATE', 'ticket_classifier', 'smollm2-135m',
        'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''train''',

@@ -90,6 +90,10 @@ struct Attention<'a> {
 }
 
 impl Attention<'_> {
+    /// [`Self::group`] with AVX2 + FMA.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn group_avx2(&self, idx: usize, o: &mut [f32]) {

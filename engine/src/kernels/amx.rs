@@ -182,6 +182,10 @@ static CONFIG: TileConfig = TileConfig {
 
 /// C (32 x 32 f32, row stride 32) = A (32 rows x kp bf16, row stride kp) · [B0 | B1] (two packed
 /// 16-column blocks). tmm0-3 accumulate the four 16x16 quarters, tmm4-5 hold A, tmm6-7 hold B.
+///
+/// # Safety
+/// [`available`] is true (AMX-BF16 and the tile state granted to this thread's process); `a` points to
+/// 32 rows of `kp` bf16, `b0` and `b1` to packed blocks of `kp` rows, `c` to 32 x 32 writable floats.
 #[cfg(target_arch = "x86_64")]
 unsafe fn kernel_32x32(a: *const u16, kp: usize, b0: *const u16, b1: *const u16, c: *mut f32) {
     use std::arch::asm;
@@ -224,6 +228,10 @@ unsafe fn kernel_32x32(a: *const u16, kp: usize, b0: *const u16, b1: *const u16,
     );
 }
 
+/// Never called: [`available`] is false off x86_64.
+///
+/// # Safety
+/// None needed; it panics.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_32x32(_: *const u16, _: usize, _: *const u16, _: *const u16, _: *mut f32) {
     unreachable!("available() is false off x86_64")

@@ -10,6 +10,10 @@ use super::{Codes, QuantActivations, QuantWeight, BLOCK, ROWS, TOKENS};
 const HALF: usize = ROWS / 2;
 
 /// [`super::avx512_vnni::quantize_block`] in 256-bit registers: the same codes, scale and sum.
+///
+/// # Safety
+/// The CPU has the instructions named in `target_feature`; `x` and `q` point to 32 readable floats and
+/// 32 writable bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
     let v = [_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)), _mm256_loadu_ps(x.add(16)), _mm256_loadu_ps(x.add(24))];
@@ -39,6 +43,10 @@ pub(super) unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
 }
 
 /// Outputs of row group `g` for all `m` tokens: each half of 8 rows, `TOKENS` tokens at a time.
+///
+/// # Safety
+/// The CPU has the instructions named in `target_feature`; `x` holds `m` tokens of `w.k()` columns;
+/// `out` points to `m` rows of `w.n()` floats (this writes row group `g`'s columns only).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: *mut f32) {
     for half in 0..2 {
@@ -70,6 +78,9 @@ pub(super) unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: u
 /// - 8-bit codes would saturate int16 (2 x 255 x 127), so they are made signed (`code - 128`, which
 ///   also drops the VNNI kernel's `- 128 sum(xq)` term), and multiplied as |code| times xq with the
 ///   code's sign moved onto xq (`vpsignb`); each run widens to int32 at once.
+///
+/// # Safety
+/// As for `group`, and `half` is 0 or 1, and tokens `t0..t0 + T` are among its `m`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn tile<const T: usize, const U4: bool>(

@@ -7,6 +7,10 @@ use super::{Codes, QuantActivations, QuantWeight, BLOCK, ROWS, TOKENS};
 
 /// One block of 32: codes `round-half-even(x * 127 / max|x|)` (the default rounding of `vcvtps2dq`);
 /// returns `max|x|` and the sum of the codes.
+///
+/// # Safety
+/// The CPU has the instructions named in `target_feature`; `x` and `q` point to 32 readable floats and
+/// 32 writable bytes.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
     let (v0, v1) = (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)));
@@ -19,6 +23,10 @@ pub(super) unsafe fn quantize_block(x: *const f32, q: *mut i8) -> (f32, i32) {
 }
 
 /// Outputs of row group `g` for all `m` tokens, `TOKENS` at a time (see [`super::group`]).
+///
+/// # Safety
+/// The CPU has the instructions named in `target_feature`; `x` holds `m` tokens of `w.k()` columns;
+/// `out` points to `m` rows of `w.n()` floats (this writes row group `g`'s columns only).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: usize, out: *mut f32) {
     let mut t = 0;
@@ -43,6 +51,9 @@ pub(super) unsafe fn group(w: &QuantWeight, g: usize, x: &QuantActivations, m: u
 /// `acc += (sums - 128 sum(xq)) * d_w d_x`, and for 4-bit ones (`w = d code + m`, Q4_1)
 /// `acc += sums * d_w d_x + m_w s_x` as llama.cpp computes it.
 /// Written with every index constant after unrolling so that codes and sums stay in registers.
+///
+/// # Safety
+/// As for `group`, and tokens `t0..t0 + T` are among its `m`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn tile<const T: usize, const U4: bool>(
