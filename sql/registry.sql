@@ -102,6 +102,8 @@ REVOKE ALL ON distill.job_registry, distill.model_registry, distill.model_grants
 CREATE VIEW distill.models WITH (security_barrier) AS
 SELECT m.name, m.base_model, m.owner, m.created_on, m.job_id,
        pg_catalog.octet_length(m.adapter) AS adapter_bytes, m.options, m.metrics,
+       -- A classifier's label set: complete() and evaluate() answer from it unless "choices" says otherwise.
+       m.metrics OPERATOR(pg_catalog.->) 'labels' AS labels,
        ARRAY(SELECT g.grantee FROM distill.model_grants g WHERE g.model = m.name ORDER BY 1) AS granted_to
 FROM distill.model_registry m
 WHERE pg_catalog.pg_has_role(current_user, m.owner, 'USAGE')

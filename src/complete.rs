@@ -8,13 +8,14 @@ use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
 use crate::errors::{invalid, report_sql, OrReport};
-use crate::model_cache::with_model;
+use crate::model_cache::{self, with_model};
 use crate::usage;
 
 /// NULL prompt in, NULL out (the function is STRICT, the SQL convention); an empty prompt is an error.
+/// A tuned classifier answers from its label set (see [`Request::ModelDefault`]).
 #[pg_extern(volatile, parallel_safe)]
 fn complete(model: &str, prompt: &str) -> String {
-    reply(model, &[user(prompt)], &Request::Generate(GenerateOptions::default())).text
+    reply(model, &[user(prompt)], &Request::ModelDefault { opts: GenerateOptions::default(), scores: false }).text
 }
 
 /// With `"choices": [...]` in the options the reply is always exactly one of them (constrained
@@ -92,41 +93,79 @@ fn version() -> String {
     )
 }
 
-/// What to do with the conversation: generate freely, or pick one of a fixed set of replies.
+/// What to do with the conversation: generate freely, pick one of a fixed set of replies, or (no
+/// `choices` option) whichever the model calls for.
+#[derive(Clone)]
 pub enum Request {
     Generate(GenerateOptions),
-    Choose { choices: Vec<String>, scores: bool },
+    Choose {
+        choices: Vec<String>,
+        scores: bool,
+    },
+    /// The model's stored label set when it has one (a tuned classifier, see
+    /// `distill_engine::train::label_set`), else free generation with these options.
+    ModelDefault {
+        opts: GenerateOptions,
+        scores: bool,
+    },
 }
 
 impl Request {
-    /// `choices` and `scores` select constrained decoding; the other keys are generation options,
-    /// which do not apply to it (it is greedy over the choices).
+    /// `choices` (a list, or `false` for free text) and `scores` select constrained decoding; the
+    /// other keys are generation options, which do not apply to it (it is greedy over the choices).
     pub fn parse(options: JsonB) -> Self {
         let Value::Object(mut o) = options.0 else {
             invalid("options must be a JSON object, e.g. '{\"max_tokens\": 20}'")
         };
-        let Some(choices) = o.remove("choices") else {
-            if o.contains_key("scores") {
-                invalid("\"scores\" needs \"choices\"");
-            }
+        let scores = match o.remove("scores") {
+            None => None,
+            Some(Value::Bool(b)) => Some(b),
+            Some(_) => invalid("scores must be true or false"),
+        };
+        let generate = |o: Map<String, Value>| -> GenerateOptions {
             let opts: GenerateOptions =
                 serde_json::from_value(Value::Object(o)).unwrap_or_else(|e| invalid(format!("invalid options: {e}")));
             opts.validate().or_report();
-            return Request::Generate(opts);
+            opts
+        };
+        let choices = match o.remove("choices") {
+            None => return Request::ModelDefault { opts: generate(o), scores: scores.unwrap_or(false) },
+            Some(Value::Bool(false)) => {
+                if scores.is_some() {
+                    invalid("\"scores\" needs choices (\"choices\": false asks for free text)");
+                }
+                return Request::Generate(generate(o));
+            }
+            Some(choices) => choices,
         };
         let choices: Vec<String> = serde_json::from_value(choices).unwrap_or_else(|_| {
-            invalid("choices must be an array of strings, e.g. '{\"choices\": [\"yes\", \"no\"]}'")
+            invalid("choices must be an array of strings, or false, e.g. '{\"choices\": [\"yes\", \"no\"]}'")
         });
-        let scores = match o.remove("scores") {
-            None => false,
-            Some(Value::Bool(b)) => b,
-            Some(_) => invalid("scores must be true or false"),
-        };
+        let scores = scores.unwrap_or(false);
         if let Some(k) = o.keys().next() {
             invalid(format!("option \"{k}\" does not apply with choices (decoding is greedy over the choices)"));
         }
         distill_engine::infer::choices::validate(&choices).or_report();
         Request::Choose { choices, scores }
+    }
+
+    /// [`Request::ModelDefault`] made definite for `model`: its label set, or free generation.
+    pub fn for_model(&self, model: &str) -> Request {
+        let Request::ModelDefault { opts, scores } = self else { return self.clone() };
+        match model_cache::stored_labels(model).or_report() {
+            Some(choices) => {
+                if opts.temperature > 0.0 {
+                    invalid(format!(
+                        "model \"{model}\" answers from its label set, which is decoded greedily; add \"choices\": false to sample free text"
+                    ));
+                }
+                Request::Choose { choices, scores: *scores }
+            }
+            None if *scores => invalid(format!(
+                "\"scores\" needs choices: pass a \"choices\" list (model \"{model}\" has no label set)"
+            )),
+            None => Request::Generate(opts.clone()),
+        }
     }
 }
 
@@ -144,7 +183,8 @@ pub struct Reply {
 pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
     check_model_name(model);
     let started = Instant::now();
-    let r = match request {
+    let r = match &request.for_model(model) {
+        Request::ModelDefault { .. } => unreachable!("for_model makes the request definite"),
         Request::Generate(opts) => {
             let g = with_model(model, |m, a| m.chat_with(messages, opts, a)).or_report();
             let finish_reason = match g.finish_reason {

@@ -12,11 +12,13 @@ use serde_json::{json, Value};
 
 use crate::complete::{check_model_name, reply, Request};
 use crate::errors::{invalid, OrReport};
-use crate::model_cache::with_model;
+use crate::model_cache::{self, with_model};
 use crate::user_query;
 
 /// Options: those of `complete()`; `"choices": true` constrains replies to the distinct completions
-/// of the query. Without `max_tokens`, replies get the longest completion's tokens plus 16.
+/// of the query; without `choices`, a model with a label set answers from it (as `complete()` does),
+/// `"choices": false` generates free text. Without `max_tokens`, free replies get the longest
+/// completion's tokens plus 16.
 #[pg_extern(volatile, parallel_unsafe)]
 fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
     check_model_name(model);
@@ -38,7 +40,16 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
         labels.sort_unstable();
         labels.dedup();
         options.insert("choices".into(), json!(labels));
-    } else if !options.contains_key("choices") && !options.contains_key("max_tokens") {
+    }
+    // Without "choices", a classifier answers from its label set, as complete() does.
+    let stored_labels = match options.contains_key("choices") {
+        false => model_cache::stored_labels(model).or_report(),
+        true => None,
+    };
+    if stored_labels.is_none()
+        && !matches!(options.get("choices"), Some(Value::Array(_)))
+        && !options.contains_key("max_tokens")
+    {
         let budget = with_model(model, |m, _| reply_budget(m, expected())).or_report();
         options.insert("max_tokens".into(), json!(budget));
     }
@@ -52,5 +63,8 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
     out["skipped_rows"] = json!(rows.skipped);
     out["seconds"] = json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
     out["options"] = Value::Object(options);
+    if let Some(labels) = stored_labels {
+        out["labels"] = json!(labels);
+    }
     JsonB(out)
 }

@@ -138,6 +138,11 @@ struct FinetuneOptions {
     seed: Option<u64>,
     /// Share of the training rows held out for validation when no validation query is given.
     validation_fraction: Option<f64>,
+    /// Keep the adapter of the epoch with the lowest validation loss (default true).
+    keep_best_epoch: Option<bool>,
+    /// Stop once validation loss has not improved for `patience` epochs (default false, patience 1).
+    early_stopping: Option<bool>,
+    patience: Option<usize>,
 }
 
 /// Default share of training rows held out as the validation set when CREATE has no validation_sql.
@@ -175,8 +180,14 @@ pub fn train_config(options: &Value) -> distill_engine::Result<(TrainConfig, f64
         max_seq_len: o.max_seq_len.unwrap_or(d.max_seq_len),
         seed: o.seed.unwrap_or(d.seed),
         lora,
+        keep_best: o.keep_best_epoch.unwrap_or(d.keep_best),
+        early_stopping: o.early_stopping.unwrap_or(d.early_stopping),
+        patience: o.patience.unwrap_or(d.patience),
         ..d
     };
+    if o.patience.is_some() && !config.early_stopping {
+        return Err(InvalidInput("patience needs \"early_stopping\": true".into()));
+    }
     config.validate()?;
     let fraction = o.validation_fraction.unwrap_or(DEFAULT_VALIDATION_FRACTION);
     if !(0.0..=0.5).contains(&fraction) {

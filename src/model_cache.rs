@@ -70,6 +70,16 @@ pub fn with_model<R: Send>(
     })
 }
 
+/// The label set stored with tuned model `name` (a classifier's, see
+/// `distill_engine::train::label_set`); None for a base model, a model without one, or one the caller
+/// may not use (its call then fails as [`with_model`] says, telling it nothing more).
+pub fn stored_labels(name: &str) -> Result<Option<Vec<String>>> {
+    Ok(match base_or_tuned(name)? {
+        Resolved::Tuned(tuned) if tuned.usable => tuned.labels,
+        _ => None,
+    })
+}
+
 enum Resolved {
     Base(PathBuf),
     Tuned(registry::TunedModel),

@@ -239,6 +239,8 @@ pub struct TunedModel {
     pub base_model: String,
     /// The caller owns it (or belongs to its owner), is a superuser, or was granted it.
     pub usable: bool,
+    /// Its training completions' label set, when they formed one.
+    pub labels: Option<Vec<String>>,
 }
 
 pub fn find_model(name: &str) -> Option<TunedModel> {
@@ -250,7 +252,8 @@ pub fn find_model(name: &str) -> Option<TunedModel> {
                         $3 OR pg_catalog.pg_has_role($2, m.owner::pg_catalog.oid, 'USAGE') OR EXISTS (
                             SELECT FROM distill.model_grants g WHERE g.model OPERATOR(pg_catalog.=) m.name
                             AND CASE WHEN g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN true
-                                     ELSE pg_catalog.pg_has_role($2, g.grantee::pg_catalog.oid, 'USAGE') END)
+                                     ELSE pg_catalog.pg_has_role($2, g.grantee::pg_catalog.oid, 'USAGE') END),
+                        m.metrics OPERATOR(pg_catalog.->) 'labels'
                  FROM distill.model_registry m WHERE m.name OPERATOR(pg_catalog.=) $1",
                 None,
                 &[name.into(), caller.into(), is_super.into()],
@@ -263,6 +266,7 @@ pub fn find_model(name: &str) -> Option<TunedModel> {
                 version: r.get(1)?.unwrap_or_default(),
                 base_model: r.get(2)?.unwrap_or_default(),
                 usable: r.get(3)?.unwrap_or(false),
+                labels: r.get::<pgrx::JsonB>(4)?.and_then(|j| serde_json::from_value(j.0).ok()),
             }))
         })
     });

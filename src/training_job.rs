@@ -118,6 +118,8 @@ impl Runner {
                 (t, e, source)
             }
         };
+        // A classifier's training set: the model will answer from these labels by default.
+        let labels = train::label_set::closed_label_set(train_set.iter().map(|e| e.completion.as_str()));
         let model = self.model(&job.base_model)?;
         let estimate = train::estimate_memory(&model, &train_set, &config)?;
         let limit = guc::max_training_memory_bytes();
@@ -141,6 +143,7 @@ impl Runner {
             "memory_estimate_mb": estimate.bytes >> 20,
             "largest_batch_tokens": estimate.largest_batch_tokens,
             "threads": guc::training_threads(),
+            "labels": labels,
         });
         let cancelled = transaction(|| {
             Spi::get_one_with_args::<bool>(
@@ -154,20 +157,23 @@ impl Runner {
         }
 
         let started = Instant::now();
-        let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), total_steps)?;
+        let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), labels.clone())?;
         let (adapter, report, validation_metrics) = match outcome {
             Trained::Done(done) => *done,
             Trained::Cancelled if shutdown_requested() => return requeue(job),
             Trained::Cancelled => return finish_cancelled(job),
         };
         data["truncated_examples"] = json!(report.truncated);
+        data["kept_epoch"] = json!(report.kept_epoch);
+        data["kept_because"] = json!(kept_because(&report, &config));
+        data["stopped_early"] = json!(report.stopped_early);
         // Training alone (what tokens/s is measured over), the validation loss passes, and the whole job.
         data["train_seconds"] = json!(report.train_seconds);
         data["validation_loss_seconds"] = json!(report.eval_seconds);
         data["job_seconds"] = json!(started.elapsed().as_secs_f64());
         // Beside memory_estimate_mb: what the worker process really reached (rows, model, training).
         data["peak_rss_mb"] = json!(peak_rss_mb());
-        store(job, &model, &adapter, &report, &data, validation_metrics)
+        store(job, &model, &adapter, &report, &data, labels, validation_metrics)
     }
 
     /// Trains on an engine thread; meanwhile reports progress and relays CANCEL and shutdown.
@@ -178,8 +184,9 @@ impl Runner {
         train_set: Vec<Example>,
         eval_set: Vec<Example>,
         config: TrainConfig,
-        total_steps: usize,
+        labels: Option<Vec<String>>,
     ) -> Result<Trained, JobError> {
+        let total_steps = config.total_steps(train_set.len());
         let pool = self.pool()?;
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -190,7 +197,7 @@ impl Runner {
                 let (adapter, report) = train::train(&model, &train_set, &eval_set, &config, &mut observer)?;
                 let metrics = match report.cancelled {
                     true => None,
-                    false => validation_metrics(&model, &adapter, &eval_set, &observer)?,
+                    false => validation_metrics(&model, &adapter, &eval_set, labels.as_deref(), &observer)?,
                 };
                 Ok::<_, distill_engine::Error>((adapter, report, metrics))
             })
@@ -262,11 +269,13 @@ impl Runner {
 }
 
 /// The tuned model's replies to (up to [`METRICS_ROWS`]) validation rows, scored as `distill.evaluate()`
-/// does; None when there are no validation rows or the job was cancelled meanwhile.
+/// does (from its label set, when it has one, as `complete()` will answer); None when there are no
+/// validation rows or the job was cancelled meanwhile.
 fn validation_metrics(
     model: &TextModel,
     adapter: &LoraAdapter,
     eval_set: &[Example],
+    labels: Option<&[String]>,
     observer: &ChannelObserver,
 ) -> distill_engine::Result<Option<Value>> {
     let rows = &eval_set[..eval_set.len().min(METRICS_ROWS)];
@@ -285,7 +294,10 @@ fn validation_metrics(
             return Ok(None);
         }
         let _ = observer.tx.send(Event::Answered { done: predicted.len(), of: rows.len() });
-        predicted.push(model.complete_with(&e.prompt, &opts, Some(&adapter))?.text);
+        predicted.push(match labels {
+            Some(labels) => model.choose_with(&e.prompt, labels, false, Some(&adapter))?.text,
+            None => model.complete_with(&e.prompt, &opts, Some(&adapter))?.text,
+        });
     }
     let m = metrics::classification_metrics(
         rows.iter().map(|e| e.completion.as_str()).zip(predicted.iter().map(String::as_str)),
@@ -331,12 +343,14 @@ fn store(
     adapter: &LoraAdapter,
     report: &TrainReport,
     data: &Value,
+    labels: Option<Vec<String>>,
     validation_metrics: Option<Value>,
 ) -> Result<(), JobError> {
     let peft_base = distill_engine::model_store::peft_base_name(&job.base_model);
     let blob = adapter.to_bytes(peft_base, &model.llama.config)?;
-    let training_loss = report.train_loss.last().copied();
-    let validation_loss = report.eval_loss.last().copied();
+    // The losses of the epoch whose adapter is stored.
+    let training_loss = report.train_loss.get(report.kept_epoch.wrapping_sub(1)).copied();
+    let validation_loss = report.eval_loss.get(report.kept_epoch.wrapping_sub(1)).copied();
     let epochs = epochs_json(report);
     let metrics = json!({
         "training_loss": training_loss,
@@ -347,6 +361,8 @@ fn store(
         "examples": report.examples,
         "truncated_examples": report.truncated,
         "validation_metrics": validation_metrics,
+        "kept_epoch": report.kept_epoch,
+        "labels": labels,
     });
     let status = transaction(|| {
         Spi::get_one_with_args::<String>(
@@ -404,6 +420,21 @@ fn requeue(job: &Job) -> Result<(), JobError> {
         )
     })?
     .map_err(JobError::from)
+}
+
+/// Why DESCRIBE's model is the adapter of `report.kept_epoch`.
+fn kept_because(report: &TrainReport, config: &TrainConfig) -> String {
+    let run = report.train_loss.len();
+    let stopped = if report.stopped_early {
+        format!("; early stopping ended the run after epoch {run} of {}", config.epochs)
+    } else {
+        String::new()
+    };
+    match report.eval_loss.get(report.kept_epoch.wrapping_sub(1)) {
+        None => format!("the last epoch: there were no validation rows to choose by{stopped}"),
+        Some(_) if !config.keep_best => format!("the last epoch: keep_best_epoch is off{stopped}"),
+        Some(l) => format!("the lowest validation loss ({l:.4}) of the {run} epochs run{stopped}"),
+    }
 }
 
 fn epochs_json(report: &TrainReport) -> Value {

@@ -1,5 +1,6 @@
-//! Fine-tune on a CSV of (text, label) rows and measure exact-match accuracy with greedy decoding on
-//! another: the engine alone, no Postgres.
+//! Fine-tune on a CSV of (text, label) rows and measure exact-match accuracy on another, greedy, both
+//! free and answering from the training labels (what `complete()` does on a model whose completions
+//! are a closed label set): the engine alone, no Postgres.
 //!
 //! cargo run -p distill-engine --example finetune_eval -- --train data/support_tickets/train.csv \
 //!     --test data/support_tickets/test.csv [--epochs 3] [--lr 1e-3] [--batch 8] [--r 8] [--alpha 16]
@@ -87,8 +88,9 @@ fn main() -> distill_engine::Result<()> {
 
     let serve = TextModel::load(&path, WeightFormat::Q8_0, &candle_core::Device::Cpu)?;
     let opts = GenerateOptions { max_tokens: 16, ..Default::default() };
+    let label_set = distill_engine::train::label_set::closed_label_set(examples.iter().map(|e| e.completion.as_str()));
     let started = Instant::now();
-    let mut correct = 0;
+    let (mut correct, mut correct_labels) = (0, 0);
     for (text, label) in &test_rows {
         let ids = serve.chat_prompt(&[distill_engine::Message::user(&prompt(text))])?;
         let out =
@@ -98,10 +100,20 @@ fn main() -> distill_engine::Result<()> {
         } else {
             eprintln!("miss: want {label:?}, got {:?}", out.text);
         }
+        if let Some(labels) = &label_set {
+            let c = pool.install(|| serve.choose_with(&prompt(text), labels, false, Some(&adapter)))?;
+            correct_labels += (c.text.trim() == label.trim()) as usize;
+        }
     }
     let accuracy = correct as f64 / test_rows.len() as f64;
+    let with_labels = match &label_set {
+        Some(_) => {
+            format!("{:.4} ({correct_labels}/{})", correct_labels as f64 / test_rows.len() as f64, test_rows.len())
+        }
+        None => "n/a (the completions are no closed label set)".into(),
+    };
     println!(
-        "accuracy {accuracy:.4} ({correct}/{}), train {train_secs:.1}s, {:.0} train tok/s, eval {:.1}s, final train loss {:.4}",
+        "accuracy {accuracy:.4} ({correct}/{}) free, {with_labels} from the label set, train {train_secs:.1}s, {:.0} train tok/s, eval {:.1}s, final train loss {:.4}",
         test_rows.len(),
         report.trained_tokens as f64 / train_secs,
         started.elapsed().as_secs_f64(),

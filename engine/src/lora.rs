@@ -181,6 +181,21 @@ impl LoraAdapter {
     }
 
     /// The same values, cut off from any autograd graph (for inference and saving).
+    /// A copy with storage of its own: later optimizer steps on this adapter's variables leave it as
+    /// it is now ([`Self::detached`] shares their storage).
+    pub fn snapshot(&self) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|(t, p)| Ok((*t, LoraPair { a: p.a.detach().copy()?, b: p.b.detach().copy()? })))
+                    .collect::<Result<_>>()
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { config: self.config.clone(), layers, cache_id: new_cache_id() })
+    }
+
     pub fn detached(&self) -> Self {
         let layers = self
             .layers

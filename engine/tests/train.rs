@@ -329,3 +329,57 @@ fn training_with_and_without_shared_prefixes_agrees() {
     assert!(close(on.train_loss[0], off.train_loss[0]), "train loss {:?} vs {:?}", on.train_loss, off.train_loss);
     assert!(close(on.eval_loss[0], off.eval_loss[0]), "eval loss {:?} vs {:?}", on.eval_loss, off.eval_loss);
 }
+
+/// Validation rows that contradict the training rows (the same tickets with another ticket's label):
+/// the better the model learns the training labels, the worse its validation loss.
+fn contradicting_sets() -> (Vec<Example>, Vec<Example>) {
+    let data = tickets("train.csv");
+    let train: Vec<Example> = data[..16].to_vec();
+    let labels: Vec<String> = data[..16].iter().map(|e| e.completion.clone()).collect();
+    let eval = train
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let other = labels.iter().cycle().skip(i + 1).find(|l| **l != e.completion).unwrap();
+            Example::new(&e.prompt, other)
+        })
+        .collect();
+    (train, eval)
+}
+
+#[test]
+fn the_best_epoch_is_kept_and_early_stopping_stops_when_validation_worsens() {
+    let model = f32_model();
+    let (train_set, eval_set) = contradicting_sets();
+    let lora = LoraConfig { targets: vec![distill_engine::Target::Q, distill_engine::Target::V], ..Default::default() };
+    let cfg = TrainConfig { epochs: 4, batch_size: 4, learning_rate: 3e-3, lora, ..Default::default() };
+
+    // Without early stopping every epoch runs; the adapter returned is the lowest-validation-loss one.
+    let (adapter, report) = train(model, &train_set, &eval_set, &cfg, &mut NoObserver).unwrap();
+    assert_eq!(report.eval_loss.len(), 4);
+    assert!(!report.stopped_early);
+    let best = (1..=4).min_by(|&a, &b| report.eval_loss[a - 1].total_cmp(&report.eval_loss[b - 1])).unwrap();
+    assert!(report.eval_loss[3] > report.eval_loss[best - 1], "validation loss should rise: {:?}", report.eval_loss);
+    assert_eq!(report.kept_epoch, best);
+    // The kept adapter is that epoch's, not the last one's: its validation loss is the epoch's.
+    let kept_loss = evaluate_loss(model, &adapter, &eval_set, &cfg).unwrap();
+    assert!((kept_loss - report.eval_loss[best - 1]).abs() < 1e-4, "{kept_loss} vs {:?}", report.eval_loss);
+
+    // keep_best off: the last epoch's adapter.
+    let last = TrainConfig { keep_best: false, ..cfg.clone() };
+    let (adapter, report) = train(model, &train_set, &eval_set, &last, &mut NoObserver).unwrap();
+    assert_eq!(report.kept_epoch, 4);
+    let last_loss = evaluate_loss(model, &adapter, &eval_set, &cfg).unwrap();
+    assert!((last_loss - report.eval_loss[3]).abs() < 1e-4);
+
+    // Early stopping with patience 1 ends the run at the first epoch that does not improve.
+    let early = TrainConfig { early_stopping: true, patience: 1, ..cfg.clone() };
+    let (_, report) = train(model, &train_set, &eval_set, &early, &mut NoObserver).unwrap();
+    let l = &report.eval_loss;
+    let n = l.len();
+    assert!(report.stopped_early && (2..4).contains(&n), "{l:?}");
+    let min_before = |k: usize| l[..k].iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(l[n - 1] >= min_before(n - 1), "the last epoch run did not improve: {l:?}");
+    assert!((1..n - 1).all(|k| l[k] < min_before(k)), "every earlier epoch improved: {l:?}");
+    assert_eq!(report.kept_epoch, n - 1);
+}

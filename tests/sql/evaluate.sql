@@ -4,7 +4,8 @@
 \set VERBOSITY default
 SET distill.weight_format = 'q8_0';
 
--- The tuned model on the 27 held-out tickets, free generation.
+-- The tuned model on the 27 held-out tickets, free generation ("choices": false: by default it would
+-- answer from its label set, labels.sql): replies get the longest completion's tokens + 16.
 SELECT (e->>'rows')::int AS rows, (e->>'exact_match')::int >= 26 AS exact_match_26_or_more,
        (e->>'accuracy')::float8 >= 0.95 AS accuracy_at_least_95, (e->>'macro_f1')::float8 >= 0.9 AS macro_f1_at_least_90,
        (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(e->'per_label') k) AS labels,
@@ -12,7 +13,7 @@ SELECT (e->>'rows')::int AS rows, (e->>'exact_match')::int >= 26 AS exact_match_
        (SELECT sum((v->>'support')::int) FROM jsonb_each(e->'per_label') AS p(k, v)) AS support_total,
        e->'options' AS options, e->'skipped_rows' AS skipped_rows
 FROM distill.evaluate('ticket_classifier',
-       'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test''') AS e;
+       'SELECT prompt, label AS completion FROM ticket_prompts WHERE split = ''test''', '{"choices": false}') AS e;
 
 -- Per-label metrics, accuracy and macro-F1 equal what the confusion matrix gives by hand (the base
 -- model constrained to the labels, so it makes mistakes to count): precision tp/predicted, recall

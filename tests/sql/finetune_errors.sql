@@ -95,6 +95,12 @@ SELECT distill.finetune('CREATE', 'm', 'smollm2-135m', :'q', NULL, '{"max_seq_le
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.finetune('CREATE', 'm', 'smollm2-135m', :'q', NULL, '{"validation_fraction": 0.9}');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT distill.finetune('CREATE', 'm', 'smollm2-135m', :'q', NULL, '{"patience": 2}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT distill.finetune('CREATE', 'm', 'smollm2-135m', :'q', NULL, '{"early_stopping": true, "patience": 0}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT distill.finetune('CREATE', 'm', 'smollm2-135m', :'q', NULL, '{"early_stopping": "yes"}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 -- A queued job, cancelled before any worker could see it (same transaction): DESCRIBE's and SHOW's shape.
 BEGIN;

@@ -51,6 +51,13 @@ pub struct TrainConfig {
     /// once per batch: the same loss and gradients for less compute (`PackedBatch::push_shared`). Off
     /// to measure what it saves; never with LoRA dropout, whose masks it would share too.
     pub share_prefix: bool,
+    /// With an evaluation set, return the adapter of the epoch with the lowest evaluation loss, not the
+    /// last one (a later epoch that overfits does not replace a better one).
+    pub keep_best: bool,
+    /// With an evaluation set, stop once the evaluation loss has not improved for `patience` epochs.
+    pub early_stopping: bool,
+    /// Epochs without improvement that early stopping waits for.
+    pub patience: usize,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +73,9 @@ impl Default for TrainConfig {
             seed: 42,
             lora: LoraConfig::default(),
             share_prefix: true,
+            keep_best: true,
+            early_stopping: false,
+            patience: 1,
         }
     }
 }
@@ -95,6 +105,9 @@ impl TrainConfig {
             || self.max_grad_norm < 0.0
         {
             return bad("warmup_ratio must be in [0, 1), weight_decay in [0, 1], max_grad_norm >= 0".into());
+        }
+        if !(1..=10).contains(&self.patience) {
+            return bad(format!("patience must be between 1 and 10, got {}", self.patience));
         }
         self.lora.validate()
     }
@@ -142,6 +155,11 @@ pub struct TrainReport {
     /// Examples cut to max_seq_len.
     pub truncated: usize,
     pub cancelled: bool,
+    /// The epoch whose adapter was returned (1-based): the one with the lowest evaluation loss under
+    /// `keep_best`, else the last one run.
+    pub kept_epoch: usize,
+    /// Early stopping ended the run before its last epoch.
+    pub stopped_early: bool,
     /// Seconds spent training (tokenizing and optimizer steps), without the evaluation passes.
     pub train_seconds: f64,
     /// Seconds spent on the per-epoch evaluation loss.
@@ -287,6 +305,9 @@ pub fn train(
     let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
     let mut dropout = Dropout::new(config.lora.dropout, config.seed ^ 0x5eed);
     let share_prefix = config.share_prefix && config.lora.dropout == 0.0;
+    // (evaluation loss, epoch, the adapter then: a copy, since the optimizer updates the variables in place)
+    let mut best: Option<(f64, usize, Option<LoraAdapter>)> = None;
+    let mut epochs_since_best = 0;
     'epochs: for (epoch, order) in example_orders(toks.len(), config.epochs, config.seed).into_iter().enumerate() {
         let (mut epoch_loss, mut epoch_tokens) = (0.0, 0usize);
         for chunk in order.chunks(config.batch_size) {
@@ -330,11 +351,31 @@ pub fn train(
         report.eval_seconds += evaluating.elapsed().as_secs_f64();
         if let Some(l) = eval_loss {
             report.eval_loss.push(l);
+            if best.as_ref().is_none_or(|b| l < b.0) {
+                let last_epoch = epoch + 1 == config.epochs;
+                // The last epoch's adapter is the one returned anyway: no copy needed.
+                let snapshot = if config.keep_best && !last_epoch { Some(adapter.snapshot()?) } else { None };
+                best = Some((l, epoch + 1, snapshot));
+                epochs_since_best = 0;
+            } else {
+                epochs_since_best += 1;
+            }
         }
         observer.epoch_end(epoch + 1, train_loss, eval_loss);
+        if config.early_stopping && epochs_since_best >= config.patience && epoch + 1 < config.epochs {
+            report.stopped_early = true;
+            break;
+        }
     }
     report.train_seconds = started.elapsed().as_secs_f64() - report.eval_seconds;
-    Ok((adapter.detached(), report))
+    report.kept_epoch = report.train_loss.len();
+    match best {
+        Some((_, epoch, Some(snapshot))) if config.keep_best && epoch < report.kept_epoch => {
+            report.kept_epoch = epoch;
+            Ok((snapshot, report))
+        }
+        _ => Ok((adapter.detached(), report)),
+    }
 }
 
 /// The order [`train`] visits `examples` in, one shuffle per epoch, drawn from `seed` (the LoRA
