@@ -10,8 +10,9 @@
 #              M per intent of the test split (the results' train_rows/test_rows and whole_splits say
 #              which). The instruction names no labels.
 # Both sets train for 3 epochs by default, distill.finetune()'s own default (EPOCHS_10, EPOCHS_77).
-# Writes OUT/<set>.json: the job's DESCRIBE, the worker's peak RSS and evaluate()'s metrics, free text
-# and (EVAL_CHOICES=1, the default) constrained to the labels with '{"choices": true}'.
+# Writes OUT/<set>.json: the job's DESCRIBE, the worker's peak RSS and evaluate()'s metrics: free text
+# ('{"choices": false}'), the model's default (from its stored label set when its training completions
+# were one) and (EVAL_CHOICES=1, the default) constrained to the test split's labels ('{"choices": true}').
 #   bash bench/finetune_sql.sh        (SETS, EPOCHS_10, EPOCHS_77, B77_TRAIN_PER, B77_TEST_PER, OUT override;
 #                                      B10_TRAIN_ROWS and B10_TEST_ROWS shrink the 10intent set for a smoke run)
 # Needs the extension installed (cargo pgrx install) and the model (scripts/setup.sh).
@@ -76,12 +77,13 @@ SELECT json_build_object(
   'labels', (SELECT count(DISTINCT completion) FROM ${t}_train),
   'whole_splits', (SELECT count(*) FROM ${t}_train) = (SELECT count(*) FROM ${raw}_train)
                   AND (SELECT count(*) FROM ${t}_test) = (SELECT count(*) FROM ${raw}_test),
-  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test')$(
+  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{\"choices\": false}'),
+  'evaluate_default', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test')$(
     [ "$EVAL_CHOICES" = 1 ] && echo ",
   'evaluate_choices', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{\"choices\": true}')"));
 SQL
   psql_in -c "SELECT distill.finetune('DESCRIBE', '$id')->'training_result'" >&2
-  python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['evaluate']; print('accuracy', e['accuracy'], 'macro_f1', e['macro_f1'], 'seconds', e['seconds'])" "$OUT/$name.json" >&2
+  python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['evaluate']; print('accuracy (free)', e['accuracy'], 'macro_f1', e['macro_f1'], 'seconds', e['seconds'])" "$OUT/$name.json" >&2
 }
 
 for set in $SETS; do

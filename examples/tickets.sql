@@ -47,6 +47,13 @@ SELECT d->>'status' AS status, d->'trained_tokens' AS trained_tokens,
        d->'data'->'train_seconds' AS train_seconds
 FROM distill.wait(:'job') AS d;
 
+-- Its training completions were a closed set of 4 labels: the model stores them and answers from
+-- them by default (never an invented label; '{"choices": false}' asks for free text). The epoch
+-- with the lowest validation loss is the one kept.
+SELECT m.labels, d->'data'->'kept_epoch' AS kept_epoch, d->'data'->>'kept_because' AS why
+FROM distill.models m CROSS JOIN LATERAL distill.finetune('DESCRIBE', m.job_id) AS d
+WHERE m.name = 'ticket_classifier';
+
 -- Classify the held-out tickets with the tuned model and with the base model it started from.
 -- Weights as the file stores them (Q4_1), distill.weight_format's default: on pg_distill's own int8
 -- kernels the fastest format and the least memory (README, Performance: an 80-token prompt runs at
