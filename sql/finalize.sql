@@ -14,7 +14,7 @@ COMMENT ON FUNCTION distill.finetune(text, text, text, text, text, jsonb) IS
   'finetune(''CREATE'', name, base_model, training_sql [, validation_sql [, options]]): queues a LoRA fine-tuning job and returns its id. Queries must return text columns prompt and completion. Options: max_epochs, learning_rate, lora_r, lora_alpha, lora_dropout, target_modules, max_seq_len, batch_size, seed, validation_fraction.';
 COMMENT ON FUNCTION distill.drop_model(text) IS 'drop_model(name): deletes a fine-tuned model (owner or superuser).';
 COMMENT ON VIEW distill.jobs IS 'Your fine-tuning jobs (all jobs for superusers), with a progress bar, a sparkline of recent step losses and the validation accuracy.';
-COMMENT ON VIEW distill.models IS 'Fine-tuned models: base model, owner, adapter size, options and metrics.';
+COMMENT ON VIEW distill.models IS 'Fine-tuned models: base model, owner, adapter size, options, metrics and, for a classifier, the label set it answers from.';
 COMMENT ON FUNCTION distill.wait(text, double precision) IS
   'wait(job_id [, timeout_seconds]): blocks until the job finishes (NOTICE on progress) and returns its DESCRIBE.';
 COMMENT ON FUNCTION distill.grant_model(text, text) IS 'grant_model(name, role): lets role (or public) use a fine-tuned model you own.';
