@@ -77,7 +77,7 @@ SELECT json_build_object(
   'labels', (SELECT count(DISTINCT completion) FROM ${t}_train),
   'whole_splits', (SELECT count(*) FROM ${t}_train) = (SELECT count(*) FROM ${raw}_train)
                   AND (SELECT count(*) FROM ${t}_test) = (SELECT count(*) FROM ${raw}_test),
-  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{\"choices\": false}'),
+  'evaluate', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{"choices": false}'),
   'evaluate_default', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test')$(
     [ "$EVAL_CHOICES" = 1 ] && echo ",
   'evaluate_choices', distill.evaluate('${t}_model', 'SELECT prompt, completion FROM ${t}_test', '{\"choices\": true}')"));

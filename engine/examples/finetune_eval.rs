@@ -4,7 +4,7 @@
 //!
 //! cargo run -p distill-engine --example finetune_eval -- --train data/support_tickets/train.csv \
 //!     --test data/support_tickets/test.csv [--epochs 3] [--lr 1e-3] [--batch 8] [--r 8] [--alpha 16]
-//!     [--targets q,k,v,o,gate,up,down] [--threads 2] [--save DIR]
+//!     [--targets q,k,v,o,gate,up,down] [--seed 42] [--threads 2] [--save DIR]
 //!
 //! CSV columns: id,text,label (the shipped data sets). The prompt lists the labels seen in training.
 
@@ -67,6 +67,7 @@ fn main() -> distill_engine::Result<()> {
         epochs: num("--epochs", 3.0) as usize,
         learning_rate: num("--lr", 1e-3),
         batch_size: num("--batch", 8.0) as usize,
+        seed: num("--seed", 42.0) as u64,
         lora: LoraConfig { r: num("--r", 8.0) as usize, alpha: num("--alpha", 16.0), targets, ..Default::default() },
         ..Default::default()
     };
