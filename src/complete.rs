@@ -1,5 +1,6 @@
 //! `distill.complete()` and friends: run a model in the calling backend.
 
+use std::borrow::Cow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use distill_engine::{GenerateOptions, Message};
@@ -149,9 +150,10 @@ impl Request {
         Request::Choose { choices, scores }
     }
 
-    /// [`Request::ModelDefault`] made definite for `model`: its label set, or free generation.
-    pub fn for_model(&self, model: &str) -> Request {
-        let Request::ModelDefault { opts, scores } = self else { return self.clone() };
+    /// [`Request::ModelDefault`] made definite for `model`: its label set, or free generation (one
+    /// registry lookup); any other request as it is.
+    pub fn for_model(&self, model: &str) -> Cow<'_, Request> {
+        let Request::ModelDefault { opts, scores } = self else { return Cow::Borrowed(self) };
         match model_cache::stored_labels(model).or_report() {
             Some(choices) => {
                 if opts.temperature > 0.0 {
@@ -159,12 +161,12 @@ impl Request {
                         "model \"{model}\" answers from its label set, which is decoded greedily; add \"choices\": false to sample free text"
                     ));
                 }
-                Request::Choose { choices, scores: *scores }
+                Cow::Owned(Request::Choose { choices, scores: *scores })
             }
             None if *scores => invalid(format!(
                 "\"scores\" needs choices: pass a \"choices\" list (model \"{model}\" has no label set)"
             )),
-            None => Request::Generate(opts.clone()),
+            None => Cow::Owned(Request::Generate(opts.clone())),
         }
     }
 }
@@ -183,7 +185,7 @@ pub struct Reply {
 pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
     check_model_name(model);
     let started = Instant::now();
-    let r = match &request.for_model(model) {
+    let r = match &*request.for_model(model) {
         Request::ModelDefault { .. } => unreachable!("for_model makes the request definite"),
         Request::Generate(opts) => {
             let g = with_model(model, |m, a| m.chat_with(messages, opts, a)).or_report();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::complete::{check_model_name, reply, Request};
 use crate::errors::{invalid, OrReport};
-use crate::model_cache::{self, with_model};
+use crate::model_cache::with_model;
 use crate::user_query;
 
 /// Options: those of `complete()`; `"choices": true` constrains replies to the distinct completions
@@ -41,19 +41,19 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
         labels.dedup();
         options.insert("choices".into(), json!(labels));
     }
-    // Without "choices", a classifier answers from its label set, as complete() does.
-    let stored_labels = match options.contains_key("choices") {
-        false => model_cache::stored_labels(model).or_report(),
-        true => None,
+    // Made definite once, not per row: without "choices", a classifier answers from its label set
+    // (as complete() does); free replies get a token budget from the expected completions.
+    let mut request = Request::parse(JsonB(Value::Object(options.clone()))).for_model(model).into_owned();
+    let stored_labels = match &request {
+        Request::Choose { choices, .. } if !options.contains_key("choices") => Some(choices.clone()),
+        _ => None,
     };
-    if stored_labels.is_none()
-        && !matches!(options.get("choices"), Some(Value::Array(_)))
-        && !options.contains_key("max_tokens")
-    {
-        let budget = with_model(model, |m, _| reply_budget(m, expected())).or_report();
-        options.insert("max_tokens".into(), json!(budget));
+    if let Request::Generate(opts) = &mut request {
+        if !options.contains_key("max_tokens") {
+            opts.max_tokens = with_model(model, |m, _| reply_budget(m, expected())).or_report();
+            options.insert("max_tokens".into(), json!(opts.max_tokens));
+        }
     }
-    let request = Request::parse(JsonB(Value::Object(options.clone())));
     let started = Instant::now();
     let predicted: Vec<String> =
         rows.examples.iter().map(|e| reply(model, &[Message::user(&e.prompt)], &request).text).collect();

@@ -349,8 +349,7 @@ fn store(
     let peft_base = distill_engine::model_store::peft_base_name(&job.base_model);
     let blob = adapter.to_bytes(peft_base, &model.llama.config)?;
     // The losses of the epoch whose adapter is stored.
-    let training_loss = report.train_loss.get(report.kept_epoch.wrapping_sub(1)).copied();
-    let validation_loss = report.eval_loss.get(report.kept_epoch.wrapping_sub(1)).copied();
+    let (training_loss, validation_loss) = report.kept_losses();
     let epochs = epochs_json(report);
     let metrics = json!({
         "training_loss": training_loss,
@@ -430,7 +429,7 @@ fn kept_because(report: &TrainReport, config: &TrainConfig) -> String {
     } else {
         String::new()
     };
-    match report.eval_loss.get(report.kept_epoch.wrapping_sub(1)) {
+    match report.kept_losses().1 {
         None => format!("the last epoch: there were no validation rows to choose by{stopped}"),
         Some(_) if !config.keep_best => format!("the last epoch: keep_best_epoch is off{stopped}"),
         Some(l) => format!("the lowest validation loss ({l:.4}) of the {run} epochs run{stopped}"),

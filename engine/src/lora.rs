@@ -180,29 +180,25 @@ impl LoraAdapter {
         self.layers.get(layer)?.get(&target)
     }
 
-    /// The same values, cut off from any autograd graph (for inference and saving).
     /// A copy with storage of its own: later optimizer steps on this adapter's variables leave it as
     /// it is now ([`Self::detached`] shares their storage).
     pub fn snapshot(&self) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.iter()
-                    .map(|(t, p)| Ok((*t, LoraPair { a: p.a.detach().copy()?, b: p.b.detach().copy()? })))
-                    .collect::<Result<_>>()
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { config: self.config.clone(), layers, cache_id: new_cache_id() })
+        self.map_tensors(|t| Ok(t.detach().copy()?))
     }
 
+    /// The same values, cut off from any autograd graph (for inference and saving).
     pub fn detached(&self) -> Self {
+        self.map_tensors(|t| Ok(t.detach())).expect("detach does not fail")
+    }
+
+    /// The same adapter with every A and B tensor replaced by `f` of it, under a new cache id.
+    fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         let layers = self
             .layers
             .iter()
-            .map(|l| l.iter().map(|(t, p)| (*t, LoraPair { a: p.a.detach(), b: p.b.detach() })).collect())
-            .collect();
-        Self { config: self.config.clone(), layers, cache_id: new_cache_id() }
+            .map(|l| l.iter().map(|(t, p)| Ok((*t, LoraPair { a: f(&p.a)?, b: f(&p.b)? }))).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
+        Ok(Self { config: self.config.clone(), layers, cache_id: new_cache_id() })
     }
 
     /// Tensors under PEFT's key names, with q/k `lora_B` rows in Hugging Face order.

@@ -166,6 +166,14 @@ pub struct TrainReport {
     pub eval_seconds: f64,
 }
 
+impl TrainReport {
+    /// The training and evaluation losses of the kept epoch (None where it has none).
+    pub fn kept_losses(&self) -> (Option<f64>, Option<f64>) {
+        let i = self.kept_epoch.checked_sub(1);
+        (i.and_then(|i| self.train_loss.get(i).copied()), i.and_then(|i| self.eval_loss.get(i).copied()))
+    }
+}
+
 /// An example as token ids: the whole sequence and where its completion starts.
 #[derive(Debug, Clone)]
 struct Tokenized {
