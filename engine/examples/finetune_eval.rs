@@ -4,7 +4,11 @@
 //!
 //! cargo run -p distill-engine --example finetune_eval -- --train data/support_tickets/train.csv \
 //!     --test data/support_tickets/test.csv [--epochs 3] [--lr 1e-3] [--batch 8] [--r 8] [--alpha 16]
-//!     [--targets q,k,v,o,gate,up,down] [--seed 42] [--threads 2] [--save DIR]
+//!     [--targets q,k,v,o,gate,up,down] [--seed 42] [--threads 2] [--save DIR] [--holdout K]
+//!     [--instruction TEXT]
+//!
+//! `--holdout K` moves the last K training rows of each label to a validation set: the epoch with the
+//! lowest validation loss is kept (TrainConfig::keep_best, the SQL default), chosen without the test rows.
 //!
 //! CSV columns: id,text,label (the shipped data sets). The prompt lists the labels seen in training.
 
@@ -50,15 +54,41 @@ fn main() -> distill_engine::Result<()> {
     let arg = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
     let num = |flag: &str, default: f64| arg(flag).map(|v| v.parse::<f64>().unwrap()).unwrap_or(default);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let train_rows = read(&arg("--train").expect("--train CSV"));
+    let mut train_rows = read(&arg("--train").expect("--train CSV"));
+    let holdout = num("--holdout", 0.0) as usize;
+    let mut valid_rows = Vec::new();
+    if holdout > 0 {
+        // The last `holdout` rows of each label, in file order, leave the training rows.
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        for (_, l) in &train_rows {
+            *seen.entry(l.clone()).or_default() += 1;
+        }
+        let mut kept = Vec::new();
+        for row in train_rows.drain(..) {
+            let left = seen.get_mut(&row.1).unwrap();
+            *left -= 1;
+            if *left < holdout {
+                valid_rows.push(row);
+            } else {
+                kept.push(row);
+            }
+        }
+        train_rows = kept;
+        eprintln!("{} training rows, {} validation rows held out", train_rows.len(), valid_rows.len());
+    }
     let test_rows = read(&arg("--test").expect("--test CSV"));
     let labels: BTreeSet<&str> = train_rows.iter().map(|(_, l)| l.as_str()).collect();
-    let instruction = format!(
-        "Classify this customer request into one of: {}. Reply with the category only.",
-        labels.iter().copied().collect::<Vec<_>>().join(", ")
-    );
+    // `--instruction` replaces the default one (which lists the labels), e.g. bench/finetune_sql.sh's
+    // BANKING77 instruction that names none of its 77 intents.
+    let instruction = arg("--instruction").unwrap_or_else(|| {
+        format!(
+            "Classify this customer request into one of: {}. Reply with the category only.",
+            labels.iter().copied().collect::<Vec<_>>().join(", ")
+        )
+    });
     let prompt = |text: &str| format!("{instruction}\nRequest: {text}");
     let examples: Vec<Example> = train_rows.iter().map(|(t, l)| Example::new(&prompt(t), l)).collect();
+    let valid: Vec<Example> = valid_rows.iter().map(|(t, l)| Example::new(&prompt(t), l)).collect();
     let targets = match arg("--targets") {
         Some(t) => t.split(',').map(Target::parse).collect::<distill_engine::Result<Vec<_>>>()?,
         None => Target::ALL.to_vec(),
@@ -77,11 +107,11 @@ fn main() -> distill_engine::Result<()> {
     let model = TextModel::load_gguf(&path, WeightFormat::F32, &candle_core::Device::Cpu)?;
 
     let started = Instant::now();
-    let (adapter, report) = pool.install(|| train(&model, &examples, &[], &config, &mut Printer { started }))?;
+    let (adapter, report) = pool.install(|| train(&model, &examples, &valid, &config, &mut Printer { started }))?;
     let train_secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "trained {} steps, {} tokens in {train_secs:.1}s ({} truncated)",
-        report.steps, report.trained_tokens, report.truncated
+        "trained {} steps, {} tokens in {train_secs:.1}s ({} truncated); kept epoch {} (validation losses {:?})",
+        report.steps, report.trained_tokens, report.truncated, report.kept_epoch, report.eval_loss
     );
     if let Some(dir) = arg("--save") {
         adapter.save_peft(std::path::Path::new(&dir), "HuggingFaceTB/SmolLM2-135M-Instruct", &model.llama.config)?;

@@ -10,6 +10,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::tokenizer::Tokenizer;
 use crate::infer::generation::{generate_with, GenerateOptions, Generation};
 use crate::infer::prefix_cache::PrefixCache;
+use crate::infer::structured::{Structured, StructuredCell};
 use crate::lora::LoraAdapter;
 use crate::models::llama::{Llama, WeightFormat};
 
@@ -19,6 +20,8 @@ pub struct TextModel {
     pub template: ChatTemplate,
     /// Keys and values of recent prompts, reused by the next prompt's common prefix.
     pub prefix: PrefixCache,
+    /// llguidance's view of the vocabulary, built on the first `response_format`.
+    structured: StructuredCell,
 }
 
 impl TextModel {
@@ -36,7 +39,7 @@ impl TextModel {
         let source = source.unwrap_or_else(|| CHATML_TEMPLATE.to_string());
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
         let llama = Llama::from_hf_dir(dir, format, device)?;
-        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default() })
+        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default(), structured: StructuredCell::default() })
     }
 
     pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
@@ -45,7 +48,12 @@ impl TextModel {
         let source = gguf.opt_str("tokenizer.chat_template").unwrap_or(CHATML_TEMPLATE).to_string();
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
         let llama = Llama::from_gguf(&mut gguf, format, device)?;
-        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default() })
+        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default(), structured: StructuredCell::default() })
+    }
+
+    /// The grammar compiler over this model's vocabulary (structured outputs).
+    pub fn structured(&self) -> Result<&Structured> {
+        self.structured.get(&self.tokenizer, self.llama.config.vocab_size)
     }
 
     /// Token ids of `messages` rendered with the chat template, ready for the assistant's turn.

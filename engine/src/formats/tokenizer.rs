@@ -27,6 +27,7 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 const QWEN2_PATTERN: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: Option<u32>,
@@ -195,5 +196,50 @@ impl Tokenizer {
 
     pub fn is_stop(&self, id: u32) -> bool {
         self.stop_ids.contains(&id)
+    }
+    /// The bytes each token id stands for, as llguidance's token trie wants them: byte-level BPE
+    /// symbols mapped back to bytes (GPT-2's table), special tokens as their name after toktrie's
+    /// marker byte (so no text can produce them). `vocab` pads ids the tokenizer lacks (a model's
+    /// embedding may have more rows than its vocabulary) as special tokens.
+    ///
+    /// Written here rather than taken from `toktrie_hf_tokenizers`: that crate pins tokenizers 0.21,
+    /// a second copy of the whole tokenizer library beside ours (0.23) for these few lines.
+    pub(crate) fn token_bytes(&self, vocab: usize) -> Vec<Vec<u8>> {
+        let mut to_byte = std::collections::HashMap::new();
+        let mut next = 0x100u32;
+        for b in 0..=255u8 {
+            let c = b as char;
+            if matches!(c, '!'..='~' | '\u{A1}'..='\u{AC}' | '\u{AE}'..='\u{FF}') {
+                to_byte.insert(c, b);
+            } else {
+                to_byte.insert(char::from_u32(next).expect("a BMP code point"), b);
+                next += 1;
+            }
+        }
+        let special: std::collections::HashSet<u32> =
+            self.inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
+        let special_name = |name: &str| {
+            let mut bytes = vec![llguidance::toktrie::TokTrie::SPECIAL_TOKEN_MARKER];
+            bytes.extend_from_slice(name.as_bytes());
+            bytes
+        };
+        (0..vocab as u32)
+            .map(|id| match self.inner.id_to_token(id) {
+                Some(name) if special.contains(&id) => special_name(&name),
+                // A symbol outside the byte table (none in byte-level vocabularies) cannot be generated.
+                Some(name) => {
+                    name.chars().map(|c| to_byte.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_default()
+                }
+                None => special_name(&format!("<[{id}]>")),
+            })
+            .collect()
+    }
+
+    /// Token ids of raw bytes (lossy for invalid UTF-8, which byte-level BPE text never is here).
+    pub(crate) fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
+        self.inner
+            .encode_fast(String::from_utf8_lossy(bytes).as_ref(), false)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
     }
 }

@@ -7,6 +7,7 @@ use crate::lora::LoraAdapter;
 use candle_core::Tensor;
 
 use crate::infer::sampling::Sampler;
+use crate::infer::structured::ResponseFormat;
 use crate::models::llama::KvCache;
 use crate::text_model::TextModel;
 
@@ -24,11 +25,13 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Generation ends before the first occurrence of any of these strings.
     pub stop: Vec<String>,
+    /// The reply always matches this JSON schema or regex (see [`crate::infer::structured`]).
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, temperature: 0.0, top_p: None, seed: 42, stop: Vec::new() }
+        Self { max_tokens: 256, temperature: 0.0, top_p: None, seed: 42, stop: Vec::new(), response_format: None }
     }
 }
 
@@ -47,6 +50,10 @@ impl GenerateOptions {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::InvalidInput("stop strings must not be empty".into()));
+        }
+        if self.response_format.is_some() && !self.stop.is_empty() {
+            // A cut would leave an incomplete JSON value; the format itself says where the reply ends.
+            return Err(Error::InvalidInput("stop does not apply with response_format".into()));
         }
         Ok(())
     }
@@ -108,6 +115,11 @@ pub fn generate_with(
         return Err(Error::PromptTooLong { tokens: prompt.len(), context });
     }
     let mut sampler = Sampler::new(opts.seed, opts.temperature, opts.top_p);
+    // Compiled before the prompt runs: a bad schema fails at once.
+    let mut constraint = match &opts.response_format {
+        Some(format) => Some(model.structured()?.matcher(format)?),
+        None => None,
+    };
     let (mut logits, mut cache) = prefill(model, prompt, adapter)?;
     let mut tokens = Vec::new();
     // Set when a stop string cut the text; otherwise the text is decoded once at the end.
@@ -115,12 +127,22 @@ pub fn generate_with(
     let max_new = opts.max_tokens.min(context - prompt.len());
     let mut finish_reason = FinishReason::Length;
     while tokens.len() < max_new {
-        let next = sampler.sample(&logits)?;
+        let next = match &mut constraint {
+            None => sampler.sample(&logits, None)?,
+            Some(c) => sampler.sample(&logits, Some(&c.mask()?))?,
+        };
         if model.tokenizer.is_stop(next) {
             finish_reason = FinishReason::Stop;
             break;
         }
         tokens.push(next);
+        if let Some(c) = &mut constraint {
+            c.consume(next)?;
+            if c.is_finished() {
+                finish_reason = FinishReason::Stop;
+                break;
+            }
+        }
         if !opts.stop.is_empty() {
             let mut text = model.tokenizer.decode(&tokens)?;
             if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
@@ -135,6 +157,17 @@ pub fn generate_with(
         }
         crate::interrupt::check()?;
         logits = model.llama.forward_with(&[next], &mut cache, adapter)?;
+    }
+    if constraint.is_some() && finish_reason == FinishReason::Length {
+        // Half a JSON value is no reply: say what to change rather than return text that won't parse.
+        let partial = model.tokenizer.decode(&tokens)?;
+        let shown: String = partial.chars().take(120).collect();
+        let more = if shown.len() < partial.len() { "..." } else { "" };
+        return Err(Error::InvalidInput(format!(
+            "the reply reached max_tokens ({}) before it completed its response_format; raise max_tokens \
+             (the reply so far: {shown}{more})",
+            tokens.len()
+        )));
     }
     let text = match cut_text {
         Some(t) => t,

@@ -1,4 +1,5 @@
-//! Inference: the forward's row ops, the prefix cache, generation, sampling and constrained choices.
+//! Inference: the forward's row ops, the prefix cache, generation, sampling, constrained choices and
+//! structured outputs (JSON schema, regex).
 //! The model's own forward is in `models/llama/`; its matmuls in `kernels/`.
 
 pub mod choices;
@@ -7,3 +8,4 @@ pub(crate) mod kv_cache;
 pub(crate) mod prefix_cache;
 pub(crate) mod row_ops;
 pub(crate) mod sampling;
+pub mod structured;

@@ -6,7 +6,9 @@
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::error::Result;
+use llguidance::toktrie::SimpleVob;
+
+use crate::error::{Error, Result};
 
 pub struct Sampler {
     rng: rand::rngs::StdRng,
@@ -21,8 +23,19 @@ impl Sampler {
         Self { rng: rand::rngs::StdRng::seed_from_u64(seed), temperature, top_p: top_p.unwrap_or(1.0) }
     }
 
-    pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
-        let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+    /// `allowed`, when given, masks the logits first (structured outputs): only its tokens can be picked.
+    pub fn sample(&mut self, logits: &Tensor, allowed: Option<&SimpleVob>) -> Result<u32> {
+        let mut logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        if let Some(allowed) = allowed {
+            if allowed.is_zero() {
+                return Err(Error::InvalidInput("the response_format allows no token here".into()));
+            }
+            for (id, l) in logits.iter_mut().enumerate() {
+                if !allowed.is_allowed(id as u32) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         if self.temperature <= 0.0 {
             return Ok(argmax(&logits));
         }
