@@ -4,7 +4,12 @@ COMMENT ON SCHEMA distill IS 'pg_distill: fine-tune small language models on you
 COMMENT ON FUNCTION distill.complete(text, text) IS
   'complete(model, prompt): the model''s reply to prompt as one user message, greedy. NULL prompt gives NULL.';
 COMMENT ON FUNCTION distill.complete(text, text, jsonb) IS
-  'complete(model, prompt, options): options are max_tokens, temperature (0 = greedy), top_p, seed, stop (array of strings); or choices (array of strings: the reply is exactly one of them) with scores (true: a JSON text {"choice", "scores"}).';
+  'complete(model, prompt, options): options are max_tokens, temperature (0 = greedy), top_p, seed, stop (array of strings), response_format ({"type": "json", "schema": {...}} or {"type": "regex", "pattern": "..."}: the reply always matches); or choices (array of strings: the reply is exactly one of them) with scores (true: a JSON text {"choice", "scores"}).';
+COMMENT ON FUNCTION distill.extract_json(text, text, oid, jsonb) IS
+  'extract_json(model, text, type [, options]): the JSON object extract() fills its row from, decoded under the composite type''s JSON schema.';
+COMMENT ON FUNCTION distill.extract(text, text, anyelement, jsonb) IS
+  'extract(model, text, NULL::some_type [, options]): a row of the composite type filled from text (decoding constrained to the type''s JSON schema). Options: those of complete(), nulls (false: every field gets a value), instruction.';
+COMMENT ON FUNCTION distill.try_extract(text, text, anyelement, jsonb) IS 'try_extract(model, text, NULL::some_type [, options]): extract(), but NULL instead of an error.';
 COMMENT ON FUNCTION distill.version() IS 'pg_distill and engine version';
 COMMENT ON FUNCTION distill.finetune(text) IS
   'finetune(''SHOW''): your fine-tuning jobs as a JSON array of {id, status, base_model, model, created_on}.';
@@ -50,6 +55,8 @@ GRANT EXECUTE ON FUNCTION
     distill.complete(text, text), distill.complete(text, text, jsonb), distill.complete(text, jsonb, jsonb),
     distill.try_complete(text, text), distill.try_complete(text, text, jsonb), distill.try_complete(text, jsonb, jsonb),
     distill.classify(text, text, text[]), distill.count_tokens(text, text), distill.evaluate(text, text, jsonb),
+    distill.extract_json(text, text, oid, jsonb), distill.extract(text, text, anyelement, jsonb),
+    distill.try_extract(text, text, anyelement, jsonb),
     distill.export_adapter(text), distill.drop_model(text), distill.grant_model(text, text),
     distill.revoke_model(text, text), distill.wait(text, double precision), distill.finetune(text),
     distill.finetune(text, text), distill.completion_usage()

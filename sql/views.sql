@@ -63,3 +63,20 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     RETURN NULL;
 END $$;
+
+-- extract(model, text, NULL::some_type [, options]): a row of the composite type, filled by the model
+-- under the type's JSON schema (extract_json); jsonb_populate_record makes the JSON the typed row.
+-- SQL, not Rust, for the polymorphic anyelement in and out; everything schema-qualified.
+CREATE FUNCTION distill.extract(model text, input text, template anyelement, options jsonb DEFAULT '{}')
+RETURNS anyelement LANGUAGE sql VOLATILE AS $$
+    SELECT pg_catalog.jsonb_populate_record(
+        template, distill.extract_json(model, input, pg_catalog.pg_typeof(template)::pg_catalog.oid, options))
+$$;
+
+CREATE FUNCTION distill.try_extract(model text, input text, template anyelement, options jsonb DEFAULT '{}')
+RETURNS anyelement LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN distill.extract(model, input, template, options);
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END $$;

@@ -154,6 +154,13 @@ impl Request {
     /// registry lookup); any other request as it is.
     pub fn for_model(&self, model: &str) -> Cow<'_, Request> {
         let Request::ModelDefault { opts, scores } = self else { return Cow::Borrowed(self) };
+        // A response_format asks for that shape, not for the model's labels.
+        if opts.response_format.is_some() {
+            if *scores {
+                invalid("\"scores\" needs choices; it does not apply with response_format");
+            }
+            return Cow::Owned(Request::Generate(opts.clone()));
+        }
         match model_cache::stored_labels(model).or_report() {
             Some(choices) => {
                 if opts.temperature > 0.0 {

@@ -8,6 +8,7 @@ mod adapter_io;
 mod complete;
 mod errors;
 mod evaluate;
+mod extract;
 mod finetune;
 mod guc;
 mod job_display;
@@ -17,6 +18,7 @@ mod model_cache;
 mod pg;
 mod registry;
 mod training_job;
+mod type_schema;
 mod usage;
 mod user_query;
 mod worker;
@@ -34,7 +36,8 @@ pgrx::extension_sql_file!(
         usage::completion_usage,
         complete::complete,
         complete::complete_with_options,
-        complete::complete_chat
+        complete::complete_chat,
+        extract::extract_json
     ]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -80,6 +80,11 @@ pub fn stored_labels(name: &str) -> Result<Option<Vec<String>>> {
     })
 }
 
+/// A tuned model (in the registry) rather than a base model file.
+pub fn is_tuned(name: &str) -> Result<bool> {
+    Ok(matches!(base_or_tuned(name)?, Resolved::Tuned(_)))
+}
+
 enum Resolved {
     Base(PathBuf),
     Tuned(registry::TunedModel),
