@@ -190,12 +190,17 @@ pub struct Reply {
 
 /// Runs `model` on `messages`; counts the call in [`usage`].
 pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
+    try_reply(model, messages, request).or_report()
+}
+
+/// [`reply`], with the engine's error returned (a failed reply is not counted).
+pub fn try_reply(model: &str, messages: &[Message], request: &Request) -> distill_engine::Result<Reply> {
     check_model_name(model);
     let started = Instant::now();
     let r = match &*request.for_model(model) {
         Request::ModelDefault { .. } => unreachable!("for_model makes the request definite"),
         Request::Generate(opts) => {
-            let g = with_model(model, |m, a| m.chat_with(messages, opts, a)).or_report();
+            let g = with_model(model, |m, a| m.chat_with(messages, opts, a))?;
             let finish_reason = match g.finish_reason {
                 distill_engine::FinishReason::Stop => "stop",
                 distill_engine::FinishReason::Length => "length",
@@ -209,7 +214,7 @@ pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
             }
         }
         Request::Choose { choices, scores } => {
-            let c = with_model(model, |m, a| m.choose_chat(messages, choices, *scores, a)).or_report();
+            let c = with_model(model, |m, a| m.choose_chat(messages, choices, *scores, a))?;
             let scores = c.scores.map(|p| choices.iter().cloned().zip(p.into_iter().map(Value::from)).collect());
             Reply {
                 text: c.text,
@@ -221,7 +226,7 @@ pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
         }
     };
     usage::record(model, r.prompt_tokens, r.completion_tokens, started.elapsed());
-    r
+    Ok(r)
 }
 
 /// Refuses an input longer than `distill.max_input_bytes` before any work (tokenizing a 12 MB text

@@ -22,7 +22,9 @@ pub fn code_of(e: &Error) -> PgSqlErrorCode {
     use PgSqlErrorCode::*;
     match e {
         Error::ModelNotFound { .. } => ERRCODE_UNDEFINED_OBJECT,
-        Error::InvalidModelName(..) | Error::InvalidInput(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+        Error::InvalidModelName(..) | Error::InvalidInput(_) | Error::ReplyIncomplete { .. } => {
+            ERRCODE_INVALID_PARAMETER_VALUE
+        }
         Error::PermissionDenied(_) | Error::DownloadDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
         Error::PromptTooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         Error::HubUnavailable { .. } => ERRCODE_CONNECTION_FAILURE,

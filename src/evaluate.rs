@@ -2,16 +2,17 @@
 //! its completions (exact match after trimming, accuracy, macro-F1, per-label precision/recall/F1,
 //! confusion), the numbers an analyst needs before trusting a model on a million rows.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use distill_engine::metrics::{classification_metrics, reply_budget};
+use distill_engine::metrics::{default_metric_kind, reply_budget, score, MetricKind};
 use distill_engine::Message;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::complete::{check_model_name, reply, Request};
-use crate::errors::{invalid, OrReport};
+use crate::complete::{check_model_name, try_reply, Request};
+use crate::errors::{invalid, report, OrReport};
 use crate::model_cache::with_model;
 use crate::user_query;
 
@@ -19,6 +20,8 @@ use crate::user_query;
 /// of the query; without `choices`, a model with a label set answers from it (as `complete()` does),
 /// `"choices": false` generates free text. Without `max_tokens`, free replies get the longest
 /// completion's tokens plus 16.
+/// `"metrics"`: a list of `"labels"`, `"json"`, `"generation"` (or `"accuracy"`, `"rouge"`, `"bleu"`,
+/// `"chrf"`); by default labels for replies constrained to labels, else what the completions call for.
 #[pg_extern(volatile, parallel_unsafe)]
 fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
     check_model_name(model);
@@ -41,6 +44,7 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
         labels.dedup();
         options.insert("choices".into(), json!(labels));
     }
+    let kinds = options.remove("metrics").map(metric_kinds);
     // Made definite once, not per row: without "choices", a classifier answers from its label set
     // (as complete() does); free replies get a token budget from the expected completions.
     let mut request = Request::parse(JsonB(Value::Object(options.clone()))).for_model(model).into_owned();
@@ -54,17 +58,63 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
             options.insert("max_tokens".into(), json!(opts.max_tokens));
         }
     }
+    // Replies constrained to labels are scored as labels; otherwise the data decides (see
+    // distill_engine::metrics::default_metric_kind) unless "metrics" says.
+    let kinds = kinds.unwrap_or_else(|| match &request {
+        Request::Choose { .. } => vec![MetricKind::Labels],
+        _ => vec![default_metric_kind(&expected().collect::<Vec<_>>())],
+    });
     let started = Instant::now();
-    let predicted: Vec<String> =
-        rows.examples.iter().map(|e| reply(model, &[Message::user(&e.prompt)], &request).text).collect();
-    let metrics = classification_metrics(expected().zip(predicted.iter().map(String::as_str)));
-    let mut out = serde_json::to_value(metrics).expect("metrics serialise");
+    // One reply per distinct prompt: the same prompt gets the same reply (greedy, or seeded sampling),
+    // and generation data repeats prompts (one per reference).
+    // A structured reply cut by max_tokens scores as an empty (invalid) reply, counted in
+    // `incomplete_replies`, rather than ending the evaluation; any other error ends it.
+    let mut replies: HashMap<&str, String> = HashMap::new();
+    let mut incomplete = 0;
+    for e in &rows.examples {
+        if !replies.contains_key(e.prompt.as_str()) {
+            let text = match try_reply(model, &[Message::user(&e.prompt)], &request) {
+                Ok(r) => r.text,
+                Err(distill_engine::Error::ReplyIncomplete { .. }) => {
+                    incomplete += 1;
+                    String::new()
+                }
+                Err(e) => report(e),
+            };
+            replies.insert(&e.prompt, text);
+        }
+    }
+    let scored: Vec<(&str, &str, &str)> = rows
+        .examples
+        .iter()
+        .map(|e| (e.prompt.as_str(), e.completion.as_str(), replies[e.prompt.as_str()].as_str()))
+        .collect();
+    let mut out = score(&kinds, &scored);
     out["model"] = json!(model);
     out["skipped_rows"] = json!(rows.skipped);
+    out["incomplete_replies"] = json!(incomplete);
     out["seconds"] = json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
     out["options"] = Value::Object(options);
     if let Some(labels) = stored_labels {
         out["labels"] = json!(labels);
     }
     JsonB(out)
+}
+
+fn metric_kinds(v: Value) -> Vec<MetricKind> {
+    let bad = || -> ! {
+        invalid("metrics must be a non-empty array of \"labels\", \"json\" or \"generation\" (or \"accuracy\", \"rouge\", \"bleu\", \"chrf\")")
+    };
+    let Value::Array(names) = v else { bad() };
+    let mut kinds = Vec::new();
+    for n in names {
+        let kind = n.as_str().and_then(MetricKind::parse).unwrap_or_else(|| bad());
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    if kinds.is_empty() {
+        bad()
+    }
+    kinds
 }

@@ -288,21 +288,32 @@ fn validation_metrics(
         ..Default::default()
     };
     let started = Instant::now();
-    let mut predicted = Vec::with_capacity(rows.len());
+    // One reply per distinct prompt (generation data repeats a prompt per reference).
+    let mut replies: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
     for e in rows {
         if observer.cancelled() {
             return Ok(None);
         }
-        let _ = observer.tx.send(Event::Answered { done: predicted.len(), of: rows.len() });
-        predicted.push(match labels {
+        if replies.contains_key(e.prompt.as_str()) {
+            continue;
+        }
+        let _ = observer.tx.send(Event::Answered { done: replies.len(), of: rows.len() });
+        let text = match labels {
             Some(labels) => model.choose_with(&e.prompt, labels, false, Some(&adapter))?.text,
             None => model.complete_with(&e.prompt, &opts, Some(&adapter))?.text,
-        });
+        };
+        replies.insert(&e.prompt, text);
     }
-    let m = metrics::classification_metrics(
-        rows.iter().map(|e| e.completion.as_str()).zip(predicted.iter().map(String::as_str)),
-    );
-    let mut v = serde_json::to_value(m).expect("metrics serialise");
+    // A classifier is scored as labels; otherwise as its completions call for (JSON objects: per
+    // field; free text: ROUGE, BLEU, chrF), as evaluate() does by default.
+    let expected: Vec<&str> = rows.iter().map(|e| e.completion.as_str()).collect();
+    let kind = match labels {
+        Some(_) => metrics::MetricKind::Labels,
+        None => metrics::default_metric_kind(&expected),
+    };
+    let scored: Vec<(&str, &str, &str)> =
+        rows.iter().map(|e| (e.prompt.as_str(), e.completion.as_str(), replies[e.prompt.as_str()].as_str())).collect();
+    let mut v = metrics::score(&[kind], &scored);
     v["of_validation_rows"] = json!(eval_set.len());
     v["seconds"] = json!(started.elapsed().as_secs_f64());
     Ok(Some(v))

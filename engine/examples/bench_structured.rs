@@ -24,8 +24,7 @@ fn main() -> distill_engine::Result<()> {
     let data = root.join("../shared/data/e2e_nlg/test.csv");
     let mut reader = csv::Reader::from_path(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
     // Descriptions (the `ref` column) spread over the file.
-    let texts: Vec<String> =
-        reader.records().map(|r| r.unwrap()[3].to_string()).step_by(7).take(rows).collect();
+    let texts: Vec<String> = reader.records().map(|r| r.unwrap()[3].to_string()).step_by(7).take(rows).collect();
     let pool = distill_engine::threads::pool(threads)?;
     let model = TextModel::load_gguf(&path, WeightFormat::Q8_0, &candle_core::Device::Cpu)?;
 
@@ -44,7 +43,10 @@ fn main() -> distill_engine::Result<()> {
         wide.insert(format!("text_{i}"), json!({"type": "string", "maxLength": 30}));
         wide.insert(format!("count_{i}"), json!({"type": "integer", "minimum": 0, "maximum": 10000}));
         wide.insert(format!("date_{i}"), json!({"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]}));
-        wide.insert(format!("tags_{i}"), json!({"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 2}));
+        wide.insert(
+            format!("tags_{i}"),
+            json!({"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 2}),
+        );
     }
     wide.insert("owner".into(), json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"], "additionalProperties": false}));
     let keys: Vec<String> = wide.keys().cloned().collect();
@@ -66,9 +68,8 @@ fn main() -> distill_engine::Result<()> {
             model.structured()?.matcher(f)?;
         }
         for text in &texts {
-            let prompt = model.chat_prompt(&[Message::user(&format!(
-                "Extract the restaurant's details as JSON.\nText: {text}"
-            ))])?;
+            let prompt = model
+                .chat_prompt(&[Message::user(&format!("Extract the restaurant's details as JSON.\nText: {text}"))])?;
             let started = Instant::now();
             let mut constraint = format.as_ref().map(|f| model.structured().and_then(|s| s.matcher(f))).transpose()?;
             let (mut logits, mut cache) = pool.install(|| prefill(&model, &prompt, None))?;

@@ -40,6 +40,12 @@ pub enum Error {
     #[error("prompt is too long: {tokens} tokens, the model's context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
 
+    /// A structured reply (`response_format`) reached max_tokens before it was complete.
+    #[error(
+        "the reply reached max_tokens ({max_tokens}) before it completed its response_format; raise max_tokens (the reply so far: {partial})"
+    )]
+    ReplyIncomplete { max_tokens: usize, partial: String },
+
     /// [`crate::interrupt::request`] was called (the query was cancelled) while this work ran.
     #[error("interrupted")]
     Interrupted,

@@ -83,3 +83,40 @@ SELECT distill.evaluate('no-such-model', 'SELECT prompt, label AS completion FRO
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT distill.evaluate('', 'SELECT prompt, label AS completion FROM ticket_prompts');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+
+-- Generation metrics equal the reference packages' (rouge-score 0.1.2, sacrebleu 2.6.0): item 70 of
+-- tests/fixtures/generation_metrics.json, its reply fixed by a single choice, scored against its five
+-- references (rows sharing a prompt are one prompt's references). The packages' numbers: ROUGE-1
+-- 0.9508196721311476, ROUGE-2 0.9152542372881356, ROUGE-L 0.9508196721311476, BLEU 88.37852011083906,
+-- chrF 89.56307160484984.
+SELECT round((e->'generation'->>'rouge1')::numeric, 9) AS rouge1, round((e->'generation'->>'rouge2')::numeric, 9) AS rouge2,
+       round((e->'generation'->>'rougeL')::numeric, 9) AS rouge_l, round((e->'generation'->>'bleu')::numeric, 9) AS bleu,
+       round((e->'generation'->>'chrf')::numeric, 9) AS chrf, e->'generation'->'predictions' AS predictions, e->'rows' AS rows, e->'metrics' AS metrics
+FROM (SELECT distill.evaluate('smollm2-135m', $q$SELECT 'Describe The Eagle.' AS prompt, r AS completion FROM unnest(ARRAY[
+  'There is a place called The Eagle that seems to be a Café Brazil is 5out of 5 and its in the centre of the city, this is not for kids',
+  'The Eagle is a restaurant located near Café Brazil in the city centre. It is popular with customers but is not child friendly.',
+  'The Eagle is in the city centre near to Café Brazil. Its not family-friendly and has a rating of 5 out of 5',
+  'Near Café Brazil, in the city centre is a popular restaurant called The Eagle. It is not suitable for families.',
+  'The Eagle is in the city centre near to Café Brazil. Its not family-friendly and has a rating of 5 out of 5']) r$q$,
+  '{"choices": ["There is a called The Eagle that seems to be a Café Brazil is 5out of 5 and its in the centre of the city, this is not for there"], "metrics": ["generation"]}') AS e) t;
+
+-- JSON metrics: a fixed reply {"a": 1, "b": "x"} against three expected objects: valid 1, exact match
+-- 1/3 (key order and 1 vs 1.0 do not matter), per field a 2/3 (rows 1 and 2), b 2/3 (rows 1 and 3).
+SELECT e->'json' AS json_metrics, e->'accuracy' AS label_accuracy, e->'metrics' AS metrics
+FROM (SELECT distill.evaluate('smollm2-135m', $q$SELECT p AS prompt, c AS completion FROM (VALUES
+  ('one', '{"b": "x", "a": 1.0}'), ('two', '{"a": 1, "b": "y"}'), ('three', '{"a": 2, "b": "x"}')) v(p, c)$q$,
+  '{"choices": ["{\"a\": 1, \"b\": \"x\"}"], "metrics": ["json", "labels"]}') AS e) t;
+
+-- By default the completions decide: JSON objects get JSON metrics (here with a response_format, so
+-- every reply is valid JSON), free text gets generation metrics.
+SELECT e->'metrics' AS metrics, (e->'json'->>'valid_json')::float8 AS valid_json, e->'incomplete_replies' AS incomplete
+FROM (SELECT distill.evaluate('smollm2-135m', $q$SELECT 'Extract the name and age as JSON: ' || t AS prompt, c AS completion FROM (VALUES
+  ('Anna is 34.', '{"name": "Anna", "age": 34}'), ('Omar, 51 years old.', '{"name": "Omar", "age": 51}')) v(t, c)$q$,
+  '{"max_tokens": 40, "response_format": {"type": "json", "schema": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"], "additionalProperties": false}}}') AS e) t;
+SELECT e->'metrics' AS metrics, (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(e->'generation') k) AS generation_keys,
+       (e->'generation'->>'bleu')::float8 BETWEEN 0 AND 100 AS bleu_in_range, e->'generation'->'predictions' AS predictions
+FROM (SELECT distill.evaluate('smollm2-135m', $q$SELECT 'Describe a pub called ' || n || ' in one sentence.' AS prompt, r AS completion FROM (VALUES
+  ('The Eagle', 'The Eagle is a pub.'), ('The Eagle', 'The Eagle is a friendly pub by the river.'), ('Zizzi', 'Zizzi is a pub in the city centre.')) v(n, r)$q$,
+  '{"max_tokens": 24}') AS e) t;
+SELECT distill.evaluate('smollm2-135m', 'SELECT ''a'' AS prompt, ''b'' AS completion', '{"metrics": ["bleu", "perplexity"]}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE

@@ -163,11 +163,7 @@ pub fn generate_with(
         let partial = model.tokenizer.decode(&tokens)?;
         let shown: String = partial.chars().take(120).collect();
         let more = if shown.len() < partial.len() { "..." } else { "" };
-        return Err(Error::InvalidInput(format!(
-            "the reply reached max_tokens ({}) before it completed its response_format; raise max_tokens \
-             (the reply so far: {shown}{more})",
-            tokens.len()
-        )));
+        return Err(Error::ReplyIncomplete { max_tokens: tokens.len(), partial: format!("{shown}{more}") });
     }
     let text = match cut_text {
         Some(t) => t,

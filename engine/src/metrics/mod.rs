@@ -4,6 +4,13 @@
 //! Replies and expected completions are compared after trimming whitespace. Every distinct expected
 //! or predicted string is a label; macro-F1 averages over all of them (scikit-learn's default for
 //! `f1_score(average="macro")`, with a label never predicted scoring 0 precision).
+//!
+//! Free-text completions are scored by [`generation`] (ROUGE, BLEU, chrF), JSON-object ones by
+//! [`json_fields`]; [`default_metric_kind`] picks which of the three fits a set of expected
+//! completions.
+
+pub mod generation;
+pub mod json_fields;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +18,47 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::text_model::TextModel;
+
+pub use generation::{generation_metrics, group_references, GenerationMetrics};
+pub use json_fields::{completions_are_json_objects, json_metrics, JsonMetrics};
+
+/// Which metrics suit a set of expected completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// [`classification_metrics`]: accuracy, macro-F1, confusion.
+    Labels,
+    /// [`json_metrics`]: valid JSON, exact match, per-field accuracy.
+    Json,
+    /// [`generation_metrics`]: ROUGE, BLEU, chrF.
+    Generation,
+}
+
+/// The metrics `distill.evaluate()` reports by default for these expected completions, checked in
+/// this order:
+/// 1. [`MetricKind::Json`] when every one is a JSON object ([`completions_are_json_objects`]): an
+///    extraction task, scored per field (a fixed set of JSON replies is also scored this way, not
+///    as labels);
+/// 2. [`MetricKind::Labels`] when they are repeated short labels: each at most 64 bytes on one line,
+///    and at most half as many distinct values as rows (so an evaluation set where some label
+///    happens to appear once still scores as labels; looser than fine-tuning's
+///    [`crate::train::label_set::closed_label_set`], which decides what a model may answer);
+/// 3. [`MetricKind::Generation`] otherwise (free text, including an empty set).
+pub fn default_metric_kind(expected: &[&str]) -> MetricKind {
+    if completions_are_json_objects(expected.iter().copied()) {
+        return MetricKind::Json;
+    }
+    let short = |e: &&str| {
+        let t = e.trim();
+        !t.is_empty() && t.len() <= 64 && !t.contains('\n')
+    };
+    let distinct: std::collections::HashSet<&str> = expected.iter().map(|e| e.trim()).collect();
+    if !expected.is_empty() && expected.iter().all(short) && distinct.len() <= (expected.len() / 2).max(1) {
+        MetricKind::Labels
+    } else {
+        MetricKind::Generation
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LabelMetrics {
@@ -89,6 +137,48 @@ pub fn reply_budget<'a>(model: &TextModel, expected: impl IntoIterator<Item = &'
         longest = longest.max(model.count_tokens(e.trim())?);
     }
     Ok(longest + 16)
+}
+
+impl MetricKind {
+    /// A name in `evaluate()`'s `"metrics"` option: the kind, or one of its metrics.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "labels" | "accuracy" | "f1" => Some(Self::Labels),
+            "json" | "fields" => Some(Self::Json),
+            "generation" | "rouge" | "bleu" | "chrf" => Some(Self::Generation),
+            _ => None,
+        }
+    }
+}
+
+/// `(prompt, expected, predicted)` rows scored by each of `kinds`, as `evaluate()` and DESCRIBE's
+/// `validation_metrics` report them: classification's fields at the top level (their shape since
+/// the first release), the JSON and generation metrics under `json` and `generation`; `rows` and
+/// `metrics` (the kinds) always. Generation metrics group rows by prompt: each prompt's expected
+/// completions are the references of its one reply.
+pub fn score(kinds: &[MetricKind], rows: &[(&str, &str, &str)]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for kind in kinds {
+        match kind {
+            MetricKind::Labels => {
+                let m = classification_metrics(rows.iter().map(|r| (r.1, r.2)));
+                if let serde_json::Value::Object(fields) = serde_json::to_value(m).expect("metrics serialise") {
+                    out.extend(fields);
+                }
+            }
+            MetricKind::Json => {
+                let m = json_metrics(rows.iter().map(|r| (r.1, r.2)));
+                out.insert("json".into(), serde_json::to_value(m).expect("metrics serialise"));
+            }
+            MetricKind::Generation => {
+                let items = group_references(rows.iter().copied());
+                out.insert("generation".into(), serde_json::to_value(generation_metrics(&items)).expect("serialise"));
+            }
+        }
+    }
+    out.insert("rows".into(), rows.len().into());
+    out.insert("metrics".into(), serde_json::to_value(kinds).expect("serialise"));
+    serde_json::Value::Object(out)
 }
 
 #[cfg(test)]
