@@ -45,7 +45,10 @@ fn extract(model: &str, input: &str, type_oid: pg_sys::Oid, options: Value) -> V
     };
     let instruction = match options.remove("instruction") {
         None => None,
-        Some(Value::String(s)) => Some(s),
+        Some(Value::String(s)) => {
+            check_input_size("instruction", s.len());
+            Some(s)
+        }
         Some(_) => invalid("instruction must be a string"),
     };
     if let Some(k) = ["response_format", "choices", "scores", "stop"].iter().find(|k| options.contains_key(**k)) {
