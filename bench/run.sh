@@ -22,16 +22,16 @@
 # B77_TRAIN_PER, B77_TEST_PER (A on BANKING77: "all", or a stratified subsample, see finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-phases=${*:-T C A P}
+phases=${*:-T C A E P}
 # RESULTS elsewhere (another machine's run, say) gets its own BENCHMARKS.md beside its results.
 res=${RESULTS:-bench/results} report=${RESULTS:+$RESULTS/}BENCHMARKS.md
 if [ -n "${SMOKE:-}" ]; then
   res=${RESULTS:-/tmp/pg_distill-bench-smoke} report=$res/BENCHMARKS.md
-  export C_ROWS=6 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 EPOCHS_10=1 EPOCHS_77=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6
+  export C_ROWS=6 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 EPOCHS_10=1 EPOCHS_77=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6 PER_MR_TRAIN=1 EPOCHS=1
 fi
 export B77_DIR=${B77_DIR:-$PWD/../shared/data/banking77}
 log() { printf '\n=== bench: %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
-for p in $phases; do [[ $p =~ ^[TCAP]$ ]] || { echo "unknown phase $p (T, C, A, P)" >&2; exit 2; }; done
+for p in $phases; do [[ $p =~ ^[TCAEP]$ ]] || { echo "unknown phase $p (T, C, A, E, P)" >&2; exit 2; }; done
 if [[ " $phases " == *" A "* && ! -f $B77_DIR/train.csv ]]; then
   echo "BANKING77 not found in $B77_DIR (phase A needs it; set B77_DIR)" >&2; exit 1
 fi
@@ -94,6 +94,13 @@ for phase in $phases; do
         "${per[@]}" >"$dir/tfidf-banking77.json"
       python3 bench/report.py accuracy "$dir"
       keep A
+      ;;
+    E)
+      log "E: e2e_nlg extraction and generation through SQL"
+      dir=$(fresh E)
+      OUT=$dir bash bench/e2e_sql.sh
+      python3 bench/report.py e2e "$dir"
+      keep E
       ;;
     P)
       log "P: profiles"
