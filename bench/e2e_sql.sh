@@ -50,17 +50,8 @@ CREATE VIEW gen_valid AS SELECT 'Describe this restaurant in one sentence: ' || 
 CREATE VIEW gen_test AS SELECT 'Describe this restaurant in one sentence: ' || mr AS prompt, ref AS completion
   FROM e2e_test ORDER BY n;
 SQL
-# The slots' schema, from the data set's README (closed value sets become enums).
-schema='{"type": "object", "properties": {
-  "name": {"type": "string", "maxLength": 40},
-  "eatType": {"enum": ["coffee shop", "pub", "restaurant"]},
-  "food": {"enum": ["Chinese", "English", "Fast food", "French", "Indian", "Italian", "Japanese"]},
-  "priceRange": {"enum": ["cheap", "high", "less than £20", "moderate", "more than £30", "£20-25"]},
-  "customer rating": {"enum": ["1 out of 5", "3 out of 5", "5 out of 5", "average", "high", "low"]},
-  "area": {"enum": ["city centre", "riverside"]},
-  "familyFriendly": {"enum": ["yes", "no"]},
-  "near": {"type": "string", "maxLength": 40}},
-  "required": ["name"], "additionalProperties": false}'
+# The slots' schema (bench/e2e_schema.json), from the data set's README: closed value sets become enums.
+schema=$(cat bench/e2e_schema.json)
 
 tune() { # prefix
   local id status

@@ -28,16 +28,9 @@ fn main() -> distill_engine::Result<()> {
     let pool = distill_engine::threads::pool(threads)?;
     let model = TextModel::load_gguf(&path, WeightFormat::Q8_0, &candle_core::Device::Cpu)?;
 
-    let e2e = json!({"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 40},
-        "eatType": {"enum": ["coffee shop", "pub", "restaurant"]},
-        "food": {"enum": ["Chinese", "English", "Fast food", "French", "Indian", "Italian", "Japanese"]},
-        "priceRange": {"enum": ["cheap", "high", "less than £20", "moderate", "more than £30", "£20-25"]},
-        "customer rating": {"enum": ["1 out of 5", "3 out of 5", "5 out of 5", "average", "high", "low"]},
-        "area": {"enum": ["city centre", "riverside"]},
-        "familyFriendly": {"enum": ["yes", "no"]},
-        "near": {"type": "string", "maxLength": 40}},
-      "required": ["name"], "additionalProperties": false});
+    // The e2e_nlg slots, as bench/e2e_sql.sh constrains its extraction replies.
+    let e2e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("bench/e2e_schema.json"))?).unwrap();
     let mut wide = serde_json::Map::new();
     for i in 0..6 {
         wide.insert(format!("text_{i}"), json!({"type": "string", "maxLength": 30}));
