@@ -51,6 +51,8 @@ CREATE VIEW gen_test AS SELECT 'Describe this restaurant in one sentence: ' || m
   FROM e2e_test ORDER BY n;
 SQL
 # The slots' schema (bench/e2e_schema.json), from the data set's README: closed value sets become enums.
+# Passed as text: its properties' order is the order the completions (mr_json) use and llguidance
+# writes them in; as jsonb its keys would be sorted (shortest first).
 schema=$(cat bench/e2e_schema.json)
 
 tune() { # prefix
@@ -77,10 +79,10 @@ SELECT json_build_object(
   'describe', distill.finetune('DESCRIBE', '$id'),
   'evaluate_free', distill.evaluate('ex_model', 'SELECT prompt, completion FROM ex_test'),
   'evaluate_response_format', distill.evaluate('ex_model', 'SELECT prompt, completion FROM ex_test',
-     jsonb_build_object('response_format', jsonb_build_object('type', 'json', 'schema', '$schema'::jsonb))),
+     jsonb_build_object('response_format', jsonb_build_object('type', 'json', 'schema', '$schema'::text))),
   'base_model_response_format', distill.evaluate('smollm2-135m',
      'SELECT ''Extract the restaurant''''s details as a JSON object.'' || chr(10) || ''Text: '' || prompt AS prompt, completion FROM ex_test',
-     jsonb_build_object('response_format', jsonb_build_object('type', 'json', 'schema', '$schema'::jsonb))));
+     jsonb_build_object('response_format', jsonb_build_object('type', 'json', 'schema', '$schema'::text))));
 SQL
       ;;
     generation)

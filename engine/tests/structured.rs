@@ -161,3 +161,17 @@ fn masking_only_removes_tokens() {
     assert!(!first_word.is_empty(), "{free:?}");
     assert!(constrained.starts_with(&first_word), "{constrained:?} vs free text {free:?}");
 }
+
+/// llguidance writes properties in the schema's order; a schema given as text keeps the order it was
+/// written in (a jsonb value's keys arrive sorted, shortest first).
+#[test]
+fn a_schema_given_as_text_keeps_its_property_order() {
+    let text = r#"{"type": "object", "properties": {"zeta": {"type": "integer", "minimum": 0, "maximum": 9},
+        "alpha": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["zeta", "alpha"],
+        "additionalProperties": false}"#;
+    let reply = ask("Give two digits as JSON.", json_format(Value::String(text.into())), 0.0, 42).unwrap();
+    assert!(reply.starts_with(r#"{"zeta": "#), "{reply}");
+    check_valid(&serde_json::from_str(text).unwrap(), &reply);
+    let e = ask("Hello", json_format(Value::String("{not json".into())), 0.0, 42).unwrap_err().to_string();
+    assert!(e.contains("not JSON"), "{e}");
+}

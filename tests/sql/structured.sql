@@ -85,6 +85,16 @@ SELECT m, count(*) AS replies,
                           AND jsonb_typeof(j->'topic') = 'string' AND length(j->>'topic') <= 20) AS valid
 FROM r_nested GROUP BY m ORDER BY m;
 
+-- jsonb sorts a schema's keys (shortest first) and llguidance writes properties in the schema's
+-- order: a schema given as a string keeps the order it was written in.
+\set ordered '{"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}, "id": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["name", "id"], "additionalProperties": false}'
+SELECT left(distill.complete('smollm2-135m', 'Give a name and an id as JSON.',
+              jsonb_build_object('response_format', jsonb_build_object('type', 'json', 'schema', :'ordered'::jsonb))), 6) AS schema_as_jsonb,
+       left(distill.complete('smollm2-135m', 'Give a name and an id as JSON.',
+              jsonb_build_object('response_format', jsonb_build_object('type', 'json', 'schema', :'ordered'::text))), 8) AS schema_as_text;
+SELECT distill.complete('smollm2-135m', 'Hello', '{"response_format": {"type": "json", "schema": "{not json"}}');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+
 -- A regex, matched whole; and no schema at all: any JSON object.
 SELECT count(*) FILTER (WHERE r ~ '^[A-Z]{3}-[0-9]{4}$') AS regex_matches, count(*) AS replies
 FROM (SELECT distill.complete('smollm2-135m', 'Invent a ticket code for: ' || request,

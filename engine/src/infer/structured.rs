@@ -20,7 +20,9 @@ use crate::formats::tokenizer::Tokenizer;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ResponseFormat {
-    /// A JSON value valid under `schema` (any JSON object when there is none).
+    /// A JSON value valid under `schema` (any JSON object when there is none). The schema may also
+    /// be a string holding the schema's JSON: it keeps the properties' order, which llguidance
+    /// writes them in, where a schema inside a Postgres `jsonb` value has had its keys sorted.
     Json {
         #[serde(default)]
         schema: Option<Value>,
@@ -45,7 +47,14 @@ impl ResponseFormat {
         }
         Ok(match self {
             ResponseFormat::Json { schema } => {
-                let mut schema = schema.clone().unwrap_or_else(|| json!({"type": "object"}));
+                let mut schema = match schema {
+                    None => json!({"type": "object"}),
+                    // serde_json's preserve_order keeps the text's key order.
+                    Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
+                        Error::InvalidInput(format!("response_format's schema is a string but not JSON: {e}"))
+                    })?,
+                    Some(v) => v.clone(),
+                };
                 let Value::Object(map) = &mut schema else {
                     return Err(Error::InvalidInput("response_format's schema must be a JSON object".into()));
                 };
