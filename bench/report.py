@@ -213,8 +213,11 @@ def summary_rows(res):
     if os.path.isdir(a):
         h, rows = accuracy_rows(a)
         for r in rows:
-            epochs = f"{r[10]} epoch" + ("" if r[10] == 1 else "s")
-            summary.append([f"A accuracy, {r[0]}, {epochs}", r[1], f">= {r[3]}", "met" if float(r[1]) >= float(r[3]) else "short"])
+            # Columns as accuracy_rows' headers: what evaluate() does by default (the stored label set)
+            # where the run measured it, else free text; the target; the epochs.
+            value, target, n = r[2] or r[1], r[4], r[11]
+            epochs = f"{n} epoch" + ("" if n == 1 else "s")
+            summary.append([f"A accuracy, {r[0]}, {epochs}", value, f">= {target}", "met" if float(value) >= float(target) else "short"])
     return summary
 
 
