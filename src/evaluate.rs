@@ -89,7 +89,7 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
         .iter()
         .map(|e| (e.prompt.as_str(), e.completion.as_str(), replies[e.prompt.as_str()].as_str()))
         .collect();
-    let mut out = score(&kinds, &scored);
+    let mut out = score(&kinds, &scored).or_report();
     out["model"] = json!(model);
     out["skipped_rows"] = json!(rows.skipped);
     out["incomplete_replies"] = json!(incomplete);

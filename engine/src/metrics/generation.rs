@@ -175,6 +175,33 @@ fn rouge_lcs(target: &[String], prediction: &[String]) -> f64 {
 
 /// ROUGE F1s of `prediction` as `RougeScorer.score_multi(references, prediction)` gives them: per
 /// rouge type, the best F1 over the references.
+/// [`rouge_tokenize`]'s token count without building the tokens (runs of characters that lowercase
+/// to ASCII letters or digits).
+fn token_count(text: &str) -> u64 {
+    let mut count = 0;
+    let mut in_token = false;
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let alnum = c.is_ascii_lowercase() || c.is_ascii_digit();
+        count += (alnum && !in_token) as u64;
+        in_token = alnum;
+    }
+    count
+}
+
+/// ROUGE-L's cost: the sum over predictions and their references of the product of their token
+/// counts (its longest-common-subsequence table), the one part of these metrics that is not linear.
+/// Callers bound it before scoring (`evaluate()` refuses inputs above a limit), since the scoring
+/// itself cannot be cancelled midway.
+pub fn rouge_l_work(items: &[(&str, Vec<&str>)]) -> u64 {
+    items
+        .iter()
+        .map(|(prediction, refs)| {
+            let p = token_count(prediction);
+            references(refs).iter().map(|r| p * token_count(r)).sum::<u64>()
+        })
+        .sum()
+}
+
 pub fn rouge(prediction: &str, references: &[&str]) -> RougeScores {
     let pred = rouge_tokenize(prediction);
     let mut best = RougeScores { rouge1: 0.0, rouge2: 0.0, rouge_l: 0.0 };

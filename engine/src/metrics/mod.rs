@@ -151,12 +151,20 @@ impl MetricKind {
     }
 }
 
-/// `(prompt, expected, predicted)` rows scored by each of `kinds`, as `evaluate()` and DESCRIBE's
+/// `(prompt, expected, predicted)` rows scored by each of `kinds` (an error when generation metrics
+/// would take more than [`MAX_ROUGE_L_WORK`]), as `evaluate()` and DESCRIBE's
 /// `validation_metrics` report them: classification's fields at the top level (their shape since
 /// the first release), the JSON and generation metrics under `json` and `generation`; `rows` and
 /// `metrics` (the kinds) always. Generation metrics group rows by prompt: each prompt's expected
 /// completions are the references of its one reply.
-pub fn score(kinds: &[MetricKind], rows: &[(&str, &str, &str)]) -> serde_json::Value {
+/// Most ROUGE-L work ([`generation::rouge_l_work`]) [`score`] takes on: about a second of CPU.
+pub const MAX_ROUGE_L_WORK: u64 = 500_000_000;
+
+pub fn score(kinds: &[MetricKind], rows: &[(&str, &str, &str)]) -> Result<serde_json::Value> {
+    score_within(kinds, rows, MAX_ROUGE_L_WORK)
+}
+
+fn score_within(kinds: &[MetricKind], rows: &[(&str, &str, &str)], max_work: u64) -> Result<serde_json::Value> {
     let mut out = serde_json::Map::new();
     for kind in kinds {
         match kind {
@@ -172,13 +180,21 @@ pub fn score(kinds: &[MetricKind], rows: &[(&str, &str, &str)]) -> serde_json::V
             }
             MetricKind::Generation => {
                 let items = group_references(rows.iter().copied());
+                // Checked before the work: the metrics cannot be interrupted midway.
+                let work = generation::rouge_l_work(&items);
+                if work > max_work {
+                    return Err(crate::error::Error::InvalidInput(format!(
+                        "too much text to score as generation: ROUGE-L would compare {work} token pairs, more than \
+                         {max_work}; score fewer or shorter rows, or pick other metrics"
+                    )));
+                }
                 out.insert("generation".into(), serde_json::to_value(generation_metrics(&items)).expect("serialise"));
             }
         }
     }
     out.insert("rows".into(), rows.len().into());
     out.insert("metrics".into(), serde_json::to_value(kinds).expect("serialise"));
-    serde_json::Value::Object(out)
+    Ok(serde_json::Value::Object(out))
 }
 
 #[cfg(test)]
@@ -208,5 +224,18 @@ mod tests {
         assert!((m.macro_f1 - 0.325).abs() < 1e-12, "{}", m.macro_f1);
         assert_eq!(m.confusion[0], Confusion { expected: "a".into(), predicted: "a".into(), count: 2 });
         assert_eq!(m.confusion.len(), 5);
+    }
+
+    #[test]
+    fn generation_scoring_is_refused_above_its_work_limit() {
+        // "a b c" against "a b" and "c d e f": 3 x 2 + 3 x 4 = 18 token pairs.
+        let rows = [("p", "a b", "a b c"), ("p", "c d e f", "a b c")];
+        let items = group_references(rows.iter().copied());
+        assert_eq!(generation::rouge_l_work(&items), 18);
+        assert!(score_within(&[MetricKind::Generation], &rows, 18).is_ok());
+        let e = score_within(&[MetricKind::Generation], &rows, 17).unwrap_err().to_string();
+        assert!(e.contains("too much text") && e.contains("18"), "{e}");
+        // Other metrics are linear: no limit.
+        assert!(score_within(&[MetricKind::Labels], &rows, 0).is_ok());
     }
 }
