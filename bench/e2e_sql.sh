@@ -27,9 +27,7 @@ mkdir -p "$OUT"
 
 work=/tmp/pg_distill-bench-e2e port=55463 db=distill_bench
 source scripts/fresh_cluster.sh
-psql_in -c "CREATE EXTENSION pg_distill" -c "ALTER SYSTEM SET distill.training_threads = 2" \
-        -c "ALTER SYSTEM SET distill.threads = 2"
-bash scripts/cluster.sh stop "$work/data" && bash scripts/cluster.sh start "$work/data" $port $db
+extension_on_two_threads
 for split in train test; do
   cp "$data/$split.csv" "$work/e2e_$split.csv" && chown postgres "$work/e2e_$split.csv"
   psql_in -c "CREATE TABLE e2e_$split (n serial, id int, mr text, mr_json text, ref text)" \

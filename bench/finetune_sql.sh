@@ -34,10 +34,7 @@ mkdir -p "$OUT"
 
 work=/tmp/pg_distill-bench-ft port=55461 db=distill_bench
 source scripts/fresh_cluster.sh
-psql_in -c "CREATE EXTENSION pg_distill" -c "ALTER SYSTEM SET distill.training_threads = 2" \
-        -c "ALTER SYSTEM SET distill.threads = 2"
-# The workers read distill.training_threads when they start.
-bash scripts/cluster.sh stop "$work/data" && bash scripts/cluster.sh start "$work/data" $port $db
+extension_on_two_threads
 
 # split table: n keeps the file order (bench_train takes the first rows of test.csv as its eval set).
 load() { # table, csv

@@ -151,15 +151,15 @@ impl MetricKind {
     }
 }
 
+/// Most ROUGE-L work ([`generation::rouge_l_work`]) [`score`] takes on: about a second of CPU.
+pub const MAX_ROUGE_L_WORK: u64 = 500_000_000;
+
 /// `(prompt, expected, predicted)` rows scored by each of `kinds` (an error when generation metrics
 /// would take more than [`MAX_ROUGE_L_WORK`]), as `evaluate()` and DESCRIBE's
 /// `validation_metrics` report them: classification's fields at the top level (their shape since
 /// the first release), the JSON and generation metrics under `json` and `generation`; `rows` and
 /// `metrics` (the kinds) always. Generation metrics group rows by prompt: each prompt's expected
 /// completions are the references of its one reply.
-/// Most ROUGE-L work ([`generation::rouge_l_work`]) [`score`] takes on: about a second of CPU.
-pub const MAX_ROUGE_L_WORK: u64 = 500_000_000;
-
 pub fn score(kinds: &[MetricKind], rows: &[(&str, &str, &str)]) -> Result<serde_json::Value> {
     score_within(kinds, rows, MAX_ROUGE_L_WORK)
 }
