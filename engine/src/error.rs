@@ -46,6 +46,10 @@ pub enum Error {
     )]
     ReplyIncomplete { max_tokens: usize, partial: String },
 
+    /// A request to an endpoint failed (after its retries); `detail` never holds the API key.
+    #[error("endpoint \"{endpoint}\": {detail}")]
+    Endpoint { endpoint: String, detail: String, kind: EndpointFailure },
+
     /// [`crate::interrupt::request`] was called (the query was cancelled) while this work ran.
     #[error("interrupted")]
     Interrupted,
@@ -77,12 +81,37 @@ impl Error {
                 "Ask a superuser to run it once (the file is then cached for everyone), or to copy the .gguf file into distill.model_dir."
                     .into(),
             ),
+            Error::Endpoint { endpoint, kind, .. } => match kind {
+                EndpointFailure::Http(401 | 403) => Some(format!(
+                    "Check the endpoint's API key; its owner can set a new one: SELECT distill.alter_endpoint('{endpoint}', '{{\"api_key\": \"...\"}}');"
+                )),
+                EndpointFailure::Http(429) => {
+                    Some("The server is rate limiting: lower max_in_flight, or raise max_retries on the endpoint.".into())
+                }
+                EndpointFailure::Timeout => Some(format!(
+                    "Raise the endpoint's timeout: SELECT distill.alter_endpoint('{endpoint}', '{{\"timeout\": 300}}');"
+                )),
+                _ => None,
+            },
             Error::PermissionDenied(_) => {
                 Some("The model's owner can share it: SELECT distill.grant_model('model', 'role');".into())
             }
             _ => None,
         }
     }
+}
+
+/// How a request to an endpoint failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointFailure {
+    /// No connection, or it was lost before a reply.
+    Unreachable,
+    /// No (complete) reply within the timeout.
+    Timeout,
+    /// The server answered with this status.
+    Http(u16),
+    /// A 200 whose body is not a chat completion.
+    BadReply,
 }
 
 impl From<tokenizers::Error> for Error {

@@ -2,8 +2,10 @@
 //! vocabulary, render its chat template, generate, and train LoRA adapters.
 //!
 //! Laid out by role: `formats/` (files in and out), `kernels/` (quantized matmuls per instruction
-//! set), `infer/` (generation), `train/` (fine-tuning), `models/` (the transformer itself).
+//! set), `infer/` (generation), `endpoint/` (remote OpenAI-compatible models), `train/`
+//! (fine-tuning), `models/` (the transformer itself).
 
+pub mod endpoint;
 mod error;
 pub mod formats;
 pub mod infer;
@@ -17,7 +19,7 @@ mod text_model;
 pub mod threads;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{EndpointFailure, Error, Result};
 pub use formats::chat_template::Message;
 pub use infer::generation::{FinishReason, GenerateOptions, Generation};
 pub use lora::{LoraAdapter, LoraConfig, LoraPair, Target};

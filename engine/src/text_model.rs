@@ -83,6 +83,21 @@ impl TextModel {
         self.chat(&[Message::user(prompt)], opts)
     }
 
+    /// The replies to many conversations, decoded together (see
+    /// [`generate_batch`](crate::infer::generation::generate_batch)); a conversation that cannot be
+    /// rendered or run has its own error.
+    pub fn chat_batch(
+        &self,
+        conversations: &[Vec<Message>],
+        opts: &GenerateOptions,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<Result<Generation>>> {
+        let prompts: Vec<Result<Vec<u32>>> = conversations.iter().map(|m| self.chat_prompt(m)).collect();
+        let ok: Vec<Vec<u32>> = prompts.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let mut done = crate::infer::generation::generate_batch(self, &ok, opts, adapter)?.into_iter();
+        Ok(prompts.into_iter().map(|p| p.and_then(|_| done.next().expect("one result per prompt"))).collect())
+    }
+
     /// Which of `choices` the model answers to one user message (see [`crate::infer::choices`]).
     pub fn choose_with(
         &self,

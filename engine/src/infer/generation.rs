@@ -109,65 +109,165 @@ pub fn generate_with(
     opts: &GenerateOptions,
     adapter: Option<&LoraAdapter>,
 ) -> Result<Generation> {
-    opts.validate()?;
-    let context = model.llama.config.max_position_embeddings;
-    if prompt.len() >= context {
-        return Err(Error::PromptTooLong { tokens: prompt.len(), context });
+    let (mut seq, logits) = Sequence::start(model, prompt, opts, adapter)?;
+    let mut logits = logits.to_vec1::<f32>()?;
+    while let Some(next) = seq.step(model, logits)? {
+        crate::interrupt::check()?;
+        logits = model.llama.forward_with(&[next], &mut seq.cache, adapter)?.to_vec1::<f32>()?;
     }
-    let mut sampler = Sampler::new(opts.seed, opts.temperature, opts.top_p);
-    // Compiled before the prompt runs: a bad schema fails at once.
-    let mut constraint = match &opts.response_format {
-        Some(format) => Some(model.structured()?.matcher(format)?),
-        None => None,
-    };
-    let (mut logits, mut cache) = prefill(model, prompt, adapter)?;
-    let mut tokens = Vec::new();
-    // Set when a stop string cut the text; otherwise the text is decoded once at the end.
-    let mut cut_text = None;
-    let max_new = opts.max_tokens.min(context - prompt.len());
-    let mut finish_reason = FinishReason::Length;
-    while tokens.len() < max_new {
-        let next = match &mut constraint {
-            None => sampler.sample(&logits, None)?,
-            Some(c) => sampler.sample(&logits, Some(&c.mask()?))?,
+    seq.finish(model)
+}
+
+/// Sequences decoded together at most (rows of one weight pass); more prompts are run in waves.
+pub const MAX_BATCH: usize = 64;
+
+/// [`generate_with`] for several prompts at once (batched decoding): each prompt is run on its own
+/// (through the prefix cache), then every unfinished sequence gets its next token from one shared
+/// forward pass ([`Llama::forward_batch`](crate::models::llama::Llama::forward_batch)). Each
+/// sequence keeps its own sampler (same seed, same text as alone), constraint and stop strings;
+/// one prompt's error (too long, say) is its own result and does not stop the others. The outputs
+/// equal [`generate_with`]'s up to float rounding: a row's matmul sums the same products whatever
+/// the other rows (the kernels work row by row), so greedy text is the same.
+pub fn generate_batch(
+    model: &TextModel,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    adapter: Option<&LoraAdapter>,
+) -> Result<Vec<Result<Generation>>> {
+    let mut out: Vec<Option<Result<Generation>>> = (0..prompts.len()).map(|_| None).collect();
+    for wave in (0..prompts.len()).collect::<Vec<_>>().chunks(MAX_BATCH) {
+        // (row, sequence, its next token)
+        let mut live: Vec<(usize, Sequence, u32)> = Vec::new();
+        for &row in wave {
+            crate::interrupt::check()?;
+            let started = Sequence::start(model, &prompts[row], opts, adapter).and_then(|(mut seq, logits)| {
+                let next = seq.step(model, logits.to_vec1::<f32>()?)?;
+                Ok((seq, next))
+            });
+            match started {
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(e) => out[row] = Some(Err(e)),
+                Ok((seq, None)) => out[row] = Some(seq.finish(model)),
+                Ok((seq, Some(next))) => live.push((row, seq, next)),
+            }
+        }
+        while !live.is_empty() {
+            crate::interrupt::check()?;
+            let ids: Vec<u32> = live.iter().map(|l| l.2).collect();
+            let mut caches: Vec<&mut KvCache> = live.iter_mut().map(|l| &mut l.1.cache).collect();
+            let logits = model.llama.forward_batch(&ids, &mut caches, adapter)?;
+            let mut still = Vec::with_capacity(live.len());
+            for ((row, mut seq, _), logits) in live.into_iter().zip(logits) {
+                match seq.step(model, logits) {
+                    Err(e) => out[row] = Some(Err(e)),
+                    Ok(None) => out[row] = Some(seq.finish(model)),
+                    Ok(Some(next)) => still.push((row, seq, next)),
+                }
+            }
+            live = still;
+        }
+    }
+    Ok(out.into_iter().map(|r| r.expect("every row ends with a result")).collect())
+}
+
+/// One sequence being generated: what [`generate_with`] and [`generate_batch`] share.
+struct Sequence<'o> {
+    opts: &'o GenerateOptions,
+    sampler: Sampler,
+    constraint: Option<crate::infer::structured::Constraint>,
+    cache: KvCache,
+    prompt_tokens: usize,
+    tokens: Vec<u32>,
+    /// Set when a stop string cut the text; otherwise the text is decoded once at the end.
+    cut_text: Option<String>,
+    max_new: usize,
+    finish_reason: FinishReason,
+}
+
+impl<'o> Sequence<'o> {
+    /// Checks the options, compiles the response format (a bad schema fails before the prompt runs)
+    /// and runs the prompt; returns the first token's logits.
+    fn start(
+        model: &TextModel,
+        prompt: &[u32],
+        opts: &'o GenerateOptions,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<(Self, Tensor)> {
+        opts.validate()?;
+        let context = model.llama.config.max_position_embeddings;
+        if prompt.len() >= context {
+            return Err(Error::PromptTooLong { tokens: prompt.len(), context });
+        }
+        let constraint = match &opts.response_format {
+            Some(format) => Some(model.structured()?.matcher(format)?),
+            None => None,
+        };
+        let (logits, cache) = prefill(model, prompt, adapter)?;
+        let seq = Sequence {
+            opts,
+            sampler: Sampler::new(opts.seed, opts.temperature, opts.top_p),
+            constraint,
+            cache,
+            prompt_tokens: prompt.len(),
+            tokens: Vec::new(),
+            cut_text: None,
+            max_new: opts.max_tokens.min(context - prompt.len()),
+            finish_reason: FinishReason::Length,
+        };
+        Ok((seq, logits))
+    }
+
+    /// Picks the next token from `logits`: `Some(token)` to run it and go on, `None` when the
+    /// sequence has ended (end of turn, a stop string, the format complete, or `max_tokens`).
+    fn step(&mut self, model: &TextModel, logits: Vec<f32>) -> Result<Option<u32>> {
+        if self.tokens.len() >= self.max_new {
+            return Ok(None);
+        }
+        let next = match &mut self.constraint {
+            None => self.sampler.sample(logits, None)?,
+            Some(c) => self.sampler.sample(logits, Some(&c.mask()?))?,
         };
         if model.tokenizer.is_stop(next) {
-            finish_reason = FinishReason::Stop;
-            break;
+            self.finish_reason = FinishReason::Stop;
+            return Ok(None);
         }
-        tokens.push(next);
-        if let Some(c) = &mut constraint {
+        self.tokens.push(next);
+        if let Some(c) = &mut self.constraint {
             c.consume(next)?;
             if c.is_finished() {
-                finish_reason = FinishReason::Stop;
-                break;
+                self.finish_reason = FinishReason::Stop;
+                return Ok(None);
             }
         }
-        if !opts.stop.is_empty() {
-            let mut text = model.tokenizer.decode(&tokens)?;
-            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        if !self.opts.stop.is_empty() {
+            let mut text = model.tokenizer.decode(&self.tokens)?;
+            if let Some(cut) = self.opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(cut);
-                cut_text = Some(text);
-                finish_reason = FinishReason::Stop;
-                break;
+                self.cut_text = Some(text);
+                self.finish_reason = FinishReason::Stop;
+                return Ok(None);
             }
         }
-        if tokens.len() == max_new {
-            break;
+        Ok((self.tokens.len() < self.max_new).then_some(next))
+    }
+
+    fn finish(self, model: &TextModel) -> Result<Generation> {
+        if self.constraint.is_some() && self.finish_reason == FinishReason::Length {
+            // Half a JSON value is no reply: say what to change rather than return text that won't parse.
+            let partial = model.tokenizer.decode(&self.tokens)?;
+            let shown: String = partial.chars().take(120).collect();
+            let more = if shown.len() < partial.len() { "..." } else { "" };
+            return Err(Error::ReplyIncomplete { max_tokens: self.tokens.len(), partial: format!("{shown}{more}") });
         }
-        crate::interrupt::check()?;
-        logits = model.llama.forward_with(&[next], &mut cache, adapter)?;
+        let text = match self.cut_text {
+            Some(t) => t,
+            None => model.tokenizer.decode(&self.tokens)?,
+        };
+        Ok(Generation {
+            text,
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+            finish_reason: self.finish_reason,
+        })
     }
-    if constraint.is_some() && finish_reason == FinishReason::Length {
-        // Half a JSON value is no reply: say what to change rather than return text that won't parse.
-        let partial = model.tokenizer.decode(&tokens)?;
-        let shown: String = partial.chars().take(120).collect();
-        let more = if shown.len() < partial.len() { "..." } else { "" };
-        return Err(Error::ReplyIncomplete { max_tokens: tokens.len(), partial: format!("{shown}{more}") });
-    }
-    let text = match cut_text {
-        Some(t) => t,
-        None => model.tokenizer.decode(&tokens)?,
-    };
-    Ok(Generation { text, tokens, prompt_tokens: prompt.len(), finish_reason })
 }

@@ -3,7 +3,6 @@
 //! Written here rather than taken from candle-transformers' `LogitsProcessor`: that crate compiles all
 //! of candle's model zoo (minutes of every build on two cores) for these few lines.
 
-use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
 use llguidance::toktrie::SimpleVob;
@@ -24,8 +23,7 @@ impl Sampler {
     }
 
     /// `allowed`, when given, masks the logits first (structured outputs): only its tokens can be picked.
-    pub fn sample(&mut self, logits: &Tensor, allowed: Option<&SimpleVob>) -> Result<u32> {
-        let mut logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+    pub fn sample(&mut self, mut logits: Vec<f32>, allowed: Option<&SimpleVob>) -> Result<u32> {
         if let Some(allowed) = allowed {
             if allowed.is_zero() {
                 return Err(Error::InvalidInput("the response_format allows no token here".into()));

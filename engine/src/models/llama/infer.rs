@@ -53,4 +53,57 @@ impl Llama {
         let n = logits.len();
         Ok(Tensor::from_vec(logits, n, &self.device)?)
     }
+
+    /// One next token for each of several sequences at once (batched decoding): `ids[i]` runs after
+    /// the positions in `caches[i]` and is appended to it. The matmuls see one row per sequence, so a
+    /// single pass over the weights serves every sequence (the cost of a decoding step on the CPU is
+    /// reading the weights); attention and RoPE stay per sequence. Returns each sequence's logits.
+    pub fn forward_batch(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let m = ids.len();
+        if m == 0 || m != caches.len() {
+            return Err(Error::InvalidInput(format!("{m} tokens for {} sequences", caches.len())));
+        }
+        let c = &self.config;
+        if let Some(cache) = caches.iter().find(|k| k.len + 1 > c.max_position_embeddings) {
+            return Err(Error::PromptTooLong { tokens: cache.len + 1, context: c.max_position_embeddings });
+        }
+        let d = c.head_dim;
+        let (qw, kw) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let (cos, sin) = (&self.rope_values.0, &self.rope_values.1);
+        let mut x = self.token_embd.lookup(ids, &self.device)?.flatten_all()?.to_vec1::<f32>()?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
+            let h = row_ops::rms_norm(&x, &b.attn_norm.values, b.attn_norm.eps);
+            let qkv = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
+            let [mut q, mut k, v] = Linear::forward_rows_many(qkv, &h, m)?;
+            let mut y = Vec::with_capacity(m * qw);
+            for (s, cache) in caches.iter_mut().enumerate() {
+                let pos = cache.len;
+                let (q, k) = (&mut q[s * qw..][..qw], &mut k[s * kw..][..kw]);
+                row_ops::rope(q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
+                row_ops::rope(k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
+                let (kc, vc) = &mut cache.rows[i];
+                kc.extend_from_slice(k);
+                vc.extend_from_slice(&v[s * kw..][..kw]);
+                y.extend(row_ops::attention(q, kc, vc, 1, pos, c.num_attention_heads, c.num_key_value_heads, d));
+            }
+            row_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
+            let h = row_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
+            let [gate, up] =
+                Linear::forward_rows_many([(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))], &h, m)?;
+            let a = row_ops::silu_mul(&gate, &up);
+            row_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let h = row_ops::rms_norm(&x, &self.output_norm.values, self.output_norm.eps);
+        let logits = self.output.forward_rows(&h, m, None)?;
+        Ok(logits.chunks(logits.len() / m).map(<[f32]>::to_vec).collect())
+    }
 }
