@@ -42,6 +42,14 @@ COMMENT ON FUNCTION distill.completion_usage() IS 'Completion calls and tokens p
 COMMENT ON FUNCTION distill.reset_usage() IS 'reset_usage(): zeroes the completion counters of distill.usage (superuser).';
 COMMENT ON FUNCTION distill.progress_bar(double precision) IS 'progress_bar(fraction): a text progress bar, as DESCRIBE and distill.jobs show.';
 COMMENT ON FUNCTION distill.sparkline(jsonb) IS 'sparkline(json array of numbers): one block character per value, lowest to highest (recent losses in distill.jobs).';
+COMMENT ON FUNCTION distill.create_endpoint(text, text, text, jsonb) IS
+  'create_endpoint(name, base_url, model [, options]): an OpenAI-compatible chat-completions server (OpenAI, vLLM, llama.cpp, Ollama, LiteLLM) usable as a model by name. Options: api_key (stored, never shown) or api_key_env / api_key_file (superuser), connect_timeout, timeout, max_retries, max_in_flight, response_format_style, tokenize_url. Superusers and distill_endpoint_admin only: rows sent to it leave the database.';
+COMMENT ON FUNCTION distill.alter_endpoint(text, jsonb) IS
+  'alter_endpoint(name, changes): base_url, model, settings (null restores a default), api_key (a string rotates it, null removes it).';
+COMMENT ON FUNCTION distill.drop_endpoint(text) IS 'drop_endpoint(name): deletes an endpoint (owner or superuser).';
+COMMENT ON VIEW distill.endpoints IS 'Endpoints you can use: URL, model id, owner, settings, where the key comes from (stored, environment, file, none; never the key), grants.';
+COMMENT ON FUNCTION distill.complete_rows(text, text, jsonb) IS
+  'complete_rows(model, sql [, options]): the model over the query''s id and prompt columns, streamed back as (id, completion, error). Local models decode batch_size rows together (default 16); endpoints get max_in_flight requests at once (default 8). A failing row gets its error, not an aborted run. Options: those of complete(), batch_size, max_in_flight.';
 COMMENT ON VIEW distill.usage IS 'Per model and role: fine-tuning jobs, trained tokens and time; completion calls, tokens and time since the server started.';
 
 -- Privileges. Like Cortex's CORTEX_USER database role, calling models and training them are rights
@@ -59,8 +67,11 @@ GRANT EXECUTE ON FUNCTION
     distill.try_extract(text, text, anyelement, jsonb),
     distill.export_adapter(text), distill.drop_model(text), distill.grant_model(text, text),
     distill.revoke_model(text, text), distill.wait(text, double precision), distill.finetune(text),
-    distill.finetune(text, text), distill.completion_usage()
+    distill.finetune(text, text), distill.completion_usage(), distill.complete_rows(text, text, jsonb)
 TO distill_user;
+GRANT EXECUTE ON FUNCTION distill.create_endpoint(text, text, text, jsonb), distill.alter_endpoint(text, jsonb),
+    distill.drop_endpoint(text)
+TO distill_endpoint_admin;
 GRANT EXECUTE ON FUNCTION distill.finetune(text, text, text, text, text, jsonb), distill.import_adapter(text, text, bytea)
 TO distill_trainer;
-GRANT SELECT ON distill.jobs, distill.models, distill.usage TO distill_user;
+GRANT SELECT ON distill.jobs, distill.models, distill.endpoints, distill.usage TO distill_user;

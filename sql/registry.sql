@@ -11,8 +11,12 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'distill_trainer') THEN
         CREATE ROLE distill_trainer NOLOGIN IN ROLE distill_user;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'distill_endpoint_admin') THEN
+        CREATE ROLE distill_endpoint_admin NOLOGIN IN ROLE distill_user;
+    END IF;
 END $$;
 COMMENT ON ROLE distill_user IS 'pg_distill: may run models (complete, evaluate, ...) and manage its own models and jobs';
+COMMENT ON ROLE distill_endpoint_admin IS 'pg_distill: distill_user, and may register endpoints (remote OpenAI-compatible models) that rows are sent to';
 COMMENT ON ROLE distill_trainer IS 'pg_distill: distill_user, and may create fine-tuning jobs and import adapters';
 
 CREATE TABLE distill.job_registry (
@@ -88,13 +92,39 @@ CREATE TABLE distill.model_grants (
     PRIMARY KEY (model, grantee)
 );
 
+-- Endpoints: OpenAI-compatible chat-completions servers used as models (create_endpoint). options
+-- holds the settings (timeouts, retries, ...) and where a key comes from, never a key itself.
+CREATE TABLE distill.endpoint_registry (
+    name        text PRIMARY KEY,
+    base_url    text NOT NULL,
+    model       text NOT NULL,
+    owner       regrole NOT NULL,
+    options     jsonb NOT NULL DEFAULT '{}',
+    created_on  timestamptz NOT NULL DEFAULT now(),
+    updated_on  timestamptz NOT NULL DEFAULT now()
+);
+-- Keys given inline ({"api_key": ...}): only the table owner reads them (the functions, as that owner,
+-- to send them). Not dumped: pg_dump output must not carry a key (set it again after a restore).
+CREATE TABLE distill.endpoint_keys (
+    endpoint  text PRIMARY KEY REFERENCES distill.endpoint_registry (name) ON DELETE CASCADE,
+    api_key   text NOT NULL
+);
+CREATE TABLE distill.endpoint_grants (
+    endpoint  text NOT NULL REFERENCES distill.endpoint_registry (name) ON DELETE CASCADE,
+    grantee   regrole NOT NULL,
+    PRIMARY KEY (endpoint, grantee)
+);
+
 -- pg_dump dumps the rows of these tables (a tuned model survives dump and restore).
 SELECT pg_catalog.pg_extension_config_dump('distill.job_registry', '');
 SELECT pg_catalog.pg_extension_config_dump('distill.model_registry', '');
 SELECT pg_catalog.pg_extension_config_dump('distill.model_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('distill.endpoint_registry', '');
+SELECT pg_catalog.pg_extension_config_dump('distill.endpoint_grants', '');
 -- ... and the sequence behind model_registry.version, so restored rows and new ones never collide.
 SELECT pg_catalog.pg_extension_config_dump('distill.model_registry_version_seq', '');
-REVOKE ALL ON distill.job_registry, distill.model_registry, distill.model_grants FROM PUBLIC;
+REVOKE ALL ON distill.job_registry, distill.model_registry, distill.model_grants, distill.endpoint_registry,
+    distill.endpoint_keys, distill.endpoint_grants FROM PUBLIC;
 
 -- The models a role may use: its own, those granted to it (or to PUBLIC), all for superusers.
 -- security_barrier: a caller's WHERE clause (a cheap function that prints its argument) runs only on
@@ -110,6 +140,21 @@ WHERE pg_catalog.pg_has_role(current_user, m.owner, 'USAGE')
    OR EXISTS (SELECT FROM distill.model_grants g WHERE g.model = m.name
               AND CASE WHEN g.grantee::oid = 0 THEN true ELSE pg_catalog.pg_has_role(current_user, g.grantee, 'USAGE') END)
 ORDER BY m.name;
+
+-- The endpoints a role may use, as distill.models shows models; where the key comes from, never the key.
+CREATE VIEW distill.endpoints WITH (security_barrier) AS
+SELECT e.name, e.base_url, e.model, e.owner, e.options,
+       CASE WHEN EXISTS (SELECT FROM distill.endpoint_keys k WHERE k.endpoint = e.name) THEN 'stored'
+            WHEN e.options ? 'api_key_env' THEN 'environment'
+            WHEN e.options ? 'api_key_file' THEN 'file'
+            ELSE 'none' END AS api_key,
+       e.created_on, e.updated_on,
+       ARRAY(SELECT g.grantee FROM distill.endpoint_grants g WHERE g.endpoint = e.name ORDER BY 1) AS granted_to
+FROM distill.endpoint_registry e
+WHERE pg_catalog.pg_has_role(current_user, e.owner, 'USAGE')
+   OR EXISTS (SELECT FROM distill.endpoint_grants g WHERE g.endpoint = e.name
+              AND CASE WHEN g.grantee::oid = 0 THEN true ELSE pg_catalog.pg_has_role(current_user, g.grantee, 'USAGE') END)
+ORDER BY e.name;
 
 -- Every role may look into the schema; what it may call and read is granted in finalize.sql.
 GRANT USAGE ON SCHEMA distill TO PUBLIC;

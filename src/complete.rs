@@ -78,6 +78,9 @@ fn classify(model: &str, text: &str, labels: Vec<Option<String>>) -> String {
 fn count_tokens(model: &str, text: &str) -> i32 {
     check_model_name(model);
     check_input_size("text", text.len());
+    if let Some(ep) = model_cache::endpoint(model).or_report() {
+        return crate::endpoints::count_tokens(&ep, text);
+    }
     with_model(model, |m, _| m.count_tokens(text)).or_report() as i32
 }
 
@@ -197,6 +200,11 @@ pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
 pub fn try_reply(model: &str, messages: &[Message], request: &Request) -> distill_engine::Result<Reply> {
     check_model_name(model);
     let started = Instant::now();
+    if let Some(ep) = model_cache::endpoint(model)? {
+        let r = crate::endpoints::reply(&ep, messages, &request.for_model(model))?;
+        usage::record(model, r.prompt_tokens, r.completion_tokens, started.elapsed());
+        return Ok(r);
+    }
     let r = match &*request.for_model(model) {
         Request::ModelDefault { .. } => unreachable!("for_model makes the request definite"),
         Request::Generate(opts) => {

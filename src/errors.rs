@@ -1,6 +1,6 @@
 //! Engine errors as Postgres errors, each with its SQLSTATE and, where the engine has one, a HINT.
 
-use distill_engine::Error;
+use distill_engine::{EndpointFailure, Error};
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 pub trait OrReport<T> {
@@ -35,6 +35,11 @@ pub fn code_of(e: &Error) -> PgSqlErrorCode {
         Error::ModelDirNotWritable { .. } => ERRCODE_INSUFFICIENT_RESOURCES,
         Error::Candle(_) => ERRCODE_INTERNAL_ERROR,
         Error::Interrupted => ERRCODE_QUERY_CANCELED,
+        Error::Endpoint { kind, .. } => match kind {
+            EndpointFailure::Unreachable | EndpointFailure::Timeout => ERRCODE_CONNECTION_FAILURE,
+            EndpointFailure::Http(401 | 403) => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            EndpointFailure::Http(_) | EndpointFailure::BadReply => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+        },
     }
 }
 

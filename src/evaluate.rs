@@ -53,7 +53,8 @@ fn evaluate(model: &str, sql: &str, options: default!(JsonB, "'{}'")) -> JsonB {
         _ => None,
     };
     if let Request::Generate(opts) = &mut request {
-        if !options.contains_key("max_tokens") {
+        // An endpoint keeps the default: its tokenizer is the server's.
+        if !options.contains_key("max_tokens") && crate::model_cache::endpoint(model).or_report().is_none() {
             opts.max_tokens = with_model(model, |m, _| reply_budget(m, expected())).or_report();
             options.insert("max_tokens".into(), json!(opts.max_tokens));
         }

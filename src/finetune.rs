@@ -285,7 +285,7 @@ pub fn taken(name: &str, by: &str) -> ! {
 }
 
 /// Names of tuned models: what SQL users type unquoted, and safe as a file or directory name.
-fn check_model_name(name: &str) {
+pub fn check_model_name(name: &str) {
     let ok = name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));

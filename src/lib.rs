@@ -6,6 +6,9 @@ use pgrx::prelude::*;
 
 mod adapter_io;
 mod complete;
+mod complete_rows;
+mod endpoint_registry;
+mod endpoints;
 mod errors;
 mod evaluate;
 mod extract;

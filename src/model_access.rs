@@ -1,4 +1,5 @@
-//! Fine-tuned models as objects with an owner: `drop_model`, `grant_model`, `revoke_model`.
+//! Fine-tuned models as objects with an owner: `drop_model`, `grant_model`, `revoke_model` (the
+//! last two for endpoints too).
 //! A model is usable by its owner (and members of the owner role), by roles it was granted to (or
 //! everyone, granted to PUBLIC), and by superusers; `complete()` checks this on every call.
 
@@ -22,6 +23,10 @@ fn drop_model(name: &str) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn grant_model(name: &str, role: &str) {
     let grantee = resolve_role(role);
+    if is_endpoint(name) {
+        check_endpoint_owner(name, "grant it");
+        return crate::endpoint_registry::set_grant(name, grantee, true);
+    }
     check_owner(name, "grant it");
     registry::set_grant(name, grantee, true);
 }
@@ -30,8 +35,23 @@ fn grant_model(name: &str, role: &str) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn revoke_model(name: &str, role: &str) {
     let grantee = resolve_role(role);
+    if is_endpoint(name) {
+        check_endpoint_owner(name, "revoke it");
+        return crate::endpoint_registry::set_grant(name, grantee, false);
+    }
     check_owner(name, "revoke it");
     registry::set_grant(name, grantee, false);
+}
+
+/// `name` is an endpoint rather than a tuned model (names are unique across both).
+fn is_endpoint(name: &str) -> bool {
+    registry::owns_model(name).is_none() && crate::endpoint_registry::exists(name)
+}
+
+fn check_endpoint_owner(name: &str, what: &str) {
+    if crate::endpoint_registry::owns(name) != Some(true) {
+        report_sql(ERRCODE_INSUFFICIENT_PRIVILEGE, &format!("must be the owner of endpoint \"{name}\" to {what}"), None)
+    }
 }
 
 /// The caller owns model `name` (or is a superuser); otherwise an ERROR saying it does not exist

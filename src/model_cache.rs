@@ -43,6 +43,11 @@ pub fn with_model<R: Send>(
         Resolved::Tuned(tuned) if !tuned.usable => {
             return Err(distill_engine::Error::PermissionDenied(format!("permission denied for model \"{name}\"")))
         }
+        Resolved::Endpoint(_) => {
+            return Err(distill_engine::Error::Unsupported(format!(
+                "this function on endpoint \"{name}\" (it needs a local model)"
+            )))
+        }
         Resolved::Tuned(tuned) => {
             let base = get(&tuned.base_model, None)?;
             let adapter = adapter(name, &tuned, &base)?;
@@ -88,9 +93,26 @@ pub fn is_tuned(name: &str) -> Result<bool> {
 enum Resolved {
     Base(PathBuf),
     Tuned(registry::TunedModel),
+    Endpoint(Box<crate::endpoint_registry::EndpointRow>),
 }
 
-/// A file in the model directory first, then the registry; a tuned model's name never has a '/',
+/// The endpoint `name` names (after base model files and tuned models, which win), key read; None
+/// for a local model. A caller that may not use it gets the error a tuned model gives.
+pub fn endpoint(name: &str) -> Result<Option<distill_engine::endpoint::Endpoint>> {
+    match base_or_tuned(name) {
+        Ok(Resolved::Endpoint(row)) => Ok(Some(crate::endpoints::resolve(name, *row)?)),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A base model file, a tuned model or an unfinished job's model has this name.
+pub fn is_model(name: &str) -> bool {
+    guc::model_store().resolve(name).is_ok() || registry::model_taken(name) || registry::job_holds_name(name)
+}
+
+/// A file in the model directory first, then the registry, then the endpoints; a tuned model's or
+/// endpoint's name never has a '/',
 /// so Hub ids (org/repo) go to the store, which may download them.
 fn base_or_tuned(name: &str) -> Result<Resolved> {
     let store = guc::model_store();
@@ -101,7 +123,10 @@ fn base_or_tuned(name: &str) -> Result<Resolved> {
         Ok(path) => Ok(Resolved::Base(path)),
         Err(not_found @ distill_engine::Error::ModelNotFound { .. }) => match registry::find_model(name) {
             Some(tuned) => Ok(Resolved::Tuned(tuned)),
-            None => Err(not_found),
+            None => match crate::endpoint_registry::find(name) {
+                Some(row) => Ok(Resolved::Endpoint(Box::new(row))),
+                None => Err(not_found),
+            },
         },
         Err(e) => Err(e),
     }

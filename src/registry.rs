@@ -284,10 +284,12 @@ pub fn adapter_blob(name: &str, version: i64) -> Option<Vec<u8>> {
     })
 }
 
+/// A tuned model or an endpoint has this name.
 pub fn model_taken(name: &str) -> bool {
     as_owner(|| {
         one::<bool>(
-            "SELECT EXISTS (SELECT FROM distill.model_registry m WHERE m.name OPERATOR(pg_catalog.=) $1)",
+            "SELECT EXISTS (SELECT FROM distill.model_registry m WHERE m.name OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM distill.endpoint_registry e WHERE e.name OPERATOR(pg_catalog.=) $1)",
             &[name.into()],
         )
     })

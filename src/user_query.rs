@@ -76,25 +76,10 @@ pub fn read(label: Label, sql: &str, budget: &mut Budget) -> Rows {
             pgrx::check_for_interrupts!();
             let Some(batch) = cursor.fetch(1000) else { break };
             for i in 0..batch.len() {
-                if budget.rows == 0 {
-                    report_sql(
-                        ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                        &format!("{label} returned more rows than {} allows", budget.rows_setting),
-                        Some("Add a LIMIT to the query, or ask an administrator to raise the setting."),
-                    );
-                }
-                budget.rows -= 1;
                 let prompt = batch.text(i, cols.prompt);
                 let completion = batch.text(i, cols.completion);
                 let bytes = prompt.as_ref().map_or(0, String::len) + completion.as_ref().map_or(0, String::len);
-                if bytes > budget.bytes {
-                    report_sql(
-                        ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                        &format!("{label} returned more text than {} allows", budget.bytes_setting),
-                        Some("Select fewer or shorter rows, or ask an administrator to raise the setting."),
-                    );
-                }
-                budget.bytes -= bytes;
+                take(label, budget, bytes);
                 match (prompt, completion) {
                     (Some(p), Some(c)) if !p.trim().is_empty() && !c.trim().is_empty() => {
                         rows.examples.push(distill_engine::Example { prompt: p, completion: c })
@@ -107,9 +92,66 @@ pub fn read(label: Label, sql: &str, budget: &mut Budget) -> Rows {
     })
 }
 
+/// A row to run a model on: the query's `id` (as text) and `prompt`.
+pub struct IdPrompt {
+    pub id: Option<String>,
+    pub prompt: Option<String>,
+}
+
+/// Runs `sql` as the current role and returns its (id, prompt) rows, NULLs included (the caller says
+/// what a NULL prompt gives). The `id` column may be of any type; it comes back in its text form.
+/// Past the budget's rows or bytes the read stops with an ERROR naming the setting.
+pub fn read_id_prompt(label: Label, sql: &str, budget: &mut Budget) -> Vec<IdPrompt> {
+    Spi::connect(|client| {
+        let (plan, shape) = prepare_select(client, label, sql);
+        let prompt = column(label, &shape, "prompt", true, "Return the rows' text as a column named prompt, e.g. SELECT ticket_id AS id, request AS prompt FROM tickets");
+        let id = column(label, &shape, "id", false, "Return a key as a column named id, e.g. SELECT ticket_id AS id, request AS prompt FROM tickets");
+        let mut cursor = plan.open();
+        let mut rows = Vec::new();
+        loop {
+            pgrx::check_for_interrupts!();
+            let Some(batch) = cursor.fetch(1000) else { break };
+            for i in 0..batch.len() {
+                let row = IdPrompt { id: batch.display(i, id), prompt: batch.text(i, prompt) };
+                let bytes = row.id.as_ref().map_or(0, String::len) + row.prompt.as_ref().map_or(0, String::len);
+                take(label, budget, bytes);
+                rows.push(row);
+            }
+        }
+        rows
+    })
+}
+
+/// Counts one row of `bytes` against `budget`; past it, an ERROR naming the setting to raise.
+fn take(label: Label, budget: &mut Budget, bytes: usize) {
+    if budget.rows == 0 {
+        report_sql(
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            &format!("{label} returned more rows than {} allows", budget.rows_setting),
+            Some("Add a LIMIT to the query (or run it in parts), or ask an administrator to raise the setting."),
+        );
+    }
+    budget.rows -= 1;
+    if bytes > budget.bytes {
+        report_sql(
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            &format!("{label} returned more text than {} allows", budget.bytes_setting),
+            Some("Select fewer or shorter rows, or ask an administrator to raise the setting."),
+        );
+    }
+    budget.bytes -= bytes;
+}
+
 /// Prepares `sql` after checking it is no longer than `distill.max_query_bytes` and one plain SELECT
 /// with usable columns.
 fn prepare<'conn>(client: &SpiClient<'conn>, label: Label, sql: &str) -> (Prepared<'conn>, Columns) {
+    let (plan, shape) = prepare_select(client, label, sql);
+    let cols = columns(label, &shape);
+    (plan, cols)
+}
+
+/// Prepares `sql` after checking it is no longer than `distill.max_query_bytes` and one plain SELECT.
+fn prepare_select<'conn>(client: &SpiClient<'conn>, label: Label, sql: &str) -> (Prepared<'conn>, Shape) {
     let limit = guc::max_query_bytes();
     if sql.len() > limit {
         report_sql(
@@ -148,31 +190,29 @@ fn prepare<'conn>(client: &SpiClient<'conn>, label: Label, sql: &str) -> (Prepar
     if shape.locks_rows {
         not_select("it locks rows (FOR UPDATE/SHARE)");
     }
-    let cols = columns(label, &shape);
-    (plan, cols)
+    (plan, shape)
 }
 
 fn columns(label: Label, shape: &Shape) -> Columns {
-    let find = |name: &str| -> i32 {
-        let found: Vec<&(String, pg_sys::Oid, i32)> = shape.columns.iter().filter(|(n, _, _)| n == name).collect();
-        match found.as_slice() {
-            [] => report_sql(
-                ERRCODE_UNDEFINED_COLUMN,
-                &format!("{label} has no column \"{name}\""),
-                Some("Both queries must return columns named prompt and completion, e.g. SELECT request AS prompt, category AS completion FROM tickets"),
-            ),
-            [(_, ty, number)] => {
-                if ![pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::BPCHAROID].contains(&base_type(*ty)) {
-                    report_sql(
-                        ERRCODE_DATATYPE_MISMATCH,
-                        &format!("{label} column \"{name}\" is of type {}, not text", type_name(*ty)),
-                        Some(&format!("Cast it to text in the query, e.g. SELECT ...::text AS {name}")),
-                    );
-                }
-                *number
+    let hint = "Both queries must return columns named prompt and completion, e.g. SELECT request AS prompt, category AS completion FROM tickets";
+    Columns { prompt: column(label, shape, "prompt", true, hint), completion: column(label, shape, "completion", true, hint) }
+}
+
+/// The 1-based number of the one column called `name` (of a text type when `text`).
+fn column(label: Label, shape: &Shape, name: &str, text: bool, hint: &str) -> i32 {
+    let found: Vec<&(String, pg_sys::Oid, i32)> = shape.columns.iter().filter(|(n, _, _)| n == name).collect();
+    match found.as_slice() {
+        [] => report_sql(ERRCODE_UNDEFINED_COLUMN, &format!("{label} has no column \"{name}\""), Some(hint)),
+        [(_, ty, number)] => {
+            if text && ![pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::BPCHAROID].contains(&base_type(*ty)) {
+                report_sql(
+                    ERRCODE_DATATYPE_MISMATCH,
+                    &format!("{label} column \"{name}\" is of type {}, not text", type_name(*ty)),
+                    Some(&format!("Cast it to text in the query, e.g. SELECT ...::text AS {name}")),
+                );
             }
-            _ => report_sql(ERRCODE_AMBIGUOUS_COLUMN, &format!("{label} has more than one column \"{name}\""), None),
+            *number
         }
-    };
-    Columns { prompt: find("prompt"), completion: find("completion") }
+        _ => report_sql(ERRCODE_AMBIGUOUS_COLUMN, &format!("{label} has more than one column \"{name}\""), None),
+    }
 }

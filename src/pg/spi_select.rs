@@ -162,6 +162,25 @@ impl Batch<'_> {
     }
 }
 
+impl Batch<'_> {
+    /// Column `col` (1-based) of row `row` in its type's text form (its output function); None for NULL.
+    pub fn display(&self, row: usize, col: i32) -> Option<String> {
+        assert!(row < self.len, "row {row} of a batch of {}", self.len);
+        // SAFETY: row < len rows of this tuple table; SPI_getvalue runs the column type's output
+        // function and returns a palloc'd C string (NULL for a NULL value), copied, then freed.
+        unsafe {
+            let tuple = *(*self.table).vals.add(row);
+            let c = pg_sys::SPI_getvalue(tuple, (*self.table).tupdesc, col);
+            if c.is_null() {
+                return None;
+            }
+            let s = CStr::from_ptr(c).to_string_lossy().into_owned();
+            pg_sys::pfree(c.cast());
+            Some(s)
+        }
+    }
+}
+
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         if !std::thread::panicking() {
