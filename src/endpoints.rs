@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use distill_engine::endpoint::{self, ChatRequest, Endpoint, EndpointSettings, InFlight, Next, Secret};
+use distill_engine::infer::structured::ResponseFormat;
 use distill_engine::{Error, GenerateOptions, Message, Result};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -218,24 +219,38 @@ pub fn reply(ep: &Endpoint, messages: &[Message], request: &Request) -> Result<R
     Ok(Reply { text, scores: None, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, finish_reason })
 }
 
-/// What to send for `request`, and the choices the reply must name. Choices are asked for as free
-/// text (the API has no constrained choice) and matched after; scores would need the server's
-/// token probabilities.
+/// What to send for `request`, and the choices the reply must name. The API has no constrained
+/// choice, so choices are asked for through structured outputs, `{"label": one of them}` (OpenAI's
+/// strict schemas need an object at the top), which OpenAI, vLLM, llama.cpp and Ollama enforce with
+/// a grammar; scores would need the server's token probabilities.
 pub fn plan(ep: &Endpoint, request: &Request) -> Result<(GenerateOptions, Option<Vec<String>>)> {
     match request {
         Request::Generate(opts) | Request::ModelDefault { opts, scores: false } => Ok((opts.clone(), None)),
         Request::Choose { choices, scores: false } => {
+            let schema = serde_json::json!({
+                "type": "object",
+                "properties": {"label": {"type": "string", "enum": choices}},
+                "required": ["label"],
+                "additionalProperties": false,
+            });
             let longest = choices.iter().map(|c| c.len()).max().unwrap_or(1);
-            Ok((GenerateOptions { max_tokens: longest + 8, ..Default::default() }, Some(choices.clone())))
+            let opts = GenerateOptions {
+                // The label's bytes bound its tokens; the JSON around it takes a few more.
+                max_tokens: longest + 32,
+                response_format: Some(ResponseFormat::Json { schema: Some(schema) }),
+                ..Default::default()
+            };
+            Ok((opts, Some(choices.clone())))
         }
-        Request::Choose { scores: true, .. } | Request::ModelDefault { scores: true, .. } => Err(Error::Unsupported(
-            format!("\"scores\" on endpoint \"{}\" (it would need the server's token probabilities)", ep.name),
+        Request::Choose { scores: true, .. } | Request::ModelDefault { scores: true, .. } => Err(Error::InvalidInput(
+            format!("\"scores\" does not apply to endpoint \"{}\" (it would need the server's token probabilities)", ep.name),
         )),
     }
 }
 
-/// A reply as the request asked for it: the choice it names (equal ignoring case, surrounding space,
-/// quotes and a final period), valid JSON under a response_format (the server is trusted with the
+/// A reply as the request asked for it: the choice it names (the `label` of a structured reply, or,
+/// from a server that ignored the format, the text itself, equal ignoring case, surrounding space,
+/// quotes and a final period); valid JSON under a response_format (the server is trusted with the
 /// schema itself).
 pub fn check_reply(ep: &Endpoint, text: String, choices: Option<&[String]>, opts: &GenerateOptions) -> Result<String> {
     let bad = |why: &str| {
@@ -247,8 +262,10 @@ pub fn check_reply(ep: &Endpoint, text: String, choices: Option<&[String]>, opts
         }
     };
     if let Some(choices) = choices {
+        let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        let label = parsed.as_ref().and_then(|v| v.get("label")).and_then(Value::as_str).unwrap_or(&text);
         let norm = |s: &str| s.trim().trim_matches(['"', '\'', '.', '`']).trim().to_lowercase();
-        let r = norm(&text);
+        let r = norm(label);
         return choices.iter().find(|c| norm(c) == r).cloned().ok_or_else(|| bad("none of the choices"));
     }
     if opts.response_format.is_some() && serde_json::from_str::<Value>(&text).is_err() {

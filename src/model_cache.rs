@@ -44,8 +44,8 @@ pub fn with_model<R: Send>(
             return Err(distill_engine::Error::PermissionDenied(format!("permission denied for model \"{name}\"")))
         }
         Resolved::Endpoint(_) => {
-            return Err(distill_engine::Error::Unsupported(format!(
-                "this function on endpoint \"{name}\" (it needs a local model)"
+            return Err(distill_engine::Error::InvalidInput(format!(
+                "\"{name}\" is an endpoint; this function needs a local model (a base or fine-tuned model)"
             )))
         }
         Resolved::Tuned(tuned) => {

@@ -54,7 +54,11 @@ fn agent(connect_timeout: Duration) -> ureq::Agent {
 
 /// Asks `endpoint` for a chat completion.
 pub fn call(endpoint: &Endpoint, request: &ChatRequest, cancel: &Cancel) -> Result<(ChatReply, CallStats)> {
-    let body = request.body(&endpoint.model, endpoint.settings.response_format_style)?.to_string();
+    let mut body = request.body(&endpoint.model, endpoint.settings.response_format_style)?;
+    if let (Some(extra), Some(o)) = (&endpoint.settings.extra_body, body.as_object_mut()) {
+        o.extend(extra.clone());
+    }
+    let body = body.to_string();
     let url = format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/'));
     let (text, stats) = post(endpoint, &url, &body, cancel)?;
     let reply =
@@ -65,8 +69,8 @@ pub fn call(endpoint: &Endpoint, request: &ChatRequest, cancel: &Cancel) -> Resu
 /// Tokens of `text` in the endpoint's tokenizer, through its `tokenize_url`.
 pub fn tokenize(endpoint: &Endpoint, text: &str, cancel: &Cancel) -> Result<usize> {
     let Some(url) = &endpoint.settings.tokenize_url else {
-        return Err(Error::Unsupported(format!(
-            "counting tokens on endpoint \"{}\": it has no tokenize_url (set one with distill.alter_endpoint)",
+        return Err(Error::InvalidInput(format!(
+            "endpoint \"{}\" cannot count tokens: it has no tokenize_url (its owner can set one with distill.alter_endpoint)",
             endpoint.name
         )));
     };
@@ -124,7 +128,16 @@ fn post(endpoint: &Endpoint, url: &str, body: &str, cancel: &Cancel) -> Result<(
                 (EndpointFailure::Http(code), format!("HTTP {code}: {message}"), retry_after)
             }
             Err(ureq::Error::Transport(t)) => {
-                let text = t.to_string();
+                // Kind and message without ureq's URL (a path or query string may hold something private).
+                let mut parts = vec![t.kind().to_string()];
+                parts.extend(t.message().map(str::to_string));
+                parts.extend(std::error::Error::source(&t).map(|e| e.to_string()));
+                let text = parts.join(": ");
+                let text = if text.contains("Unexpected EOF") {
+                    "the connection closed without a reply".to_string()
+                } else {
+                    text
+                };
                 if started.elapsed() >= timeout || text.contains("timed out") {
                     (
                         EndpointFailure::Timeout,

@@ -21,6 +21,9 @@ pub struct EndpointSettings {
     /// A URL that counts tokens (`POST {"model", "input"}` → `{"tokens": [...]}`, as
     /// llama-cpp-python's `/extras/tokenize`); without it `count_tokens()` on the endpoint is an error.
     pub tokenize_url: Option<String>,
+    /// Fields added to every chat request, for what a server offers beyond OpenAI's API (llama.cpp's
+    /// `repeat_penalty`, vLLM's `guided_regex`, ...); they may not replace `model` or `messages`.
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
     /// The API key is the value of this environment variable of the database server (superusers only).
     pub api_key_env: Option<String>,
     /// The API key is the contents of this file on the database server (superusers only).
@@ -46,6 +49,7 @@ impl Default for EndpointSettings {
             max_in_flight: 8,
             response_format_style: ResponseFormatStyle::JsonSchema,
             tokenize_url: None,
+            extra_body: None,
             api_key_env: None,
             api_key_file: None,
         }
@@ -73,6 +77,14 @@ impl EndpointSettings {
         if let Some(u) = &self.tokenize_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return bad(format!("tokenize_url must start with http:// or https://, got \"{u}\""));
+            }
+        }
+        if let Some(extra) = &self.extra_body {
+            if let Some(k) = extra.keys().find(|k| matches!(k.as_str(), "model" | "messages" | "stream")) {
+                return bad(format!("extra_body may not set \"{k}\""));
+            }
+            if serde_json::to_string(extra).map_or(0, |s| s.len()) > 16 * 1024 {
+                return bad("extra_body is larger than 16 kB".into());
             }
         }
         if self.api_key_env.is_some() && self.api_key_file.is_some() {
