@@ -58,3 +58,6 @@ bash tests/security.sh
 
 echo "== upgrade: installing a new build under a running cluster"
 bash tests/upgrade.sh
+
+echo "== endpoints: llama-cpp-python's server, faults, keys, cancel, the distillation flow"
+bash tests/endpoints.sh

@@ -36,6 +36,9 @@ const MAX_KEY_BYTES: usize = 4096;
 fn create_endpoint(name: &str, base_url: &str, model: &str, options: default!(JsonB, "'{}'")) {
     check_may_create();
     crate::finetune::check_model_name(name);
+    if reg::exists(name) {
+        crate::finetune::taken(name, "an endpoint");
+    }
     if crate::model_cache::is_model(name) {
         crate::finetune::taken(name, "a model");
     }

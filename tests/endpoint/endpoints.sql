@@ -26,7 +26,7 @@ SELECT name, model, owner, options->'extra_body' AS extra_body, api_key, granted
 SELECT distill.complete('greedy', 'Say hello', '{"max_tokens": 12}');
 SELECT r->'choices'->0->>'messages' AS reply, r->'choices'->0->>'finish_reason' AS finish_reason, r->'usage' AS usage,
        r->>'model' AS model
-FROM distill.complete('greedy', '[{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}]', '{"max_tokens": 6}') AS r;
+FROM distill.complete('greedy', '[{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}]'::jsonb, '{"max_tokens": 6}') AS r;
 SELECT distill.complete('greedy', 'Is the sky blue? Answer yes or no.', '{"choices": ["yes", "no"]}');
 SELECT distill.classify('greedy', 'My bill shows roaming charges from my trip.', ARRAY['Roaming fees', 'Slow data speed']);
 SELECT (r::jsonb) ? 'name' AS has_name, pg_catalog.jsonb_typeof(r::jsonb->'age') AS age_type
@@ -36,13 +36,15 @@ SELECT distill.count_tokens('greedy', 'Say hello');
 SELECT e->'rows' AS rows, e->'options' AS options, e ? 'exact_match' AS scored
 FROM distill.evaluate('greedy', $$SELECT 'Say yes.' AS prompt, 'Yes' AS completion UNION ALL SELECT 'Say no.', 'No'$$,
                       '{"choices": true}') AS e;
-SELECT calls >= 8 AS counted, prompt_tokens > 0 AS prompt_tokens_counted FROM distill.usage WHERE model = 'greedy';
+SELECT completion_calls >= 8 AS counted, prompt_tokens > 0 AS prompt_tokens_counted FROM distill.usage WHERE model = 'greedy';
 
 -- What an endpoint cannot do, said clearly.
 SELECT pg_temp.err($$SELECT distill.complete('greedy', 'hi', '{"choices": ["a", "b"], "scores": true}')$$);
 SELECT pg_temp.err($$SELECT distill.complete('greedy', 'hi', '{"response_format": {"type": "regex", "pattern": "[0-9]+"}}')$$);
 SELECT pg_temp.err($$SELECT distill.complete('greedy', 'hi', '{"stop": ["a", "b", "c", "d", "e"]}')$$);
-SELECT pg_temp.err($$SELECT distill.extract_json('greedy', 'hi', 'pg_catalog.pg_class'::pg_catalog.regclass::oid, '{}')$$);
+-- extract() sends its type's JSON schema as the response_format.
+CREATE TYPE person AS (name text, age int);
+SELECT * FROM distill.extract('greedy', 'Hello, I am Ann Smith and I am 34 years old.', NULL::person);
 
 -- Bad registrations.
 SELECT pg_temp.err($$SELECT distill.create_endpoint('ftp', 'ftp://example.com/v1', 'm')$$);

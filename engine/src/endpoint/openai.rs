@@ -72,8 +72,8 @@ impl ChatRequest {
                 body.insert("response_format".into(), format);
             }
             Some(ResponseFormat::Regex { .. }) => {
-                return Err(Error::Unsupported(
-                    "a regex response_format on an endpoint (OpenAI's API has none; use a JSON schema)".into(),
+                return Err(Error::InvalidInput(
+                    "an endpoint takes no regex response_format (OpenAI's API has none); use a JSON schema".into(),
                 ))
             }
         }
