@@ -61,3 +61,9 @@ bash tests/upgrade.sh
 
 echo "== endpoints: llama-cpp-python's server, faults, keys, cancel, the distillation flow"
 bash tests/endpoints.sh
+
+echo "== hot standby: a streaming replica serves the primary's models, refuses writes"
+bash tests/replica.sh
+
+echo "== concurrent jobs: two workers, a cancel beside a solo-identical run, the memory guard"
+bash tests/concurrent_jobs.sh

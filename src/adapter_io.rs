@@ -28,6 +28,7 @@ fn export_adapter(model: &str) -> Vec<u8> {
 /// Checks the archive against the base model's shapes (layers, widths, target modules) before storing.
 #[pg_extern(volatile, parallel_unsafe)]
 fn import_adapter(name: &str, base_model: &str, archive: &[u8]) -> JsonB {
+    crate::errors::refuse_on_standby("import_adapter()");
     let limit = guc::max_adapter_bytes();
     if archive.len() as u64 > limit {
         report_sql(

@@ -39,7 +39,8 @@ fn complete_rows(
     model: &str,
     sql: &str,
     options: default!(JsonB, "'{}'"),
-) -> TableIterator<'static, (name!(id, Option<String>), name!(completion, Option<String>), name!(error, Option<String>))> {
+) -> TableIterator<'static, (name!(id, Option<String>), name!(completion, Option<String>), name!(error, Option<String>))>
+{
     check_model_name(model);
     let Value::Object(mut o) = options.0 else { invalid("options must be a JSON object, e.g. '{\"max_tokens\": 20}'") };
     let count = |o: &mut serde_json::Map<String, Value>, k: &str| -> Option<usize> {
@@ -77,7 +78,7 @@ fn complete_rows(
     let source = match endpoint {
         Some(ep) => {
             let n = in_flight.unwrap_or(ep.settings.max_in_flight);
-            Source::Endpoint(Remote::start(ep, &work, &request, n))
+            Source::Endpoint(Box::new(Remote::start(ep, &work, &request, n)))
         }
         None => Source::Local { rows: work.into(), batch: batch_size.unwrap_or(DEFAULT_BATCH) },
     };
@@ -95,12 +96,13 @@ struct Rows {
 
 enum Source {
     Local { rows: VecDeque<(usize, IdPrompt)>, batch: usize },
-    Endpoint(Remote),
+    Endpoint(Box<Remote>),
 }
 
 struct Remote {
     batch: InFlight,
-    ids: Vec<Option<String>>,
+    /// Each request's row id (itself NULL when the query's id was); None once answered.
+    ids: Vec<Option<Option<String>>>,
     endpoint: Endpoint,
     opts: distill_engine::GenerateOptions,
     choices: Option<Vec<String>>,
@@ -118,7 +120,7 @@ impl Remote {
                 opts: opts.clone(),
             })
             .collect();
-        let ids = work.iter().map(|(_, r)| r.id.clone()).collect();
+        let ids = work.iter().map(|(_, r)| Some(r.id.clone())).collect();
         let batch = endpoints::start(&ep, requests, n).or_report();
         Remote { batch, ids, endpoint: ep, opts, choices, since: Instant::now() }
     }
@@ -139,7 +141,12 @@ impl Progress {
             let secs = self.started.elapsed().as_secs_f64();
             let rate = self.done as f64 / secs.max(1e-9);
             let eta = (self.total - self.done) as f64 / rate.max(1e-9);
-            pgrx::notice!("complete_rows: {}/{} rows, {rate:.1} rows/s, about {:.0} s left", self.done, self.total, eta);
+            pgrx::notice!(
+                "complete_rows: {}/{} rows, {rate:.1} rows/s, about {:.0} s left",
+                self.done,
+                self.total,
+                eta
+            );
         }
     }
 }
@@ -165,14 +172,29 @@ impl Iterator for Rows {
                 }));
             }
             Source::Endpoint(remote) => {
-                let mut tick = || {};
-                let (index, answer) = endpoints::wait(&mut remote.batch, Some(&mut tick))?;
-                let id = remote.ids[index].take();
+                let Some((index, answer)) = endpoints::wait(&mut remote.batch) else {
+                    // Every thread gone with rows unanswered (only if one panicked): those rows say so
+                    // rather than vanish.
+                    let lost = remote.ids.iter_mut().filter_map(Option::take);
+                    self.done.extend(lost.map(|id| (id, None, Some("the request was lost (its thread ended)".into()))));
+                    return self.done.pop_front();
+                };
+                let id = remote.ids[index].take().flatten();
                 let row = match answer {
                     Ok((reply, _)) => {
-                        usage::record(&self.model, reply.prompt_tokens, reply.completion_tokens, remote.since.elapsed());
+                        usage::record(
+                            &self.model,
+                            reply.prompt_tokens,
+                            reply.completion_tokens,
+                            remote.since.elapsed(),
+                        );
                         remote.since = Instant::now();
-                        match endpoints::check_reply(&remote.endpoint, reply.text, remote.choices.as_deref(), &remote.opts) {
+                        match endpoints::check_reply(
+                            &remote.endpoint,
+                            reply.text,
+                            remote.choices.as_deref(),
+                            &remote.opts,
+                        ) {
                             Ok(text) => (id, Some(text), None),
                             Err(e) => (id, None, Some(e.to_string())),
                         }

@@ -167,5 +167,6 @@ pub fn set_grant(name: &str, grantee: pg_sys::Oid, grant: bool) {
          AND g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) $2::pg_catalog.oid"
     };
     // As int8: pgrx sends the invalid oid 0 (PUBLIC) as NULL.
-    as_owner(|| Spi::run_with_args(sql, &[name.into(), (grantee.to_u32() as i64).into()])).unwrap_or_else(|e| failed(e));
+    as_owner(|| Spi::run_with_args(sql, &[name.into(), (grantee.to_u32() as i64).into()]))
+        .unwrap_or_else(|e| failed(e));
 }

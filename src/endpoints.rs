@@ -34,6 +34,7 @@ const MAX_KEY_BYTES: usize = 4096;
 /// chat-completions server; `complete(name, ...)` then asks it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn create_endpoint(name: &str, base_url: &str, model: &str, options: default!(JsonB, "'{}'")) {
+    crate::errors::refuse_on_standby("create_endpoint()");
     check_may_create();
     crate::finetune::check_model_name(name);
     if reg::exists(name) {
@@ -55,6 +56,7 @@ fn create_endpoint(name: &str, base_url: &str, model: &str, options: default!(Js
 /// default), `api_key` (a string sets it, `null` removes it): a key rotation.
 #[pg_extern(volatile, parallel_unsafe)]
 fn alter_endpoint(name: &str, changes: JsonB) {
+    crate::errors::refuse_on_standby("alter_endpoint()");
     let row = owned(name, "alter it");
     let Value::Object(mut changes) = changes.0 else { invalid("changes must be a JSON object") };
     let text = |v: Option<Value>, what: &str, old: String| match v {
@@ -93,6 +95,7 @@ fn alter_endpoint(name: &str, changes: JsonB) {
 /// `distill.drop_endpoint(name)`: its owner or a superuser.
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_endpoint(name: &str) {
+    crate::errors::refuse_on_standby("drop_endpoint()");
     owned(name, "drop it");
     reg::delete(name);
 }
@@ -124,9 +127,11 @@ fn owned(name: &str, what: &str) -> EndpointRow {
             &format!("endpoint \"{name}\" does not exist"),
             Some("SELECT name FROM distill.endpoints lists the ones you can use."),
         ),
-        Some(false) => {
-            report_sql(ERRCODE_INSUFFICIENT_PRIVILEGE, &format!("must be the owner of endpoint \"{name}\" to {what}"), None)
-        }
+        Some(false) => report_sql(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!("must be the owner of endpoint \"{name}\" to {what}"),
+            None,
+        ),
         Some(true) => reg::find(name).unwrap_or_else(|| invalid(format!("endpoint \"{name}\" was dropped meanwhile"))),
     }
 }
@@ -134,12 +139,10 @@ fn owned(name: &str, what: &str) -> EndpointRow {
 /// Settings and the inline key from `options`. `api_key_env`/`api_key_file` need a superuser (the
 /// caller at create time; at alter time, the endpoint's owner or the caller).
 fn parse_options(options: Value, owner_is_superuser: Option<bool>) -> (EndpointSettings, Option<String>) {
-    let Value::Object(mut o) = options else {
-        invalid("options must be a JSON object, e.g. '{\"timeout\": 60}'")
-    };
+    let Value::Object(mut o) = options else { invalid("options must be a JSON object, e.g. '{\"timeout\": 60}'") };
     let key = o.remove("api_key").map(inline_key);
-    let settings: EndpointSettings = serde_json::from_value(Value::Object(o))
-        .unwrap_or_else(|e| invalid(format!("invalid endpoint options: {e}")));
+    let settings: EndpointSettings =
+        serde_json::from_value(Value::Object(o)).unwrap_or_else(|e| invalid(format!("invalid endpoint options: {e}")));
     let reads_server = settings.api_key_env.is_some() || settings.api_key_file.is_some();
     if reads_server && !(backend::is_superuser() || owner_is_superuser == Some(true)) {
         report_sql(
@@ -166,7 +169,9 @@ fn inline_key(v: Value) -> String {
 fn compact(v: Value) -> Value {
     let defaults = serde_json::to_value(EndpointSettings::default()).unwrap_or_default();
     match v {
-        Value::Object(o) => Value::Object(o.into_iter().filter(|(k, v)| !v.is_null() && defaults.get(k) != Some(v)).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().filter(|(k, v)| !v.is_null() && defaults.get(k) != Some(v)).collect())
+        }
         v => v,
     }
 }
@@ -200,7 +205,8 @@ pub fn resolve(name: &str, row: EndpointRow) -> Result<Endpoint> {
 }
 
 fn read_key_file(name: &str, path: &str) -> Result<String> {
-    let unreadable = |why: String| Error::InvalidInput(format!("endpoint \"{name}\": cannot read its api_key_file ({why})"));
+    let unreadable =
+        |why: String| Error::InvalidInput(format!("endpoint \"{name}\": cannot read its api_key_file ({why})"));
     let meta = std::fs::metadata(path).map_err(|e| unreadable(e.kind().to_string()))?;
     if meta.len() > MAX_KEY_BYTES as u64 {
         return Err(unreadable(format!("larger than {MAX_KEY_BYTES} bytes")));
@@ -212,14 +218,22 @@ fn read_key_file(name: &str, path: &str) -> Result<String> {
 pub fn reply(ep: &Endpoint, messages: &[Message], request: &Request) -> Result<Reply> {
     let (opts, choices) = plan(ep, request)?;
     let mut batch = start(ep, vec![ChatRequest { messages: messages.to_vec(), opts: opts.clone() }], 1)?;
-    let Some((_, answer)) = wait(&mut batch, None) else { unreachable!("one request gives one answer") };
+    let Some((_, answer)) = wait(&mut batch) else {
+        return Err(Error::Io(std::io::Error::other("the request's thread ended without an answer")));
+    };
     let r = answer?.0;
     let text = check_reply(ep, r.text, choices.as_deref(), &opts)?;
     let finish_reason = match r.finish_reason {
         distill_engine::FinishReason::Stop => "stop",
         distill_engine::FinishReason::Length => "length",
     };
-    Ok(Reply { text, scores: None, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, finish_reason })
+    Ok(Reply {
+        text,
+        scores: None,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        finish_reason,
+    })
 }
 
 /// What to send for `request`, and the choices the reply must name. The API has no constrained
@@ -245,9 +259,12 @@ pub fn plan(ep: &Endpoint, request: &Request) -> Result<(GenerateOptions, Option
             };
             Ok((opts, Some(choices.clone())))
         }
-        Request::Choose { scores: true, .. } | Request::ModelDefault { scores: true, .. } => Err(Error::InvalidInput(
-            format!("\"scores\" does not apply to endpoint \"{}\" (it would need the server's token probabilities)", ep.name),
-        )),
+        Request::Choose { scores: true, .. } | Request::ModelDefault { scores: true, .. } => {
+            Err(Error::InvalidInput(format!(
+                "\"scores\" does not apply to endpoint \"{}\" (it would need the server's token probabilities)",
+                ep.name
+            )))
+        }
     }
 }
 
@@ -282,9 +299,9 @@ pub fn start(ep: &Endpoint, requests: Vec<ChatRequest>, n: usize) -> Result<InFl
     Ok(InFlight::start(ep.clone(), requests, n)?)
 }
 
-/// The next answer, waiting with query cancel serviced: a pending cancel drops the batch (its
-/// threads stop taking requests) and is raised here. `progress` is called every 50 ms while waiting.
-pub fn wait(batch: &mut InFlight, mut progress: Option<&mut dyn FnMut()>) -> Option<endpoint::Answer> {
+/// The next answer, waiting with query cancel serviced: a pending cancel is raised here, and the
+/// batch, dropped as the ERROR unwinds, stops its threads taking requests.
+pub fn wait(batch: &mut InFlight) -> Option<endpoint::Answer> {
     loop {
         match batch.next(Duration::from_millis(50)) {
             Next::Answer(a) => return Some(a),
@@ -292,9 +309,6 @@ pub fn wait(batch: &mut InFlight, mut progress: Option<&mut dyn FnMut()>) -> Opt
             Next::Waiting => {
                 if interrupts::cancel_pending() {
                     pgrx::check_for_interrupts!();
-                }
-                if let Some(p) = progress.as_mut() {
-                    p();
                 }
             }
         }

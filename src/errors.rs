@@ -66,6 +66,18 @@ pub fn report_sql(code: PgSqlErrorCode, message: &str, hint: Option<&str>) -> ! 
     unreachable!("ERROR does not return")
 }
 
+/// On a hot standby, an ERROR saying `what` writes and belongs on the primary; models still answer
+/// there (complete, evaluate, count_tokens, the views), since they only read the registry.
+pub fn refuse_on_standby(what: &str) {
+    if crate::pg::backend::hot_standby() {
+        report_sql(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            &format!("read-only: {what} changes the registry, and this server is a hot standby; run it on the primary"),
+            Some("complete(), evaluate(), count_tokens() and the views work on a standby; writes replicate from the primary."),
+        );
+    }
+}
+
 /// An ERROR for bad SQL-level input.
 pub fn invalid(message: impl Into<String>) -> ! {
     report(Error::InvalidInput(message.into()))

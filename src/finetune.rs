@@ -31,6 +31,7 @@ fn finetune_job(verb: Option<&str>, job_id: Option<&str>) -> JsonB {
     let id = job_id.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| invalid(format!("{verb} needs a job id")));
     let Some(mut row) = registry::job_row(id) else { no_such_job() };
     if verb == "CANCEL" {
+        crate::errors::refuse_on_standby("finetune('CANCEL')");
         if !registry::cancel_job(id) {
             report_sql(
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -55,6 +56,7 @@ fn finetune_create(
     validation_sql: default!(Option<&str>, "NULL"),
     options: default!(Option<JsonB>, "NULL"),
 ) -> String {
+    crate::errors::refuse_on_standby("finetune('CREATE')");
     let verb = verb_of(verb);
     if verb != "CREATE" {
         wrong_arity(&verb);

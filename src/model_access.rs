@@ -12,6 +12,7 @@ use crate::registry;
 /// `distill.drop_model(name)`: deletes a fine-tuned model (its owner or a superuser).
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_model(name: &str) {
+    crate::errors::refuse_on_standby("drop_model()");
     match registry::drop_model(name) {
         registry::Dropped::Done => crate::model_cache::forget_adapter(name),
         registry::Dropped::NotFound => no_such_model(name),
@@ -22,6 +23,7 @@ fn drop_model(name: &str) {
 /// `distill.grant_model(name, role)`: lets `role` (or `public`) use the model in `complete()`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn grant_model(name: &str, role: &str) {
+    crate::errors::refuse_on_standby("grant_model()");
     let grantee = resolve_role(role);
     if is_endpoint(name) {
         check_endpoint_owner(name, "grant it");
@@ -34,6 +36,7 @@ fn grant_model(name: &str, role: &str) {
 /// `distill.revoke_model(name, role)`: undoes a `grant_model`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn revoke_model(name: &str, role: &str) {
+    crate::errors::refuse_on_standby("revoke_model()");
     let grantee = resolve_role(role);
     if is_endpoint(name) {
         check_endpoint_owner(name, "revoke it");

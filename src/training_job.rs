@@ -134,6 +134,10 @@ impl Runner {
                 ),
             ));
         }
+        // Jobs training in other workers count against the same limit: wait for room.
+        if !reserve_memory(job, estimate.bytes >> 20, limit >> 20)? {
+            return if shutdown_requested() { requeue(job) } else { finish_cancelled(job) };
+        }
         let total_steps = config.total_steps(train_set.len());
         let mut data = json!({
             "training_rows": train_set.len(),
@@ -408,6 +412,58 @@ fn store(
         )
     })?;
     status.map(|_| ()).map_err(JobError::from)
+}
+
+/// Waits until this job's memory estimate (MB) fits under `limit_mb` beside the estimates of the jobs
+/// other workers are training (`distill.workers` > 1), and records it in the job's `data`, where the
+/// next job to check sees it. Check and record happen under one advisory lock, so two workers cannot
+/// both take the last room. False when the job was cancelled or the server is shutting down while it
+/// waited. DESCRIBE shows the wait in `data.waiting_for_memory`.
+fn reserve_memory(job: &Job, estimate_mb: u64, limit_mb: u64) -> Result<bool, JobError> {
+    let mut announced = false;
+    loop {
+        let reserved = transaction(|| {
+            Spi::get_one_with_args::<i64>(
+                "WITH lock AS (SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_distill training memory')))
+                 SELECT COALESCE(pg_catalog.sum((j.data OPERATOR(pg_catalog.->>) 'memory_estimate_mb')::pg_catalog.int8), 0)::pg_catalog.int8
+                 FROM distill.job_registry j, lock
+                 WHERE j.status OPERATOR(pg_catalog.=) 'IN_PROGRESS' AND j.id OPERATOR(pg_catalog.<>) $1
+                   AND j.data OPERATOR(pg_catalog.?) 'memory_estimate_mb'",
+                &[job.id.as_str().into()],
+            )
+            .map(|others| {
+                let others = others.unwrap_or(0).max(0) as u64;
+                let fits = others + estimate_mb <= limit_mb;
+                let note = if fits {
+                    serde_json::json!({"memory_estimate_mb": estimate_mb})
+                } else {
+                    serde_json::json!({"waiting_for_memory": format!(
+                        "{estimate_mb} MB needed, {others} MB held by running jobs, distill.max_training_memory {limit_mb} MB"
+                    )})
+                };
+                let cancelled = Spi::get_one_with_args::<bool>(
+                    "UPDATE distill.job_registry j SET data = (j.data OPERATOR(pg_catalog.-) 'waiting_for_memory')
+                            OPERATOR(pg_catalog.||) $2, updated_on = pg_catalog.now()
+                     WHERE j.id OPERATOR(pg_catalog.=) $1 RETURNING j.cancel_requested",
+                    &[job.id.as_str().into(), JsonB(note).into()],
+                );
+                (fits, matches!(cancelled, Ok(Some(true))))
+            })
+        })??;
+        match reserved {
+            (_, true) => return Ok(false),
+            (true, false) => return Ok(true),
+            (false, false) => {}
+        }
+        if shutdown_requested() {
+            return Ok(false);
+        }
+        if !announced {
+            log!("pg_distill worker: job {} waits for memory held by running jobs", job.id);
+            announced = true;
+        }
+        interrupts::wait_latch(Duration::from_secs(2));
+    }
 }
 
 fn finish_cancelled(job: &Job) -> Result<(), JobError> {

@@ -105,7 +105,13 @@ pub fn read_id_prompt(label: Label, sql: &str, budget: &mut Budget) -> Vec<IdPro
     Spi::connect(|client| {
         let (plan, shape) = prepare_select(client, label, sql);
         let prompt = column(label, &shape, "prompt", true, "Return the rows' text as a column named prompt, e.g. SELECT ticket_id AS id, request AS prompt FROM tickets");
-        let id = column(label, &shape, "id", false, "Return a key as a column named id, e.g. SELECT ticket_id AS id, request AS prompt FROM tickets");
+        let id = column(
+            label,
+            &shape,
+            "id",
+            false,
+            "Return a key as a column named id, e.g. SELECT ticket_id AS id, request AS prompt FROM tickets",
+        );
         let mut cursor = plan.open();
         let mut rows = Vec::new();
         loop {
@@ -195,7 +201,10 @@ fn prepare_select<'conn>(client: &SpiClient<'conn>, label: Label, sql: &str) -> 
 
 fn columns(label: Label, shape: &Shape) -> Columns {
     let hint = "Both queries must return columns named prompt and completion, e.g. SELECT request AS prompt, category AS completion FROM tickets";
-    Columns { prompt: column(label, shape, "prompt", true, hint), completion: column(label, shape, "completion", true, hint) }
+    Columns {
+        prompt: column(label, shape, "prompt", true, hint),
+        completion: column(label, shape, "completion", true, hint),
+    }
 }
 
 /// The 1-based number of the one column called `name` (of a text type when `text`).

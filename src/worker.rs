@@ -74,6 +74,12 @@ pub extern "C-unwind" fn distill_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             backend::reload_config();
         }
+        // A hot standby trains nothing (its registry is the primary's, read-only); after a promotion
+        // this worker starts claiming jobs.
+        if backend::hot_standby() {
+            interrupts::wait_latch(Duration::from_secs(5));
+            continue;
+        }
         match transaction(claim_next_job) {
             Ok(Some(job)) => runner.run(job),
             Ok(None) => interrupts::wait_latch(Duration::from_secs(1)),

@@ -31,6 +31,10 @@
 #  10  statement_timeout and pg_cancel_backend stop complete() and evaluate() within 2 s.
 #  11  disclosure: errors about missing models do not show distill.model_dir; an ungranted model
 #      gives permission denied without naming its owner; another role's job reads as missing.
+#  12  endpoints: a grantee drives every endpoint path under the look-alike search_path and can
+#      neither create, alter, grant, drop nor read keys; an ungranted endpoint is invisible (also to a
+#      leaky function over distill.endpoints); an endpoint admin may not take a key from the server's
+#      environment or files; the key never shows.
 #  Also: the roles (nobody / viewer refused what they lack), the limit settings are superuser-only,
 #  and the per-role limits max_models_per_role, max_jobs_per_role, max_adapter_bytes, max_input_bytes.
 #
@@ -875,6 +879,67 @@ SQL
   INFO="$ms ms"
 }
 check "10: pg_cancel_backend() from another session stops a long complete() within 2 s" attack_10_cancel
+
+# ---- 12. endpoints ------------------------------------------------------------------------------------------------
+# A superuser's endpoint with a stored key, granted to mallory only (its URL a closed local port: no
+# request leaves the machine). mallory drives every endpoint path under her look-alike search_path
+# (the registry reads run as its owner); carol, an endpoint admin, may not make the server read its
+# environment or files into a request; no output shows the key; a leaky function over
+# distill.endpoints sees only what the view lets through.
+EP_KEY=sk-SECRET-endpoint-key-8c7b6a5d4e3f
+attack_12_endpoints() {
+  q postgres -v key="$EP_KEY" <<'SQL' || { DETAIL="set-up: $(first_error)"; return 1; }
+SELECT distill.create_endpoint('acme_teacher', 'http://127.0.0.1:1/v1', 'gpt', pg_catalog.jsonb_build_object('api_key', :'key', 'max_retries', 0));
+SELECT distill.create_endpoint('hidden_teacher', 'http://127.0.0.1:1/secret-path/v1', 'gpt', pg_catalog.jsonb_build_object('api_key', :'key', 'max_retries', 0));
+SELECT distill.grant_model('acme_teacher', 'mallory');
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'carol_admin') THEN CREATE ROLE carol_admin LOGIN IN ROLE distill_endpoint_admin; END IF;
+END $$;
+SQL
+  T=120 calls mallory "$MAL_PRE" \
+    ep_create "SELECT distill.create_endpoint('mal_ep', 'http://127.0.0.1:1/v1', 'm');" \
+    ep_complete "SELECT distill.complete('acme_teacher', 'hi');" \
+    ep_chat "SELECT distill.complete('acme_teacher', '[{\"role\": \"user\", \"content\": \"hi\"}]'::jsonb, '{}'::jsonb);" \
+    ep_try "SELECT distill.try_complete('acme_teacher', 'hi') IS NULL;" \
+    ep_count "SELECT distill.count_tokens('acme_teacher', 'hi');" \
+    ep_rows "SELECT count(*) FROM distill.complete_rows('acme_teacher', 'SELECT 1 AS id, ''hi'' AS prompt') WHERE error IS NOT NULL;" \
+    ep_view "SELECT string_agg(name || ' ' || api_key, ',') FROM distill.endpoints;" \
+    ep_keys "SELECT api_key FROM distill.endpoint_keys;" \
+    ep_alter "SELECT distill.alter_endpoint('acme_teacher', '{\"base_url\": \"http://127.0.0.1:2/v1\"}');" \
+    ep_grant "SELECT distill.grant_model('acme_teacher', 'public');" \
+    ep_drop "SELECT distill.drop_endpoint('acme_teacher');" \
+    ep_hidden "SELECT distill.complete('hidden_teacher', 'hi');"
+  cat "$work/q.err" >>"$work/mal_sessions.err"
+  local all=$OUT$ERR
+  expect ep_create 42501; expect ep_complete 08006; expect ep_chat 08006; expect ep_try 00000
+  expect ep_count 22023; expect ep_rows 00000; expect ep_view 00000; expect ep_keys 42501
+  expect ep_alter 42501; expect ep_grant 42501; expect ep_drop 42501; expect ep_hidden 42501
+  grep -q '^1$' <<<"$OUT" || BAD+="complete_rows did not return the failed row; "
+  grep -q 'acme_teacher stored' <<<"$OUT" || BAD+="distill.endpoints did not show acme_teacher to its grantee; "
+  if grep -q 'secret-path' <<<"$all"; then BAD+="the ungranted endpoint's URL shows: $(grep -m1 'secret-path' <<<"$all"); "; fi
+  if grep -q 'hidden_teacher' <<<"$(grep '^[^SM]' <<<"$OUT")"; then BAD+="distill.endpoints shows the ungranted endpoint; "; fi
+  q mallory <<'SQL' || BAD+="leak query: $(first_error); "
+SET client_min_messages = notice;
+SELECT * FROM distill.endpoints WHERE mal.leak('endpoints: ' || name || ' ' || base_url || ' ' || options::text);
+SQL
+  all+=$OUT$ERR
+  if grep -q 'hidden_teacher\|secret-path' <<<"$ERR"; then BAD+="the leaky function saw the ungranted endpoint; "; fi
+  calls carol_admin "" \
+    env_key "SELECT distill.create_endpoint('carol_env', 'http://127.0.0.1:1/v1', 'm', '{\"api_key_env\": \"PGDATA\"}');" \
+    file_key "SELECT distill.create_endpoint('carol_file', 'http://127.0.0.1:1/v1', 'm', '{\"api_key_file\": \"/etc/shadow\"}');" \
+    own "SELECT distill.create_endpoint('carol_ep', 'http://127.0.0.1:1/v1', 'm', '{\"api_key\": \"carol-key-0000000000\"}');" \
+    to_file "SELECT distill.alter_endpoint('carol_ep', '{\"api_key_file\": \"/etc/shadow\", \"api_key\": null}');" \
+    others "SELECT distill.alter_endpoint('acme_teacher', '{\"base_url\": \"http://127.0.0.1:2/v1\"}');"
+  all+=$OUT$ERR
+  expect env_key 42501; expect file_key 42501; expect own 00000; expect to_file 42501; expect others 42501
+  if grep -qF "$EP_KEY" <<<"$all$(cat "$work/data/server.log")"; then BAD+="the key appears in an output or the server log; "; fi
+  [ "$(psql_in -c "SELECT base_url FROM distill.endpoint_registry WHERE name = 'acme_teacher'")" = http://127.0.0.1:1/v1 ] \
+    || BAD+="acme_teacher's URL changed; "
+  psql_in -c "SELECT distill.drop_endpoint(name) FROM distill.endpoint_registry" >/dev/null
+  [ -z "$BAD" ] || { DETAIL=$BAD; return 1; }
+  INFO="$(msg ep_complete)"
+}
+check "12: endpoints: mallory (grantee) cannot create, alter, grant, drop or read keys, even through look-alikes; an admin cannot read server files into a key; no key shown" attack_12_endpoints
 
 # ---- 1 (verdict) --------------------------------------------------------------------------------------------------
 attack_1_verdict() {

@@ -24,6 +24,12 @@ pub fn has_privs_of_role(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     unsafe { pg_sys::has_privs_of_role(member, role) }
 }
 
+/// Whether this server is a hot standby (in recovery): it answers reads only.
+pub fn hot_standby() -> bool {
+    // SAFETY: reads the shared recovery state; main thread.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
 /// Whether the current transaction runs at REPEATABLE READ or SERIALIZABLE.
 pub fn repeatable_read_or_stricter() -> bool {
     // SAFETY: a read of the backend's transaction isolation level; main thread.
