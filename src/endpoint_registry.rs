@@ -7,6 +7,7 @@ use pgrx::PgSqlErrorCode::*;
 use pgrx::{pg_sys, JsonB};
 
 use crate::errors::report_sql;
+use crate::pg::spi_select::select_one;
 use crate::registry::{as_owner, caller};
 
 /// An endpoint's row, read for a call.
@@ -64,7 +65,7 @@ pub fn find(name: &str) -> Option<EndpointRow> {
 
 pub fn exists(name: &str) -> bool {
     as_owner(|| {
-        Spi::get_one_with_args::<bool>(
+        select_one::<bool>(
             "SELECT EXISTS (SELECT FROM distill.endpoint_registry e WHERE e.name OPERATOR(pg_catalog.=) $1)",
             &[name.into()],
         )
@@ -78,7 +79,7 @@ pub fn exists(name: &str) -> bool {
 pub fn owns(name: &str) -> Option<bool> {
     let (caller, is_super) = caller();
     as_owner(|| {
-        Spi::get_one_with_args::<bool>(
+        select_one::<bool>(
             "SELECT $3 OR pg_catalog.pg_has_role($2, e.owner::pg_catalog.oid, 'USAGE') \
              FROM distill.endpoint_registry e WHERE e.name OPERATOR(pg_catalog.=) $1",
             &[name.into(), caller.into(), is_super.into()],

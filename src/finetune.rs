@@ -311,7 +311,9 @@ fn wait(job_id: &str, timeout_seconds: default!(f64, 3600.0)) -> JsonB {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout_seconds.clamp(0.0, 1e7));
     let mut last = (-1i64, Value::Null);
     loop {
-        let Some(row) = registry::job_row(job_id) else { no_such_job() };
+        // A new snapshot each time: the registry reads are read-only, which would otherwise see the
+        // statement's snapshot, taken before the job advanced.
+        let Some(row) = crate::pg::backend::with_fresh_snapshot(|| registry::job_row(job_id)) else { no_such_job() };
         let status = row["status"].as_str().unwrap_or_default().to_string();
         if !matches!(status.as_str(), "PENDING" | "IN_PROGRESS") {
             return JsonB(describe(&row));

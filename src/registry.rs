@@ -16,6 +16,7 @@ use pgrx::PgSqlErrorCode::*;
 use crate::errors::report_sql;
 use crate::guc;
 use crate::pg::elevated::Elevated;
+use crate::pg::spi_select::select_one;
 
 /// Runs `f` as the registry owner (see [`Elevated::registry_owner`]); the caller's identity, search_path
 /// and any setting changed inside come back afterwards, on an ERROR too.
@@ -29,8 +30,14 @@ pub fn caller() -> (pg_sys::Oid, bool) {
     (crate::pg::backend::current_user(), crate::pg::backend::is_superuser())
 }
 
-/// The first column of the first row, None when there is no row (or the value is NULL).
+/// The first column of the first row of a read, None when there is no row (or the value is NULL).
+/// Read-only (see [`select_one`]): the read paths of `complete()` run on hot standbys too.
 fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
+    select_one::<T>(sql, args).unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None))
+}
+
+/// [`one`] for a statement that writes (INSERT ... RETURNING).
+fn one_mut<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
     match Spi::get_one_with_args::<T>(sql, args) {
         Ok(v) => v,
         Err(pgrx::spi::SpiError::InvalidPosition) => None,
@@ -62,7 +69,7 @@ pub fn insert_job(j: &NewJob) -> Option<String> {
         if !is_super {
             check_job_counts(j.owner);
         }
-        one::<String>(
+        one_mut::<String>(
             &format!(
                 "INSERT INTO distill.job_registry (id, model, base_model, owner, training_sql, validation_sql, options, search_path) \
                  VALUES ('ft_' OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid()::pg_catalog.text, $1, $2, $3::pg_catalog.oid::pg_catalog.regrole, $4, $5, $6, $7) \
@@ -367,7 +374,7 @@ pub fn insert_model(name: &str, base_model: &str, adapter: Vec<u8>, options: ser
             lock_role(owner);
             check_model_count(owner);
         }
-        one::<bool>(
+        one_mut::<bool>(
             "INSERT INTO distill.model_registry (name, base_model, owner, adapter, options, metrics) \
              VALUES ($1, $2, $3::pg_catalog.oid::pg_catalog.regrole, $4, $5, '{}') \
              ON CONFLICT (name) DO NOTHING RETURNING true",

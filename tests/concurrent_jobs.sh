@@ -30,7 +30,7 @@ small="SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LI
 small_opts='{"max_epochs": 1, "target_modules": ["q", "v"], "seed": 7}'
 create() { psql_in -c "SELECT distill.finetune('CREATE', '$1', 'smollm2-135m', \$q\$$2\$q\$, NULL, '$3')"; }
 wait_for() { psql_in -c "SET client_min_messages = warning" -c "SELECT distill.wait('$1', ${2:-900})->>'status'"; }
-digest() { psql_in -c "SELECT md5(distill.export_adapter('$1'))"; }
+digest() { psql_in -c "SELECT md5(adapter) FROM distill.model_registry WHERE name = '$1'"; }
 
 solo=$(create solo "$small" "$small_opts")
 [ "$(wait_for "$solo")" = SUCCESS ] || fail "the solo job did not succeed"

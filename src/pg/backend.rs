@@ -30,6 +30,23 @@ pub fn hot_standby() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
+/// Runs `f` under a new snapshot (at READ COMMITTED, one that sees every commit so far): for a loop
+/// that polls the registry with read-only reads, which otherwise see the statement's snapshot.
+pub fn with_fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            // SAFETY: pops the snapshot pushed below, also when `f` raises an ERROR (unwinding).
+            unsafe { pg_sys::PopActiveSnapshot() };
+        }
+    }
+    // SAFETY: main thread, in a transaction; GetTransactionSnapshot returns a registered snapshot
+    // that PushActiveSnapshot copies, and Pop removes it again.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let _pop = Pop;
+    f()
+}
+
 /// Whether the current transaction runs at REPEATABLE READ or SERIALIZABLE.
 pub fn repeatable_read_or_stricter() -> bool {
     // SAFETY: a read of the backend's transaction isolation level; main thread.

@@ -13,7 +13,6 @@
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
 
 use crate::errors::report_sql;
@@ -35,9 +34,10 @@ impl Elevated {
     /// caller's rights themselves and then read or write the private tables, like SECURITY DEFINER.
     pub fn registry_owner() -> Self {
         let guard = Self::enter(SAFE_SEARCH_PATH);
-        let owner = Spi::get_one::<pg_sys::Oid>(
+        let owner = super::spi_select::select_one::<pg_sys::Oid>(
             "SELECT c.relowner FROM pg_catalog.pg_class c \
              WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('distill.job_registry')",
+            &[],
         )
         .ok()
         .flatten()

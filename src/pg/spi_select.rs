@@ -8,7 +8,9 @@
 use std::ffi::CStr;
 use std::marker::PhantomData;
 
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgTupleDesc;
 
@@ -200,4 +202,15 @@ pub fn base_type(ty: pg_sys::Oid) -> pg_sys::Oid {
 pub fn type_name(ty: pg_sys::Oid) -> String {
     // SAFETY: format_type_be returns a palloc'd C string for any type oid; main thread.
     unsafe { CStr::from_ptr(pg_sys::format_type_be(ty)).to_string_lossy().into_owned() }
+}
+
+/// The first column of the first row of a read-only statement, None when there is no row or it is
+/// NULL. Unlike pgrx's `Spi::get_one*`, which run everything as a write and so take a transaction id
+/// (an xid burnt per call on a primary; an ERROR, "cannot assign TransactionIds during recovery", on
+/// a hot standby), this runs read-only unless the transaction has written already.
+pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> pgrx::spi::Result<Option<T>> {
+    Spi::connect(|c| match c.select(sql, Some(1), args)?.first().get_one::<T>() {
+        Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+        r => r,
+    })
 }
