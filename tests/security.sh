@@ -910,7 +910,8 @@ SQL
     ep_drop "SELECT distill.drop_endpoint('acme_teacher');" \
     ep_hidden "SELECT distill.complete('hidden_teacher', 'hi');"
   cat "$work/q.err" >>"$work/mal_sessions.err"
-  local all=$OUT$ERR
+  local all=$OUT$ERR refused
+  refused=$(msg ep_complete)
   expect ep_create 42501; expect ep_complete 08006; expect ep_chat 08006; expect ep_try 00000
   expect ep_count 22023; expect ep_rows 00000; expect ep_view 00000; expect ep_keys 42501
   expect ep_alter 42501; expect ep_grant 42501; expect ep_drop 42501; expect ep_hidden 42501
@@ -937,7 +938,7 @@ SQL
     || BAD+="acme_teacher's URL changed; "
   psql_in -c "SELECT distill.drop_endpoint(name) FROM distill.endpoint_registry" >/dev/null
   [ -z "$BAD" ] || { DETAIL=$BAD; return 1; }
-  INFO="$(msg ep_complete)"
+  INFO=$refused
 }
 check "12: endpoints: mallory (grantee) cannot create, alter, grant, drop or read keys, even through look-alikes; an admin cannot read server files into a key; no key shown" attack_12_endpoints
 
