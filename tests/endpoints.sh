@@ -25,7 +25,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; tail -20 "$work/data/server.log" >&2; exit 1; }
 mkdir -p "$servers" && bash tests/endpoint/servers.sh start "$servers"
 llama=$(cat "$servers/llama.port") fault=$(cat "$servers/fault.port") key=$(cat "$servers/fault.key")
-wrong_key=sk-wrong-key-9f8e7d6c5b4a39281706
+wrong_key=sk-wrong-key-9f8e7d6c5b4a39281706 admin_key=sk-admin-inline-5e4d3c2b1a
 stats() { python3 -c "import json, sys, urllib.request; print(json.load(urllib.request.urlopen('http://127.0.0.1:$fault/_stats')).get(sys.argv[1], 0))" "$1"; }
 psql_in -c "CREATE EXTENSION pg_distill"
 # The tickets the flow labels, readable by the server.
@@ -35,7 +35,7 @@ echo "-- 1. endpoints.sql"
 out=$work/endpoints.out
 before_429=$(stats 429once)
 sudo -u postgres psql -X -a -q -h "$work/data" -p "$port" -d "$db" -v llama="$llama" -v fault="$fault" \
-  -v key="$key" -v wrong_key="$wrong_key" -f tests/endpoint/endpoints.sql >"$out" 2>&1 || true
+  -v key="$key" -v wrong_key="$wrong_key" -v admin_key="$admin_key" -f tests/endpoint/endpoints.sql >"$out" 2>&1 || true
 diff -u tests/endpoint/expected/endpoints.out "$out" >"$work/endpoints.diff" \
   || { cat "$work/endpoints.diff" >&2; fail "endpoints.sql differs from its expected output (above)"; }
 echo "ok: endpoints.sql as expected"
@@ -98,7 +98,8 @@ echo "ok: distill_flow.sql as expected"
 
 echo "-- 5. no key anywhere"
 sudo -u postgres pg_dump -h "$work/data" -p "$port" -d "$db" >"$work/dump.sql"
-for k in "$key" "$wrong_key" "sk-admin-inline-5e4d3c2b1a"; do
+# The keys reach SQL as psql variables, so none is in the echoed script text either.
+for k in "$key" "$wrong_key" "$admin_key"; do
   for f in "$work/data/server.log" "$work/dump.sql" "$out" "$flow" "$work/cancel.out"; do
     ! grep -qF "$k" "$f" || fail "a key appears in $f"
   done

@@ -117,7 +117,7 @@ SET ROLE bob;
 -- Reading the server's environment or files is a superuser's to give.
 SELECT pg_temp.err($$SELECT distill.create_endpoint('envkey', 'http://example.com/v1', 'm', '{"api_key_env": "HOME"}')$$);
 SELECT pg_temp.err($$SELECT distill.create_endpoint('filekey', 'http://example.com/v1', 'm', '{"api_key_file": "/etc/passwd"}')$$);
-SELECT distill.create_endpoint('bobs', :'llama_v1', 'm', '{"api_key": "sk-admin-inline-5e4d3c2b1a"}');
+SELECT distill.create_endpoint('bobs', :'llama_v1', 'm', pg_catalog.jsonb_build_object('api_key', :'admin_key'));
 SELECT name, owner, api_key FROM distill.endpoints ORDER BY name;
 SELECT pg_temp.err($$SELECT distill.alter_endpoint('greedy', '{"timeout": 5}')$$);
 SELECT pg_temp.err($$SELECT distill.alter_endpoint('bobs', '{"api_key_file": "/etc/passwd"}')$$);
