@@ -87,7 +87,7 @@ for phase in $phases; do
       log "B: batch runs (complete_rows)"
       dir=$(fresh B) tmp=/tmp/pg_distill-bench-batch
       OUT=$tmp ROWS=${C_ROWS:-1000} bash bench/complete_rows.sh
-      cp "$tmp"/*.json "$dir/" && keep B
+      cp "$tmp"/*.json "$dir/" && rm -f "$dir/prompts.json" && keep B
       ;;
     A)
       log "A: fine-tuning through SQL, evaluate(), TF-IDF + logistic regression"
