@@ -62,9 +62,10 @@ SELECT distill.finetune('CANCEL', :'long_job');
 SELECT d->>'status' AS status, d->>'error' AS error FROM distill.wait(:'analyst_job') AS d;
 
 -- A worker terminated mid-job: the job goes back to the queue and a restarted worker finishes it.
+-- (batch_size 1: 21 steps, so the terminate lands while it trains, not after a 6-step run ended.)
 SELECT distill.finetune('CREATE', 'restarted', 'smollm2-135m',
        'SELECT request AS prompt, label AS completion FROM tickets_train ORDER BY id LIMIT 24', NULL,
-       '{"max_epochs": 1, "batch_size": 4, "target_modules": ["q", "v"]}') AS job \gset
+       '{"max_epochs": 1, "batch_size": 1, "target_modules": ["q", "v"]}') AS job \gset
 SELECT wait_for_step(:'job') AS training;
 SELECT count(pg_terminate_backend(pid)) AS terminated FROM pg_stat_activity WHERE backend_type = 'pg_distill worker';
 SELECT d->>'status' AS status, d->'attempts' AS attempts, d->'data'->'training_rows' AS training_rows,
