@@ -17,39 +17,8 @@ impl Llama {
 
     /// [`Llama::forward`] with a LoRA adapter applied.
     pub fn forward_with(&self, ids: &[u32], cache: &mut KvCache, adapter: Option<&LoraAdapter>) -> Result<Tensor> {
-        let seq_len = ids.len();
-        if seq_len == 0 {
-            return Err(Error::InvalidInput("no tokens to run".into()));
-        }
-        let pos = cache.len;
-        if pos + seq_len > self.config.max_position_embeddings {
-            return Err(Error::PromptTooLong { tokens: pos + seq_len, context: self.config.max_position_embeddings });
-        }
-        let c = &self.config;
-        let (m, d) = (seq_len, c.head_dim);
-        let (cos, sin) = (&self.rope_values.0, &self.rope_values.1);
-        let mut x = self.token_embd.lookup(ids, &self.device)?.flatten_all()?.to_vec1::<f32>()?;
-        for (i, (b, (kc, vc))) in self.blocks.iter().zip(cache.rows.iter_mut()).enumerate() {
-            let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
-            let h = row_ops::rms_norm(&x, &b.attn_norm.values, b.attn_norm.eps);
-            let qkv = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
-            let [mut q, mut k, v] = Linear::forward_rows_many(qkv, &h, m)?;
-            row_ops::rope(&mut q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
-            row_ops::rope(&mut k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
-            kc.extend_from_slice(&k);
-            vc.extend_from_slice(&v);
-            let y = row_ops::attention(&q, kc, vc, m, pos, c.num_attention_heads, c.num_key_value_heads, d);
-            row_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
-            let h = row_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
-            let [gate, up] =
-                Linear::forward_rows_many([(&b.ffn_gate, lora(Target::Gate)), (&b.ffn_up, lora(Target::Up))], &h, m)?;
-            let a = row_ops::silu_mul(&gate, &up);
-            row_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
-        }
-        cache.len += m;
-        let last = &x[(m - 1) * c.hidden_size..];
-        let h = row_ops::rms_norm(last, &self.output_norm.values, self.output_norm.eps);
-        let logits = self.output.forward_rows(&h, 1, None)?;
+        let mut logits = self.forward_segments(ids, &mut [(cache, ids.len())], adapter)?;
+        let logits = logits.pop().expect("one segment gives one row of logits");
         let n = logits.len();
         Ok(Tensor::from_vec(logits, n, &self.device)?)
     }
@@ -64,13 +33,33 @@ impl Llama {
         caches: &mut [&mut KvCache],
         adapter: Option<&LoraAdapter>,
     ) -> Result<Vec<Vec<f32>>> {
-        let m = ids.len();
-        if m == 0 || m != caches.len() {
-            return Err(Error::InvalidInput(format!("{m} tokens for {} sequences", caches.len())));
+        if ids.len() != caches.len() {
+            return Err(Error::InvalidInput(format!("{} tokens for {} sequences", ids.len(), caches.len())));
         }
+        let mut segments: Vec<(&mut KvCache, usize)> = caches.iter_mut().map(|c| (&mut **c, 1)).collect();
+        self.forward_segments(ids, &mut segments, adapter)
+    }
+
+    /// The one inference forward: `ids` is several sequences' new tokens one after the other, segment
+    /// `s` being `segments[s].1` tokens that run after the positions in its cache and are appended to
+    /// it. The matmuls run over all the rows at once; RoPE and attention per segment. Returns the
+    /// logits of each segment's last token.
+    fn forward_segments(
+        &self,
+        ids: &[u32],
+        segments: &mut [(&mut KvCache, usize)],
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
-        if let Some(cache) = caches.iter().find(|k| k.len + 1 > c.max_position_embeddings) {
-            return Err(Error::PromptTooLong { tokens: cache.len + 1, context: c.max_position_embeddings });
+        let m = ids.len();
+        if m == 0 || segments.iter().any(|(_, len)| *len == 0) {
+            return Err(Error::InvalidInput("no tokens to run".into()));
+        }
+        if segments.iter().map(|(_, len)| len).sum::<usize>() != m {
+            return Err(Error::InvalidInput(format!("{m} tokens do not fill the segments given")));
+        }
+        if let Some((cache, len)) = segments.iter().find(|(k, len)| k.len + len > c.max_position_embeddings) {
+            return Err(Error::PromptTooLong { tokens: cache.len + len, context: c.max_position_embeddings });
         }
         let d = c.head_dim;
         let (qw, kw) = (c.num_attention_heads * d, c.num_key_value_heads * d);
@@ -82,15 +71,18 @@ impl Llama {
             let qkv = [(&b.attn_q, lora(Target::Q)), (&b.attn_k, lora(Target::K)), (&b.attn_v, lora(Target::V))];
             let [mut q, mut k, v] = Linear::forward_rows_many(qkv, &h, m)?;
             let mut y = Vec::with_capacity(m * qw);
-            for (s, cache) in caches.iter_mut().enumerate() {
-                let pos = cache.len;
-                let (q, k) = (&mut q[s * qw..][..qw], &mut k[s * kw..][..kw]);
+            let mut row = 0;
+            for (cache, len) in segments.iter_mut() {
+                let (pos, len) = (cache.len, *len);
+                let q = &mut q[row * qw..][..len * qw];
+                let k = &mut k[row * kw..][..len * kw];
                 row_ops::rope(q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
                 row_ops::rope(k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
                 let (kc, vc) = &mut cache.rows[i];
                 kc.extend_from_slice(k);
-                vc.extend_from_slice(&v[s * kw..][..kw]);
-                y.extend(row_ops::attention(q, kc, vc, 1, pos, c.num_attention_heads, c.num_key_value_heads, d));
+                vc.extend_from_slice(&v[row * kw..][..len * kw]);
+                y.extend(row_ops::attention(q, kc, vc, len, pos, c.num_attention_heads, c.num_key_value_heads, d));
+                row += len;
             }
             row_ops::add_in_place(&mut x, &b.attn_output.forward_rows(&y, m, lora(Target::O))?);
             let h = row_ops::rms_norm(&x, &b.ffn_norm.values, b.ffn_norm.eps);
@@ -99,11 +91,16 @@ impl Llama {
             let a = row_ops::silu_mul(&gate, &up);
             row_ops::add_in_place(&mut x, &b.ffn_down.forward_rows(&a, m, lora(Target::Down))?);
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
+        // Only each segment's last row goes through the output layer.
+        let mut last = Vec::with_capacity(segments.len() * c.hidden_size);
+        let mut end = 0;
+        for (cache, len) in segments.iter_mut() {
+            cache.len += *len;
+            end += *len;
+            last.extend_from_slice(&x[(end - 1) * c.hidden_size..][..c.hidden_size]);
         }
-        let h = row_ops::rms_norm(&x, &self.output_norm.values, self.output_norm.eps);
-        let logits = self.output.forward_rows(&h, m, None)?;
-        Ok(logits.chunks(logits.len() / m).map(<[f32]>::to_vec).collect())
+        let h = row_ops::rms_norm(&last, &self.output_norm.values, self.output_norm.eps);
+        let logits = self.output.forward_rows(&h, segments.len(), None)?;
+        Ok(logits.chunks(logits.len() / segments.len()).map(<[f32]>::to_vec).collect())
     }
 }
