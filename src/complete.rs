@@ -9,7 +9,7 @@ use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
 use crate::errors::{invalid, report_sql, OrReport};
-use crate::model_cache::{self, with_model};
+use crate::model_cache;
 use crate::usage;
 
 /// NULL prompt in, NULL out (the function is STRICT, the SQL convention); an empty prompt is an error.
@@ -78,10 +78,11 @@ fn classify(model: &str, text: &str, labels: Vec<Option<String>>) -> String {
 fn count_tokens(model: &str, text: &str) -> i32 {
     check_model_name(model);
     check_input_size("text", text.len());
-    if let Some(ep) = model_cache::endpoint(model).or_report() {
+    let target = model_cache::resolve(model).or_report();
+    if let Some(ep) = target.endpoint(model).or_report() {
         return crate::endpoints::count_tokens(&ep, text);
     }
-    with_model(model, |m, _| m.count_tokens(text)).or_report() as i32
+    model_cache::with_resolved(model, target, |m, _| m.count_tokens(text)).or_report() as i32
 }
 
 /// `PG_DISTILL_BUILD`, when the build sets it (scripts/install_extension.sh), tells two builds of one
@@ -156,6 +157,12 @@ impl Request {
     /// [`Request::ModelDefault`] made definite for `model`: its label set, or free generation (one
     /// registry lookup); any other request as it is.
     pub fn for_model(&self, model: &str) -> Cow<'_, Request> {
+        self.with_labels(model, || model_cache::stored_labels(model).or_report())
+    }
+
+    /// [`Request::for_model`] with the model's label set given (`labels` is asked only when the
+    /// request leaves the choice to the model).
+    fn with_labels(&self, model: &str, labels: impl FnOnce() -> Option<Vec<String>>) -> Cow<'_, Request> {
         let Request::ModelDefault { opts, scores } = self else { return Cow::Borrowed(self) };
         // A response_format asks for that shape, not for the model's labels.
         if opts.response_format.is_some() {
@@ -164,7 +171,7 @@ impl Request {
             }
             return Cow::Owned(Request::Generate(opts.clone()));
         }
-        match model_cache::stored_labels(model).or_report() {
+        match labels() {
             Some(choices) => {
                 if opts.temperature > 0.0 {
                     invalid(format!(
@@ -200,15 +207,18 @@ pub fn reply(model: &str, messages: &[Message], request: &Request) -> Reply {
 pub fn try_reply(model: &str, messages: &[Message], request: &Request) -> distill_engine::Result<Reply> {
     check_model_name(model);
     let started = Instant::now();
-    if let Some(ep) = model_cache::endpoint(model)? {
-        let r = crate::endpoints::reply(&ep, messages, &request.for_model(model))?;
+    // One lookup of the name serves the endpoint check, the label set and the model itself.
+    let target = model_cache::resolve(model)?;
+    if let Some(ep) = target.endpoint(model)? {
+        // An endpoint has no label set.
+        let r = crate::endpoints::reply(&ep, messages, &request.with_labels(model, || None))?;
         usage::record(model, r.prompt_tokens, r.completion_tokens, started.elapsed());
         return Ok(r);
     }
-    let r = match &*request.for_model(model) {
-        Request::ModelDefault { .. } => unreachable!("for_model makes the request definite"),
+    let r = match &*request.with_labels(model, || target.labels()) {
+        Request::ModelDefault { .. } => unreachable!("with_labels makes the request definite"),
         Request::Generate(opts) => {
-            let g = with_model(model, |m, a| m.chat_with(messages, opts, a))?;
+            let g = model_cache::with_resolved(model, target, |m, a| m.chat_with(messages, opts, a))?;
             let finish_reason = match g.finish_reason {
                 distill_engine::FinishReason::Stop => "stop",
                 distill_engine::FinishReason::Length => "length",
@@ -222,7 +232,7 @@ pub fn try_reply(model: &str, messages: &[Message], request: &Request) -> distil
             }
         }
         Request::Choose { choices, scores } => {
-            let c = with_model(model, |m, a| m.choose_chat(messages, choices, *scores, a))?;
+            let c = model_cache::with_resolved(model, target, |m, a| m.choose_chat(messages, choices, *scores, a))?;
             let scores = c.scores.map(|p| choices.iter().cloned().zip(p.into_iter().map(Value::from)).collect());
             Reply {
                 text: c.text,

@@ -181,14 +181,14 @@ fn endpoint(name: &str, base_url: &str, model: &str, settings: EndpointSettings,
 }
 
 /// The endpoint of `row` as a call needs it, its key read; an error when the caller may not use it.
-pub fn resolve(name: &str, row: EndpointRow) -> Result<Endpoint> {
+pub fn resolve(name: &str, row: &EndpointRow) -> Result<Endpoint> {
     if !row.usable {
         return Err(Error::PermissionDenied(format!("permission denied for model \"{name}\"")));
     }
-    let settings: EndpointSettings = serde_json::from_value(row.options)
+    let settings: EndpointSettings = serde_json::from_value(row.options.clone())
         .map_err(|e| Error::InvalidInput(format!("endpoint \"{name}\" has unusable settings: {e}")))?;
-    let key = match (&settings.api_key_env, &settings.api_key_file, row.stored_key) {
-        (_, _, Some(k)) => Some(k),
+    let key = match (&settings.api_key_env, &settings.api_key_file, &row.stored_key) {
+        (_, _, Some(k)) => Some(k.clone()),
         (Some(_), _, _) | (_, Some(_), _) if !row.owner_is_superuser => {
             return Err(Error::PermissionDenied(format!(
                 "endpoint \"{name}\" reads its key from the server, which only a superuser's endpoint may do"

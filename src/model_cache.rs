@@ -35,7 +35,16 @@ pub fn with_model<R: Send>(
     name: &str,
     f: impl FnOnce(&TextModel, Option<&LoraAdapter>) -> Result<R> + Send,
 ) -> Result<R> {
-    let (model, adapter) = match base_or_tuned(name)? {
+    with_resolved(name, resolve(name)?, f)
+}
+
+/// [`with_model`] for a name already looked up with [`resolve`].
+pub fn with_resolved<R: Send>(
+    name: &str,
+    resolution: Resolution,
+    f: impl FnOnce(&TextModel, Option<&LoraAdapter>) -> Result<R> + Send,
+) -> Result<R> {
+    let (model, adapter) = match resolution.0 {
         Resolved::Base(path) => {
             forget_adapter(name);
             (get(name, Some(path))?, None)
@@ -79,10 +88,34 @@ pub fn with_model<R: Send>(
 /// `distill_engine::train::label_set`); None for a base model, a model without one, or one the caller
 /// may not use (its call then fails as [`with_model`] says, telling it nothing more).
 pub fn stored_labels(name: &str) -> Result<Option<Vec<String>>> {
-    Ok(match base_or_tuned(name)? {
-        Resolved::Tuned(tuned) if tuned.usable => tuned.labels,
-        _ => None,
-    })
+    Ok(resolve(name)?.labels())
+}
+
+/// A model name looked up once (model directory, registry, endpoints): a call that needs several
+/// answers about one model (is it an endpoint, its label set, the model itself) asks them of this
+/// rather than looking the name up for each (a registry query apiece for a tuned model).
+pub struct Resolution(Resolved);
+
+pub fn resolve(name: &str) -> Result<Resolution> {
+    Ok(Resolution(base_or_tuned(name)?))
+}
+
+impl Resolution {
+    /// See [`stored_labels`].
+    pub fn labels(&self) -> Option<Vec<String>> {
+        match &self.0 {
+            Resolved::Tuned(tuned) if tuned.usable => tuned.labels.clone(),
+            _ => None,
+        }
+    }
+
+    /// See [`endpoint`].
+    pub fn endpoint(&self, name: &str) -> Result<Option<distill_engine::endpoint::Endpoint>> {
+        match &self.0 {
+            Resolved::Endpoint(row) => Ok(Some(crate::endpoints::resolve(name, row)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// A tuned model (in the registry) rather than a base model file.
@@ -99,11 +132,7 @@ enum Resolved {
 /// The endpoint `name` names (after base model files and tuned models, which win), key read; None
 /// for a local model. A caller that may not use it gets the error a tuned model gives.
 pub fn endpoint(name: &str) -> Result<Option<distill_engine::endpoint::Endpoint>> {
-    match base_or_tuned(name) {
-        Ok(Resolved::Endpoint(row)) => Ok(Some(crate::endpoints::resolve(name, *row)?)),
-        Ok(_) => Ok(None),
-        Err(e) => Err(e),
-    }
+    resolve(name)?.endpoint(name)
 }
 
 /// A base model file, a tuned model or an unfinished job's model has this name.
