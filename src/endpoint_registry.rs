@@ -160,14 +160,5 @@ pub fn delete(name: &str) {
 
 /// Lets `grantee` (0: PUBLIC) use endpoint `name`, or stops letting it; ownership is checked first.
 pub fn set_grant(name: &str, grantee: pg_sys::Oid, grant: bool) {
-    let sql = if grant {
-        "INSERT INTO distill.endpoint_grants (endpoint, grantee) \
-         VALUES ($1, $2::pg_catalog.oid::pg_catalog.regrole) ON CONFLICT DO NOTHING"
-    } else {
-        "DELETE FROM distill.endpoint_grants g WHERE g.endpoint OPERATOR(pg_catalog.=) $1 \
-         AND g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) $2::pg_catalog.oid"
-    };
-    // As int8: pgrx sends the invalid oid 0 (PUBLIC) as NULL.
-    as_owner(|| Spi::run_with_args(sql, &[name.into(), (grantee.to_u32() as i64).into()]))
-        .unwrap_or_else(|e| failed(e));
+    crate::registry::set_grant_in("distill.endpoint_grants", "endpoint", name, grantee, grant)
 }

@@ -323,15 +323,25 @@ pub fn owns_model(name: &str) -> Option<bool> {
 
 /// Lets `grantee` (0: PUBLIC) use model `name`, or stops letting it. The caller's ownership is checked first.
 pub fn set_grant(name: &str, grantee: pg_sys::Oid, grant: bool) {
+    set_grant_in("distill.model_grants", "model", name, grantee, grant)
+}
+
+/// [`set_grant`] on a grants table (`distill.model_grants`, `distill.endpoint_grants`) whose
+/// `column` names the object; both names are the callers' constants, never user input.
+pub fn set_grant_in(table: &str, column: &str, name: &str, grantee: pg_sys::Oid, grant: bool) {
     let sql = if grant {
-        "INSERT INTO distill.model_grants (model, grantee) \
-         VALUES ($1, $2::pg_catalog.oid::pg_catalog.regrole) ON CONFLICT DO NOTHING"
+        format!(
+            "INSERT INTO {table} ({column}, grantee) \
+             VALUES ($1, $2::pg_catalog.oid::pg_catalog.regrole) ON CONFLICT DO NOTHING"
+        )
     } else {
-        "DELETE FROM distill.model_grants g WHERE g.model OPERATOR(pg_catalog.=) $1 \
-         AND g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) $2::pg_catalog.oid"
+        format!(
+            "DELETE FROM {table} g WHERE g.{column} OPERATOR(pg_catalog.=) $1 \
+             AND g.grantee::pg_catalog.oid OPERATOR(pg_catalog.=) $2::pg_catalog.oid"
+        )
     };
     // As int8: pgrx sends the invalid oid 0 (PUBLIC) as NULL.
-    as_owner(|| Spi::run_with_args(sql, &[name.into(), (grantee.to_u32() as i64).into()]))
+    as_owner(|| Spi::run_with_args(&sql, &[name.into(), (grantee.to_u32() as i64).into()]))
         .unwrap_or_else(|e| report_sql(ERRCODE_INTERNAL_ERROR, &e.to_string(), None));
 }
 
