@@ -25,7 +25,7 @@ pub use infer::generation::{FinishReason, GenerateOptions, Generation};
 pub use lora::{LoraAdapter, LoraConfig, LoraPair, Target};
 pub use model_store::ModelStore;
 pub use models::llama::WeightFormat;
-pub use text_model::TextModel;
+pub use text_model::{TextModel, WeightSharing};
 pub use train::{Example, MemoryEstimate, Progress, TrainConfig, TrainObserver, TrainReport};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,12 +1,13 @@
 //! A loaded chat model: weights, tokenizer and chat template from one GGUF file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
 use crate::error::Result;
 use crate::formats::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::formats::gguf::GgufFile;
+use crate::formats::prepared::{PreparedWeights, SourceId};
 use crate::formats::tokenizer::Tokenizer;
 use crate::infer::generation::{generate_with, GenerateOptions, Generation};
 use crate::infer::prefix_cache::PrefixCache;
@@ -14,8 +15,23 @@ use crate::infer::structured::{Structured, StructuredCell};
 use crate::lora::LoraAdapter;
 use crate::models::llama::{Llama, WeightFormat};
 
+/// How a loaded model's linear weights are held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightSharing {
+    /// Mapped read-only from the prepared file at `path`, one copy per machine in the page cache;
+    /// `built` says why this load (re)wrote the file, when it did.
+    Shared { path: PathBuf, built: Option<String> },
+    /// This process's own copy, because the prepared file could not be used: why.
+    Private { reason: String },
+    /// Not asked for, or nothing to share: f32 weights (training), a checkpoint directory, a CPU
+    /// without the int8 kernels (candle's own layout).
+    Unshared,
+}
+
 pub struct TextModel {
     pub llama: Llama,
+    /// Whether the weights are this process's own or shared through a prepared file.
+    pub sharing: WeightSharing,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
     /// Keys and values of recent prompts, reused by the next prompt's common prefix.
@@ -39,16 +55,40 @@ impl TextModel {
         let source = source.unwrap_or_else(|| CHATML_TEMPLATE.to_string());
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
         let llama = Llama::from_hf_dir(dir, format, device)?;
-        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default(), structured: StructuredCell::default() })
+        Ok(Self::new(llama, WeightSharing::Unshared, tokenizer, template))
+    }
+
+    fn new(llama: Llama, sharing: WeightSharing, tokenizer: Tokenizer, template: ChatTemplate) -> Self {
+        Self { llama, sharing, tokenizer, template, prefix: PrefixCache::default(), structured: StructuredCell::default() }
     }
 
     pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        Self::load_gguf_with(path, format, device, false)
+    }
+
+    /// [`TextModel::load`] with the linear weights shared between processes where they can be: mapped
+    /// from the prepared file beside a GGUF model (`formats/prepared.rs`), which this writes first when
+    /// it is missing, stale or damaged. Where it cannot be written (a read-only model directory), the
+    /// model is loaded as [`TextModel::load`] loads it and `sharing` says why.
+    pub fn load_shared(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            Self::load_hf_dir(path, format, device)
+        } else {
+            Self::load_gguf_with(path, format, device, true)
+        }
+    }
+
+    fn load_gguf_with(path: &Path, format: WeightFormat, device: &Device, share: bool) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let source = gguf.opt_str("tokenizer.chat_template").unwrap_or(CHATML_TEMPLATE).to_string();
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
-        let llama = Llama::from_gguf(&mut gguf, format, device)?;
-        Ok(Self { llama, tokenizer, template, prefix: PrefixCache::default(), structured: StructuredCell::default() })
+        let (llama, sharing) = if share {
+            shared_llama(&mut gguf, path, format, device)?
+        } else {
+            (Llama::from_gguf(&mut gguf, format, device)?, WeightSharing::Unshared)
+        };
+        Ok(Self::new(llama, sharing, tokenizer, template))
     }
 
     /// The grammar compiler over this model's vocabulary (structured outputs).
@@ -134,5 +174,48 @@ impl TextModel {
         adapter: Option<&LoraAdapter>,
     ) -> Result<Generation> {
         self.chat_with(&[Message::user(prompt)], opts, adapter)
+    }
+}
+
+/// The Llama of `gguf` with its linear weights mapped from the prepared file beside `path`, writing
+/// that file first when it is missing, stale or damaged (from a private load, dropped once written).
+fn shared_llama(
+    gguf: &mut GgufFile,
+    path: &Path,
+    format: WeightFormat,
+    device: &Device,
+) -> Result<(Llama, WeightSharing)> {
+    let name = match format {
+        WeightFormat::Quantized => "quantized",
+        WeightFormat::Q8_0 => "q8_0",
+        WeightFormat::F32 => return Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Unshared)),
+    };
+    if !device.is_cpu() || !crate::kernels::available() {
+        return Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Unshared));
+    }
+    let source = SourceId::of(path)?;
+    let prepared = PreparedWeights::path_for(path, name);
+    let why = match PreparedWeights::open(&prepared, &source, name) {
+        Ok(mut p) => {
+            let llama = Llama::from_gguf_prepared(gguf, format, device, Some(&mut p))?;
+            return Ok((llama, WeightSharing::Shared { path: prepared, built: None }));
+        }
+        Err(why) => why.to_string(),
+    };
+    let private = Llama::from_gguf(gguf, format, device)?;
+    if let Err(e) = PreparedWeights::write(&prepared, &source, name, &private.quant_weights()) {
+        let reason = format!("cannot write {}: {e}", prepared.display());
+        return Ok((private, WeightSharing::Private { reason }));
+    }
+    drop(private);
+    match PreparedWeights::open(&prepared, &source, name) {
+        Ok(mut p) => {
+            let llama = Llama::from_gguf_prepared(gguf, format, device, Some(&mut p))?;
+            Ok((llama, WeightSharing::Shared { path: prepared, built: Some(why) }))
+        }
+        Err(e) => {
+            let reason = format!("{} was written but cannot be used: {e}", prepared.display());
+            Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Private { reason }))
+        }
     }
 }

@@ -111,6 +111,11 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// A tensor's shape (outermost first, as [`GgufFile::tensor`] gives it), without reading it.
+    pub fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.content.tensor_infos.get(name).map(|info| info.shape.dims().to_vec())
+    }
+
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         if !self.has_tensor(name) {
             return Err(Error::BadModelFile { path: self.path.clone(), reason: format!("tensor {name} is missing") });

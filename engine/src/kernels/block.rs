@@ -1,6 +1,7 @@
 //! The weight layout the kernels read: codes in blocks of 16 rows x 32 columns with an f16 scale and
 //! offset per row and block, built from the file's Q4_1 / Q8_0 blocks or by quantizing f32 weights.
 
+use super::buffer::Buffer;
 use super::{BLOCK, ROWS};
 
 /// Width of the codes.
@@ -35,9 +36,9 @@ pub struct QuantWeight {
     pub(super) blocks: usize,
     pub(super) groups: usize,
     pub(super) codes: Codes,
-    pub(super) data: Vec<u8>,
-    pub(super) d: Vec<u16>,
-    pub(super) m: Vec<u16>,
+    pub(super) data: Buffer<u8>,
+    pub(super) d: Buffer<u16>,
+    pub(super) m: Buffer<u16>,
 }
 
 impl std::fmt::Debug for QuantWeight {
@@ -47,19 +48,46 @@ impl std::fmt::Debug for QuantWeight {
 }
 
 impl QuantWeight {
+    /// Lengths of `data` and of `d` (= of `m`) for a `(n, k)` weight; None for a shape the kernels
+    /// cannot take (empty, `k` not a multiple of 32, or too large to address).
+    pub fn part_lengths(n: usize, k: usize, codes: Codes) -> Option<(usize, usize)> {
+        if n == 0 || k == 0 || !k.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let blocks = n.div_ceil(ROWS).checked_mul(k / BLOCK)?;
+        Some((blocks.checked_mul(codes.block_bytes())?, blocks.checked_mul(ROWS)?))
+    }
+
     fn empty(n: usize, k: usize, codes: Codes) -> Self {
         assert!(k.is_multiple_of(BLOCK), "inner dimension {k} is not a multiple of {BLOCK}");
-        let (blocks, groups) = (k / BLOCK, n.div_ceil(ROWS));
-        Self {
-            n,
-            k,
-            blocks,
-            groups,
-            codes,
-            data: vec![0; groups * blocks * codes.block_bytes()],
-            d: vec![0; groups * blocks * ROWS],
-            m: vec![0; groups * blocks * ROWS],
-        }
+        let (bytes, scales) = Self::part_lengths(n, k, codes).expect("a weight shape the kernels take");
+        let (data, d, m) = (vec![0; bytes].into(), vec![0; scales].into(), vec![0; scales].into());
+        Self { n, k, blocks: k / BLOCK, groups: n.div_ceil(ROWS), codes, data, d, m }
+    }
+
+    /// A weight from its laid-out parts (a prepared-weights file); None unless their lengths are
+    /// exactly those of a `(n, k)` weight with these codes, which is all the kernels rely on.
+    pub fn from_parts(
+        n: usize,
+        k: usize,
+        codes: Codes,
+        data: Buffer<u8>,
+        d: Buffer<u16>,
+        m: Buffer<u16>,
+    ) -> Option<Self> {
+        let (bytes, scales) = Self::part_lengths(n, k, codes)?;
+        (data.len() == bytes && d.len() == scales && m.len() == scales)
+            .then(|| Self { n, k, blocks: k / BLOCK, groups: n.div_ceil(ROWS), codes, data, d, m })
+    }
+
+    /// The laid-out parts (codes, scales, offsets), as [`QuantWeight::from_parts`] takes them.
+    pub fn parts(&self) -> (&[u8], &[u16], &[u16]) {
+        (&self.data, &self.d, &self.m)
+    }
+
+    /// True when the weight reads a shared memory-mapped file rather than memory of its own.
+    pub fn is_mapped(&self) -> bool {
+        self.data.is_mapped()
     }
 
     /// Code `u` of row `r`, column `c`.
@@ -68,8 +96,8 @@ impl QuantWeight {
         let base = (g * self.blocks + b) * self.codes.block_bytes();
         let (run, lane) = (kk / 4, row * 4 + kk % 4);
         match self.codes {
-            Codes::U8 => self.data[base + run * 64 + lane] = u,
-            Codes::U4 => self.data[base + (run % 4) * 64 + lane] |= (u & 0xf) << (4 * (run / 4)),
+            Codes::U8 => self.data.make_mut()[base + run * 64 + lane] = u,
+            Codes::U4 => self.data.make_mut()[base + (run % 4) * 64 + lane] |= (u & 0xf) << (4 * (run / 4)),
         }
     }
 
@@ -80,8 +108,8 @@ impl QuantWeight {
 
     fn set_scale(&mut self, r: usize, b: usize, d: f32, m: f32) {
         let i = self.scale_index(r, b);
-        self.d[i] = half::f16::from_f32(d).to_bits();
-        self.m[i] = half::f16::from_f32(m).to_bits();
+        self.d.make_mut()[i] = half::f16::from_f32(d).to_bits();
+        self.m.make_mut()[i] = half::f16::from_f32(m).to_bits();
     }
 
     pub(super) fn code(&self, r: usize, c: usize) -> u8 {

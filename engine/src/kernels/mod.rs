@@ -35,10 +35,12 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512_vnni;
 mod block;
+pub mod buffer;
 mod scalar;
 
 pub use activations::QuantActivations;
 pub use block::{Codes, QuantWeight};
+pub use buffer::Buffer;
 
 /// Output rows per kernel step: one 512-bit register of int32 sums (two 256-bit ones on AVX2).
 const ROWS: usize = 16;

@@ -55,6 +55,15 @@ impl Linear {
         Ok(Self::from_parts(weight, bias))
     }
 
+    /// A weight already in the kernels' layout (a prepared-weights file's).
+    pub(super) fn from_quant(q: kernels::QuantWeight, bias: Option<Tensor>) -> Self {
+        Self::from_quant_shared(Arc::new(q), bias)
+    }
+
+    pub(super) fn from_quant_shared(q: Arc<kernels::QuantWeight>, bias: Option<Tensor>) -> Self {
+        Self { weight: Weights::Quant(q), bias, amx: Arc::default() }
+    }
+
     pub(super) fn from_parts(weight: QMatMul, bias: Option<Tensor>) -> Self {
         Self { weight: Weights::Candle(weight), bias, amx: Arc::default() }
     }

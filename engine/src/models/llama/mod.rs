@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
+use crate::formats::prepared::PreparedWeights;
+use crate::kernels;
 pub use crate::infer::kv_cache::KvCache;
 use crate::lora::{LoraAdapter, LoraPair, Target};
 pub use crate::train::dropout::Dropout;
@@ -49,8 +51,19 @@ pub struct Llama {
 
 impl Llama {
     pub fn from_gguf(g: &mut GgufFile, format: WeightFormat, device: &Device) -> Result<Self> {
+        Self::from_gguf_prepared(g, format, device, None)
+    }
+
+    /// [`Llama::from_gguf`] taking the linear weights that `prepared` holds from it (mapped, shared
+    /// with every process that maps the same file) instead of reading and re-laying them out.
+    pub fn from_gguf_prepared(
+        g: &mut GgufFile,
+        format: WeightFormat,
+        device: &Device,
+        prepared: Option<&mut PreparedWeights>,
+    ) -> Result<Self> {
         let config = Config::from_gguf(g)?;
-        Self::load(config, g, format, device)
+        Self::load_prepared(config, g, format, device, prepared)
     }
 
     /// A Hugging Face checkpoint directory: `config.json` + safetensors.
@@ -60,6 +73,16 @@ impl Llama {
     }
 
     pub fn load(config: Config, src: &mut dyn WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
+        Self::load_prepared(config, src, format, device, None)
+    }
+
+    fn load_prepared(
+        config: Config,
+        src: &mut dyn WeightSource,
+        format: WeightFormat,
+        device: &Device,
+        mut prepared: Option<&mut PreparedWeights>,
+    ) -> Result<Self> {
         if !device.is_cpu() {
             return Err(Error::InvalidInput(format!("models run on the CPU only in this build, not on {device:?}")));
         }
@@ -71,15 +94,18 @@ impl Llama {
         let output_norm = norm(src, "output_norm.weight")?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let linear = |src: &mut dyn WeightSource, name: &str| -> Result<Linear> {
-                let w = src.weight(&format!("blk.{i}.{name}.weight"), device)?;
+            let mut linear = |src: &mut dyn WeightSource, name: &str| -> Result<Linear> {
+                let weight_name = format!("blk.{i}.{name}.weight");
                 let bias_name = format!("blk.{i}.{name}.bias");
                 let bias = if config.attention_bias && src.has(&bias_name) {
                     Some(src.weight(&bias_name, device)?.dense(device)?)
                 } else {
                     None
                 };
-                Linear::new(w, bias, format, device)
+                if let Some(q) = take_prepared(&mut prepared, src, &weight_name) {
+                    return Ok(Linear::from_quant(q, bias));
+                }
+                Linear::new(src.weight(&weight_name, device)?, bias, format, device)
             };
             blocks.push(Block {
                 attn_q: linear(src, "attn_q")?,
@@ -100,8 +126,35 @@ impl Llama {
                 b.stacked = qkv.zip(gate_up);
             }
         }
+        let tied = config.tie_word_embeddings;
+        let head_name = if tied { "token_embd.weight" } else { "output.weight" };
+        let prepared_head = take_prepared(&mut prepared, src, head_name).map(Arc::new);
+        let (token_embd, output) = match prepared_head {
+            // A tied head from the prepared file: lookups read its rows, as below.
+            Some(q) if tied && format == WeightFormat::Quantized => {
+                (Embedding::Rows(q.clone()), Linear::from_quant_shared(q, None))
+            }
+            Some(q) => (
+                Embedding::Dense(src.weight("token_embd.weight", device)?.dense(device)?),
+                Linear::from_quant_shared(q, None),
+            ),
+            None => Self::load_head(&config, src, format, device)?,
+        };
+        let (cos, sin) = rope_tables(&config, device)?;
+        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let rope_values = Arc::new((values(&cos)?, values(&sin)?));
+        Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, rope_values, device: device.clone() })
+    }
+
+    /// The token embedding and the output head, read from the checkpoint.
+    fn load_head(
+        config: &Config,
+        src: &mut dyn WeightSource,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<(Embedding, Linear)> {
         let token_embd_w = src.weight("token_embd.weight", device)?;
-        let (token_embd, output) = match (token_embd_w, format, config.tie_word_embeddings) {
+        Ok(match (token_embd_w, format, config.tie_word_embeddings) {
             // Generating reads the whole head for every token: its quantized form is the fast one.
             (Weight::Quantized(q), WeightFormat::Quantized | WeightFormat::Q8_0, true) => {
                 let dense = q.dequantize(device)?;
@@ -125,11 +178,33 @@ impl Llama {
                 Embedding::Dense(w.dense(device)?),
                 Linear::new(src.weight("output.weight", device)?, None, format, device)?,
             ),
-        };
-        let (cos, sin) = rope_tables(&config, device)?;
-        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let rope_values = Arc::new((values(&cos)?, values(&sin)?));
-        Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, rope_values, device: device.clone() })
+        })
+    }
+
+    /// The linear weights held in the kernels' layout, by GGUF name: what a prepared-weights file
+    /// holds (`formats/prepared.rs`).
+    pub fn quant_weights(&self) -> Vec<(String, &kernels::QuantWeight)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (name, l) in [
+                ("attn_q", &b.attn_q),
+                ("attn_k", &b.attn_k),
+                ("attn_v", &b.attn_v),
+                ("attn_output", &b.attn_output),
+                ("ffn_gate", &b.ffn_gate),
+                ("ffn_up", &b.ffn_up),
+                ("ffn_down", &b.ffn_down),
+            ] {
+                if let Weights::Quant(w) = &l.weight {
+                    out.push((format!("blk.{i}.{name}.weight"), &**w));
+                }
+            }
+        }
+        if let Weights::Quant(w) = &self.output.weight {
+            let name = if self.config.tie_word_embeddings { "token_embd.weight" } else { "output.weight" };
+            out.push((name.to_string(), &**w));
+        }
+        out
     }
 
     pub fn device(&self) -> &Device {
@@ -184,6 +259,17 @@ impl Llama {
             device: self.device.clone(),
         })
     }
+}
+
+/// The weight `name` from `prepared` when it holds it with the checkpoint's shape.
+fn take_prepared(
+    prepared: &mut Option<&mut PreparedWeights>,
+    src: &dyn WeightSource,
+    name: &str,
+) -> Option<kernels::QuantWeight> {
+    let dims = src.dims(name)?;
+    let [n, k] = dims.as_slice() else { return None };
+    prepared.as_deref_mut()?.take(name, *n, *k)
 }
 
 /// cos/sin of position * inverse frequency, `(max_positions, head_dim / 2)`.

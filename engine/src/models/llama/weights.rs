@@ -34,6 +34,8 @@ impl Weight {
 pub trait WeightSource {
     fn weight(&mut self, name: &str, device: &Device) -> Result<Weight>;
     fn has(&self, name: &str) -> bool;
+    /// The weight's shape, without reading it.
+    fn dims(&self, name: &str) -> Option<Vec<usize>>;
 }
 
 impl WeightSource for GgufFile {
@@ -42,6 +44,9 @@ impl WeightSource for GgufFile {
     }
     fn has(&self, name: &str) -> bool {
         self.has_tensor(name)
+    }
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensor_dims(name)
     }
 }
 
@@ -118,6 +123,9 @@ impl WeightSource for HfWeights {
     }
     fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(&Self::hf_name(name))
+    }
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(&Self::hf_name(name)).map(|t| t.dims().to_vec())
     }
 }
 
