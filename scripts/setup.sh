@@ -56,4 +56,8 @@ if ! cmp -s "models/$MODEL_FILE" "$share_models/$MODEL_FILE"; then
   install -d -m 755 "$share_models"
   install -m 644 "models/$MODEL_FILE" "$share_models/$MODEL_FILE"
 fi
+# The server writes each model's prepared weights (<model>.<format>.prepared, shared by every session)
+# and Hugging Face downloads here.
+chown postgres:postgres "$share_models"
+
 log "ready"

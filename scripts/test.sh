@@ -67,3 +67,6 @@ bash tests/replica.sh
 
 echo "== concurrent jobs: two workers, a cancel beside a solo-identical run, the memory guard"
 bash tests/concurrent_jobs.sh
+
+echo "== shared weights: one prepared copy per machine, rebuilt when damaged, private when unwritable"
+bash tests/shared_weights.sh

@@ -13,6 +13,7 @@ static MODEL_DIR: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
 static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static HUB_DOWNLOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
+static SHARE_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 static TRAINING_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -100,6 +101,14 @@ pub fn init() {
         c"file is the least memory and, on CPUs with AVX-512 VNNI, the fastest (Q4_1 and Q8_0 blocks run on our own kernels); q8_0 suits files in other formats; f32 takes 4x the memory. Outputs can differ slightly between formats.",
         &WEIGHT_FORMAT,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"distill.share_weights",
+        c"Whether sessions and workers share one copy of a model's weights through a prepared file beside the model.",
+        c"The file (<model>.<format>.prepared) is written by the first session that loads the model and memory-mapped by every later one; a session that cannot write it keeps its own copy and says so in a WARNING. Off: every session loads its own copy. Read when a session first loads a model.",
+        &SHARE_WEIGHTS,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -245,6 +254,10 @@ pub fn weight_format() -> distill_engine::Result<distill_engine::WeightFormat> {
             "distill.weight_format must be file, q8_0 or f32, not \"{other}\""
         ))),
     }
+}
+
+pub fn share_weights() -> bool {
+    SHARE_WEIGHTS.get()
 }
 
 pub fn inject_fault() -> String {

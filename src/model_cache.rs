@@ -2,6 +2,8 @@
 //! each model once. A fine-tuned model is its base model (loaded once, shared by every tuned model of
 //! that base) plus its LoRA adapter (small, cached by registry version: a dropped or replaced model is
 //! noticed on the next call, because every call looks the name up in the registry).
+//! A base model's linear weights are mapped from its prepared file (`distill.share_weights`), so
+//! every backend on the machine reads the same pages.
 //!
 //! No lock is needed: a backend runs SQL on one thread, and the engine's threads only ever see
 //! borrowed `&TextModel`/`&LoraAdapter` for the length of one call (a scoped thread), never this cache.
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use candle_core::Device;
-use distill_engine::{LoraAdapter, Result, TextModel, WeightFormat};
+use distill_engine::{LoraAdapter, Result, TextModel, WeightFormat, WeightSharing};
 
 use crate::pg::interrupts;
 use crate::{guc, registry};
@@ -22,6 +24,7 @@ thread_local! {
     static ADAPTERS: RefCell<HashMap<String, (i64, Rc<LoraAdapter>)>> = RefCell::new(HashMap::new());
     static POOL: OnceCell<rayon::ThreadPool> = const { OnceCell::new() };
     static LOADS: Cell<usize> = const { Cell::new(0) };
+    static WARNED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the model called `name` (a base model, or a fine-tuned one as base + adapter) on
@@ -76,6 +79,7 @@ pub fn with_resolved<R: Send>(
         let model: &TextModel = &model;
         let adapter: Option<&LoraAdapter> = adapter.as_deref();
         let r = distill_engine::threads::run_watched(|| pool.install(|| f(model, adapter)), interrupts::cancel_pending);
+        distill_engine::threads::release_free_memory();
         if let Err(distill_engine::Error::Interrupted) = r {
             // Raises the cancel (or timeout, or termination) with Postgres's own message.
             pgrx::check_for_interrupts!();
@@ -171,10 +175,37 @@ fn get(name: &str, path: Option<PathBuf>) -> Result<Rc<TextModel>> {
         Some(p) => p,
         None => guc::model_store().resolve(name)?,
     };
-    let model = Rc::new(TextModel::load(&path, key.2, &Device::Cpu)?);
+    let model = if guc::share_weights() {
+        TextModel::load_shared(&path, key.2, &Device::Cpu)?
+    } else {
+        TextModel::load(&path, key.2, &Device::Cpu)?
+    };
+    report_sharing(name, &model.sharing);
+    distill_engine::threads::release_free_memory();
+    let model = Rc::new(model);
     LOADS.with(|n| n.set(n.get() + 1));
     MODELS.with(|c| c.borrow_mut().insert(key, model.clone()));
     Ok(model)
+}
+
+/// Says, once per backend, that a model could not be shared (its weights then cost this backend
+/// their full size), and logs each (re)written prepared file.
+fn report_sharing(name: &str, sharing: &WeightSharing) {
+    match sharing {
+        WeightSharing::Private { reason } => {
+            // The reason names the model directory, which only superusers may see: the server log gets it.
+            pgrx::log!("pg_distill: model \"{name}\" is not shared: {reason}");
+            if !WARNED.with(|w| w.replace(true)) {
+                pgrx::warning!(
+                    "model \"{name}\" is loaded as this session's own copy, not shared with other sessions: its prepared weights could not be written beside the model (the server log says why)"
+                )
+            }
+        }
+        WeightSharing::Shared { path, built: Some(why) } => {
+            pgrx::log!("pg_distill: wrote the prepared weights {} (the file was {why})", path.display())
+        }
+        _ => {}
+    }
 }
 
 fn adapter(name: &str, tuned: &registry::TunedModel, base: &TextModel) -> Result<Rc<LoraAdapter>> {

@@ -59,7 +59,14 @@ impl TextModel {
     }
 
     fn new(llama: Llama, sharing: WeightSharing, tokenizer: Tokenizer, template: ChatTemplate) -> Self {
-        Self { llama, sharing, tokenizer, template, prefix: PrefixCache::default(), structured: StructuredCell::default() }
+        Self {
+            llama,
+            sharing,
+            tokenizer,
+            template,
+            prefix: PrefixCache::default(),
+            structured: StructuredCell::default(),
+        }
     }
 
     pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {

@@ -193,7 +193,12 @@ impl PreparedWeights {
     /// Writes `weights` (by GGUF name) as the prepared file at `path` for `source` in `format`:
     /// into a new temporary file beside it, flushed to disk, then renamed over `path`. On failure
     /// nothing is left behind and `path` is untouched.
-    pub fn write(path: &Path, source: &SourceId, format: &str, weights: &[(String, &QuantWeight)]) -> std::io::Result<()> {
+    pub fn write(
+        path: &Path,
+        source: &SourceId,
+        format: &str,
+        weights: &[(String, &QuantWeight)],
+    ) -> std::io::Result<()> {
         if cfg!(target_endian = "big") {
             return Err(std::io::Error::other("prepared files are little-endian"));
         }
@@ -301,7 +306,8 @@ mod tests {
     use super::*;
 
     fn weight(n: usize, k: usize, seed: u32) -> QuantWeight {
-        let w: Vec<f32> = (0..n * k).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
+        let w: Vec<f32> =
+            (0..n * k).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
         QuantWeight::quantize(&w, n, k)
     }
 

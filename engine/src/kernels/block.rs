@@ -76,8 +76,16 @@ impl QuantWeight {
         m: Buffer<u16>,
     ) -> Option<Self> {
         let (bytes, scales) = Self::part_lengths(n, k, codes)?;
-        (data.len() == bytes && d.len() == scales && m.len() == scales)
-            .then(|| Self { n, k, blocks: k / BLOCK, groups: n.div_ceil(ROWS), codes, data, d, m })
+        (data.len() == bytes && d.len() == scales && m.len() == scales).then(|| Self {
+            n,
+            k,
+            blocks: k / BLOCK,
+            groups: n.div_ceil(ROWS),
+            codes,
+            data,
+            d,
+            m,
+        })
     }
 
     /// The laid-out parts (codes, scales, offsets), as [`QuantWeight::from_parts`] takes them.

@@ -13,7 +13,11 @@ impl Element for u16 {}
 pub enum Buffer<T: Element> {
     Owned(Vec<T>),
     /// `len` elements at byte `offset` of `map` (checked in bounds and aligned by [`Buffer::mapped`]).
-    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
 }
 
 impl<T: Element> Buffer<T> {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::prepared::PreparedWeights;
-use crate::kernels;
 pub use crate::infer::kv_cache::KvCache;
+use crate::kernels;
 use crate::lora::{LoraAdapter, LoraPair, Target};
 pub use crate::train::dropout::Dropout;
 pub use crate::train::packed_batch::PackedBatch;
@@ -42,9 +42,8 @@ pub struct Llama {
     blocks: Vec<Block>,
     output_norm: RmsNorm,
     output: Linear,
-    cos: Tensor,
-    sin: Tensor,
-    /// `cos`/`sin` as plain values, for the CPU inference path.
+    /// cos/sin of position x inverse frequency, `(max_positions, head_dim / 2)` row-major: the rotary
+    /// embedding of inference and training alike (plain values: no second copy as tensors).
     rope_values: Arc<(Vec<f32>, Vec<f32>)>,
     device: Device,
 }
@@ -143,7 +142,7 @@ impl Llama {
         let (cos, sin) = rope_tables(&config, device)?;
         let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let rope_values = Arc::new((values(&cos)?, values(&sin)?));
-        Ok(Self { config, token_embd, blocks, output_norm, output, cos, sin, rope_values, device: device.clone() })
+        Ok(Self { config, token_embd, blocks, output_norm, output, rope_values, device: device.clone() })
     }
 
     /// The token embedding and the output head, read from the checkpoint.
@@ -253,8 +252,6 @@ impl Llama {
             blocks,
             output_norm: self.output_norm.clone(),
             output: self.output.clone(),
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
             rope_values: self.rope_values.clone(),
             device: self.device.clone(),
         })

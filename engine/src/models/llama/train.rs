@@ -1,7 +1,7 @@
 //! The training forward over a packed batch, through ops with a hand-written backward
 //! (`train/ops.rs`, `train/attention.rs`) so that candle's autograd reaches the adapter's variables.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use std::sync::Arc;
 
 use super::{Dropout, Llama, PackedBatch};
@@ -14,9 +14,16 @@ impl Llama {
     /// The attention op's view of a packed batch: its sequences and each token's rotary angles.
     pub(super) fn packed_attention(&self, batch: &PackedBatch) -> Result<Arc<PackedAttention>> {
         let c = &self.config;
-        let positions = Tensor::new(batch.positions.as_slice(), &self.device)?;
-        let angles = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.index_select(&positions, 0)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+        let half = c.head_dim / 2;
+        let angles = |table: &[f32]| -> Result<Vec<f64>> {
+            let mut out = Vec::with_capacity(batch.positions.len() * half);
+            for &p in &batch.positions {
+                let row = table.get(p as usize * half..(p as usize + 1) * half).ok_or_else(|| {
+                    crate::Error::InvalidInput(format!("position {p} is beyond the model's context"))
+                })?;
+                out.extend(row.iter().map(|&v| v as f64));
+            }
+            Ok(out)
         };
         Ok(Arc::new(PackedAttention {
             segments: batch.segments.clone(),
@@ -24,8 +31,8 @@ impl Llama {
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
-            cos: angles(&self.cos)?,
-            sin: angles(&self.sin)?,
+            cos: angles(&self.rope_values.0)?,
+            sin: angles(&self.rope_values.1)?,
             interleaved: c.rope_interleaved,
         }))
     }
