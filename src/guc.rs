@@ -12,6 +12,7 @@ use crate::pg::backend;
 static MODEL_DIR: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_distill/models"));
 static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static HUB_DOWNLOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SHARE_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -85,6 +86,16 @@ pub fn init() {
         0,
         256,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"distill.max_threads",
+        c"Threads that models compute with, across all sessions and workers of the server (0 = one per CPU core).",
+        c"A call gets distill.threads (a job distill.training_threads) or what is left under this cap while it runs, never fewer than one. Needs pg_distill in shared_preload_libraries.",
+        &MAX_THREADS,
+        0,
+        4096,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -233,6 +244,10 @@ pub fn model_dir() -> PathBuf {
 
 pub fn threads() -> usize {
     thread_count(THREADS.get())
+}
+
+pub fn max_threads() -> usize {
+    thread_count(MAX_THREADS.get())
 }
 
 /// A thread-count setting: 0 means one per CPU core.

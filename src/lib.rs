@@ -20,6 +20,7 @@ mod model_access;
 mod model_cache;
 mod pg;
 mod registry;
+mod thread_budget;
 mod training_job;
 mod type_schema;
 mod usage;
@@ -50,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     if pg::backend::preloading_libraries() {
         usage::init();
+        thread_budget::init();
         worker::register();
     }
 }

@@ -8,7 +8,7 @@
 //! No lock is needed: a backend runs SQL on one thread, and the engine's threads only ever see
 //! borrowed `&TextModel`/`&LoraAdapter` for the length of one call (a scoped thread), never this cache.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -22,7 +22,7 @@ use crate::{guc, registry};
 thread_local! {
     static MODELS: RefCell<HashMap<(PathBuf, String, WeightFormat), Rc<TextModel>>> = RefCell::new(HashMap::new());
     static ADAPTERS: RefCell<HashMap<String, (i64, Rc<LoraAdapter>)>> = RefCell::new(HashMap::new());
-    static POOL: OnceCell<rayon::ThreadPool> = const { OnceCell::new() };
+    static POOL: RefCell<Option<(usize, Rc<rayon::ThreadPool>)>> = const { RefCell::new(None) };
     static LOADS: Cell<usize> = const { Cell::new(0) };
     static WARNED: Cell<bool> = const { Cell::new(false) };
 }
@@ -66,25 +66,36 @@ pub fn with_resolved<R: Send>(
             (base, Some(adapter))
         }
     };
+    // Threads for this call under distill.max_threads, held until it returns.
+    let budget = crate::thread_budget::reserve(guc::threads());
+    let pool = pool_of(budget.threads())?;
+    let pool: &rayon::ThreadPool = &pool;
+    let model: &TextModel = &model;
+    let adapter: Option<&LoraAdapter> = adapter.as_deref();
+    let r = distill_engine::threads::run_watched(|| pool.install(|| f(model, adapter)), interrupts::cancel_pending);
+    drop(budget);
+    distill_engine::threads::release_free_memory();
+    if let Err(distill_engine::Error::Interrupted) = r {
+        // Raises the cancel (or timeout, or termination) with Postgres's own message.
+        pgrx::check_for_interrupts!();
+    }
+    r
+}
+
+/// This backend's signal-safe pool of `threads` threads: the last one made, or a new one when the
+/// call was granted another number (the old one's threads then exit).
+fn pool_of(threads: usize) -> Result<Rc<rayon::ThreadPool>> {
     POOL.with(|cell| {
-        let pool = match cell.get() {
-            Some(p) => p,
-            None => {
-                // Anything that reaches rayon outside our pool must not spawn signal-receiving threads either.
-                distill_engine::threads::init_global_pool(1);
-                let _ = cell.set(distill_engine::threads::pool(guc::threads())?);
-                cell.get().expect("just set")
+        if let Some((n, pool)) = &*cell.borrow() {
+            if *n == threads {
+                return Ok(pool.clone());
             }
-        };
-        let model: &TextModel = &model;
-        let adapter: Option<&LoraAdapter> = adapter.as_deref();
-        let r = distill_engine::threads::run_watched(|| pool.install(|| f(model, adapter)), interrupts::cancel_pending);
-        distill_engine::threads::release_free_memory();
-        if let Err(distill_engine::Error::Interrupted) = r {
-            // Raises the cancel (or timeout, or termination) with Postgres's own message.
-            pgrx::check_for_interrupts!();
         }
-        r
+        // Anything that reaches rayon outside our pool must not spawn signal-receiving threads either.
+        distill_engine::threads::init_global_pool(1);
+        let pool = Rc::new(distill_engine::threads::pool(threads)?);
+        *cell.borrow_mut() = Some((threads, pool.clone()));
+        Ok(pool)
     })
 }
 

@@ -46,7 +46,7 @@ const METRICS_ROWS: usize = 200;
 /// A worker's long-lived state: f32 base models (loaded once, reused by later jobs) and the pool.
 pub struct Runner {
     models: HashMap<(PathBuf, String), Arc<TextModel>>,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    pool: Option<(usize, Arc<rayon::ThreadPool>)>,
 }
 
 impl Runner {
@@ -138,6 +138,8 @@ impl Runner {
         if !reserve_memory(job, estimate.bytes >> 20, limit >> 20)? {
             return if shutdown_requested() { requeue(job) } else { finish_cancelled(job) };
         }
+        // Training threads under distill.max_threads, held for the rest of the job.
+        let budget = crate::thread_budget::reserve(guc::training_threads());
         let total_steps = config.total_steps(train_set.len());
         let mut data = json!({
             "training_rows": train_set.len(),
@@ -146,7 +148,7 @@ impl Runner {
             "validation_source": validation_source,
             "memory_estimate_mb": estimate.bytes >> 20,
             "largest_batch_tokens": estimate.largest_batch_tokens,
-            "threads": guc::training_threads(),
+            "threads": budget.threads(),
             "labels": labels,
         });
         let cancelled = transaction(|| {
@@ -161,6 +163,7 @@ impl Runner {
         }
 
         let started = Instant::now();
+        self.use_threads(budget.threads())?;
         let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), labels.clone())?;
         let (adapter, report, validation_metrics) = match outcome {
             Trained::Done(done) => *done,
@@ -191,7 +194,7 @@ impl Runner {
         labels: Option<Vec<String>>,
     ) -> Result<Trained, JobError> {
         let total_steps = config.total_steps(train_set.len());
-        let pool = self.pool()?;
+        let pool = self.pool.as_ref().map(|(_, p)| p.clone()).expect("use_threads ran before");
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let panic_at_step = (guc::inject_fault() == "training_panic").then_some(1);
@@ -263,12 +266,12 @@ impl Runner {
         Ok(model)
     }
 
-    fn pool(&mut self) -> Result<Arc<rayon::ThreadPool>, JobError> {
-        if self.pool.is_none() {
-            let pool = distill_engine::threads::pool(guc::training_threads())?;
-            self.pool = Some(Arc::new(pool));
+    /// Makes the training pool one of `threads` threads (the last job's stays when it had as many).
+    fn use_threads(&mut self, threads: usize) -> Result<(), JobError> {
+        if !matches!(&self.pool, Some((n, _)) if *n == threads) {
+            self.pool = Some((threads, Arc::new(distill_engine::threads::pool(threads)?)));
         }
-        Ok(self.pool.clone().expect("just set"))
+        Ok(())
     }
 }
 

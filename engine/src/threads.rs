@@ -159,3 +159,10 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// True while process `pid` exists (signal 0 checks without sending anything).
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only reports whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -18,9 +18,9 @@ impl Llama {
         let angles = |table: &[f32]| -> Result<Vec<f64>> {
             let mut out = Vec::with_capacity(batch.positions.len() * half);
             for &p in &batch.positions {
-                let row = table.get(p as usize * half..(p as usize + 1) * half).ok_or_else(|| {
-                    crate::Error::InvalidInput(format!("position {p} is beyond the model's context"))
-                })?;
+                let row = table
+                    .get(p as usize * half..(p as usize + 1) * half)
+                    .ok_or_else(|| crate::Error::InvalidInput(format!("position {p} is beyond the model's context")))?;
                 out.extend(row.iter().map(|&v| v as f64));
             }
             Ok(out)
