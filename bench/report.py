@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-TARGETS = {"T": 1.5, "C": 2.0, "B": 1.5, "banking77_10intent": 0.98, "banking77": 0.93}
+TARGETS = {"T": 1.5, "C": 2.0, "B": 1.5, "M": 1.5, "banking77_10intent": 0.98, "banking77": 0.93}
 
 
 def load(path):
@@ -215,6 +215,21 @@ def batch_rows(bdir):
     return ["run", "vs peer", "rows/s", "peer rows/s", "same output"], rows
 
 
+def memory_rows(mdir):
+    """M: SESSIONS sessions at once on one tuned model, weights shared vs a private copy each."""
+    d = load(os.path.join(mdir, "memory.json"))
+    n, r = d["sessions"], d["runs"]
+    rows = []
+    for mode, label in (("shared", "shared prepared weights (distill.share_weights = on)"),
+                        ("private", "a private copy per session (off: before)")):
+        for k in (n, 1):
+            x = r[f"{mode}_{k}"]
+            rows.append([f"{k} session{'s' if k > 1 else ''}, {label}", f"{x['pss_mb']:.0f}",
+                         f"{x['pss_mb'] / r['private_1']['pss_mb']:.2f}x", f"{x['prepared_file_pss_kb'] / 1024:.0f}",
+                         f"{x['run']['rows']}", f"{x['rows_per_s']:.2f}"])
+    return ["sessions", "PSS MB (all sessions)", "vs one private session", "of which the prepared file, MB", "rows", "rows/s"], rows
+
+
 def summary_rows(res):
     t, c, a = (os.path.join(res, x) for x in ("T", "C", "A"))
     summary = []
@@ -235,6 +250,12 @@ def summary_rows(res):
         x = d["speedup_batch16"]
         summary.append(["B batch runs, complete_rows() vs complete() per row", f"{x:.2f}x", f">= {TARGETS['B']}x",
                         "met" if x >= TARGETS["B"] else "short"])
+    m = os.path.join(res, "M")
+    if os.path.isdir(m):
+        d = load(os.path.join(m, "memory.json"))
+        x = d["ratio_shared_n_vs_one_private"]
+        summary.append([f"M memory, {d['sessions']} sessions sharing weights vs one session before (PSS)", f"{x:.2f}x",
+                        f"<= {TARGETS['M']}x", "met" if x <= TARGETS["M"] else "short"])
     if os.path.isdir(a):
         h, rows = accuracy_rows(a)
         for r in rows:
@@ -308,6 +329,21 @@ def markdown(res):
                 "through llama-cpp-python's server as an endpoint, 8 requests in flight vs 1: that server runs one request at "
                 "a time (one model behind a lock), so only the HTTP round trips overlap; the last row adds 3 s before each "
                 "request (the fault server's `slow` mode), as a remote API's latency would.", "", table(h, rows, True), ""]
+    m = os.path.join(res, "M")
+    if os.path.isdir(m):
+        h, rows = memory_rows(m)
+        d = load(os.path.join(m, "memory.json"))
+        out += ["## M, memory: many sessions on one model, weights shared vs a copy each", "",
+                f"{d['sessions']} sessions at once, each running `complete()` on one tuned model (a classifier of the default "
+                "base model) over its own ticket rows on 1 thread, then one session alone; PSS is each backend's "
+                "`/proc/PID/smaps_rollup` read while all are still connected, summed (`bench/shared_weights.sh`). "
+                "Shared: the base model's weights mapped from its prepared file (counted once across the sessions); "
+                "private: `distill.share_weights = off`, each session its own copy, as before. Rows/s is all rows over "
+                "the wall time from the first start to the last end, model loading included.", "",
+                table(h, rows, True), "",
+                f"What each session still holds of its own: {d['per_session_private_mb']:.1f} MB on average (the summed PSS "
+                "less the prepared file's), for its tokenizer, the keys and values of its recent prompts, the adapter, "
+                "rotary tables and PostgreSQL's own memory.", ""]
     if os.path.isdir(a):
         h, rows = accuracy_rows(a)
         out += ["## A, accuracy: fine-tuned through SQL vs TF-IDF + logistic regression", "",
@@ -352,6 +388,8 @@ def main():
         print(table(*accuracy_rows(d), False))
     elif what == "batch":
         print(table(*batch_rows(d), False))
+    elif what == "memory":
+        print(table(*memory_rows(d), False))
     elif what == "e2e":
         print(table(*e2e_rows(d), False))
     elif what == "summary":

@@ -4,6 +4,8 @@
 #   C  classification  SELECT distill.complete() over 1,000 ticket rows vs llama.cpp (Python loop, PL/Python)
 #   B  batch runs      distill.complete_rows() over the same rows vs complete() per row; an endpoint
 #                      (llama-cpp-python's server) with 8 requests in flight vs 1
+#   M  memory          8 sessions at once on one tuned model: PSS and rows/s with the weights shared
+#                      (prepared file) vs a private copy per session
 #   A  accuracy        fine-tuned through SQL (3 epochs, the product's default) and scored with
 #                      distill.evaluate() on banking77_10intent and the whole BANKING77, beside TF-IDF +
 #                      logistic regression on the same rows
@@ -24,16 +26,16 @@
 # B77_TRAIN_PER, B77_TEST_PER (A on BANKING77: "all", or a stratified subsample, see finetune_sql.sh), B77_DIR (where BANKING77's train.csv and test.csv are; ../shared/data/banking77).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-phases=${*:-T C B A E P}
+phases=${*:-T C B M A E P}
 # RESULTS elsewhere (another machine's run, say) gets its own BENCHMARKS.md beside its results.
 res=${RESULTS:-bench/results} report=${RESULTS:+$RESULTS/}BENCHMARKS.md
 if [ -n "${SMOKE:-}" ]; then
   res=${RESULTS:-/tmp/pg_distill-bench-smoke} report=$res/BENCHMARKS.md
-  export C_ROWS=6 ENDPOINT_ROWS=3 SLOW_ROWS=3 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 EPOCHS_10=1 EPOCHS_77=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6 PER_MR_TRAIN=1 EPOCHS=1
+  export C_ROWS=6 ENDPOINT_ROWS=3 SLOW_ROWS=3 T_ROWS=16 B10_TRAIN_ROWS=16 B10_TEST_ROWS=6 B77_TRAIN_PER=1 B77_TEST_PER=1 EPOCHS_10=1 EPOCHS_77=1 PROFILE_ROWS=8 PROFILE_PROMPTS=6 PER_MR_TRAIN=1 EPOCHS=1 M_ROWS=2
 fi
 export B77_DIR=${B77_DIR:-$PWD/../shared/data/banking77}
 log() { printf '\n=== bench: %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
-for p in $phases; do [[ $p =~ ^[TCBAEP]$ ]] || { echo "unknown phase $p (T, C, B, A, E, P)" >&2; exit 2; }; done
+for p in $phases; do [[ $p =~ ^[TCBMAEP]$ ]] || { echo "unknown phase $p (T, C, B, M, A, E, P)" >&2; exit 2; }; done
 if [[ " $phases " == *" A "* && ! -f $B77_DIR/train.csv ]]; then
   echo "BANKING77 not found in $B77_DIR (phase A needs it; set B77_DIR)" >&2; exit 1
 fi
@@ -88,6 +90,12 @@ for phase in $phases; do
       dir=$(fresh B) tmp=/tmp/pg_distill-bench-batch
       OUT=$tmp ROWS=${C_ROWS:-1000} bash bench/complete_rows.sh
       cp "$tmp"/*.json "$dir/" && rm -f "$dir/prompts.json" && keep B
+      ;;
+    M)
+      log "M: memory of 8 sessions, shared weights vs a copy each"
+      dir=$(fresh M) tmp=/tmp/pg_distill-bench-memory
+      OUT=$tmp ROWS=${M_ROWS:-48} bash bench/shared_weights.sh
+      cp "$tmp"/*.json "$dir/" && keep M
       ;;
     A)
       log "A: fine-tuning through SQL, evaluate(), TF-IDF + logistic regression"

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # M, memory of many sessions: SESSIONS sessions (default 8) at once, each running complete() on one
-# tuned model over ROWS ticket rows (default 24; distill.threads = 1 each), with the base model's weights
+# tuned model over ROWS ticket rows (default 48; distill.threads = 1 each), with the base model's weights
 # shared through its prepared file (distill.share_weights = on, the default) and with a private copy per
 # session (off: what every session did before). Then one session alone, each way.
 # Memory is each backend's PSS (/proc/PID/smaps_rollup) read while every session is still connected
 # after its rows, summed; rows/s is all rows over the wall time from the first start to the last end.
 # Writes $OUT/memory.json and prints ratios first.
-#   bash bench/shared_weights.sh    (SESSIONS=8 ROWS=24 OUT=/tmp/pg_distill-bench-memory)
+#   bash bench/shared_weights.sh    (SESSIONS=8 ROWS=48 OUT=/tmp/pg_distill-bench-memory)
 # Needs the extension installed (scripts/install_extension.sh) and the model set up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SESSIONS=${SESSIONS:-8} ROWS=${ROWS:-24} OUT=${OUT:-/tmp/pg_distill-bench-memory}
+SESSIONS=${SESSIONS:-8} ROWS=${ROWS:-48} OUT=${OUT:-/tmp/pg_distill-bench-memory}
 rm -rf "$OUT" && mkdir -p "$OUT" && chmod 755 "$OUT"
 work=/tmp/pg_distill-bench-memory-cluster port=55463 db=distill_bench
 source scripts/fresh_cluster.sh
