@@ -21,6 +21,8 @@ static TRAINING_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static MAX_TRAINING_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 static INJECT_FAULT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WEIGHT_FORMAT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"file"));
+static DEVICE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
+static TRAINING_DEVICE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
 // Limits a superuser sets (a role cannot raise its own); see README "Security and limits".
 static MAX_PENDING_JOBS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(3);
 static MAX_JOBS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -112,6 +114,22 @@ pub fn init() {
         c"file is the least memory and, on CPUs with AVX-512 VNNI, the fastest (Q4_1 and Q8_0 blocks run on our own kernels); q8_0 suits files in other formats; f32 takes 4x the memory. Outputs can differ slightly between formats.",
         &WEIGHT_FORMAT,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"distill.device",
+        c"Where a session runs models: auto, cpu, cuda or cuda:N.",
+        c"auto is the CPU: no model runs on CUDA in this version; cuda is an error that says why (a build without CUDA, no usable GPU, or no CUDA model code yet).",
+        &DEVICE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"distill.training_device",
+        c"Where fine-tuning jobs train: auto, cpu, cuda or cuda:N.",
+        c"As distill.device, for the background workers; DESCRIBE's data.device says where a job trained.",
+        &TRAINING_DEVICE,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -269,6 +287,22 @@ pub fn weight_format() -> distill_engine::Result<distill_engine::WeightFormat> {
             "distill.weight_format must be file, q8_0 or f32, not \"{other}\""
         ))),
     }
+}
+
+/// The device `distill.device` names, or why it cannot be used.
+pub fn device() -> distill_engine::Result<candle_core::Device> {
+    device_setting(&DEVICE, "distill.device")
+}
+
+/// The device `distill.training_device` names, or why it cannot be used.
+pub fn training_device() -> distill_engine::Result<candle_core::Device> {
+    device_setting(&TRAINING_DEVICE, "distill.training_device")
+}
+
+fn device_setting(setting: &GucSetting<Option<CString>>, name: &str) -> distill_engine::Result<candle_core::Device> {
+    use distill_engine::device::{select, DeviceChoice};
+    let raw = setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    select(DeviceChoice::parse(&raw, name)?, name)
 }
 
 pub fn share_weights() -> bool {

@@ -178,6 +178,8 @@ fn base_or_tuned(name: &str) -> Result<Resolved> {
 
 /// The base model `name`, loaded once per backend; `path` when the caller already resolved it.
 fn get(name: &str, path: Option<PathBuf>) -> Result<Rc<TextModel>> {
+    // Checked before the cache: a device that cannot be had is an error even for a model in memory.
+    let device = guc::device()?;
     let key = (guc::model_dir(), name.to_string(), guc::weight_format()?);
     if let Some(m) = MODELS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(m);
@@ -187,9 +189,14 @@ fn get(name: &str, path: Option<PathBuf>) -> Result<Rc<TextModel>> {
         None => guc::model_store().resolve(name)?,
     };
     let model = if guc::share_weights() {
-        TextModel::load_shared(&path, key.2, &Device::Cpu)?
+        let loaded = TextModel::load_shared(&path, key.2, &device, &interrupts::cancel_pending);
+        if let Err(distill_engine::Error::Interrupted) = loaded {
+            // Cancelled while another session wrote the prepared file: Postgres's own message.
+            pgrx::check_for_interrupts!();
+        }
+        loaded?
     } else {
-        TextModel::load(&path, key.2, &Device::Cpu)?
+        TextModel::load(&path, key.2, &device)?
     };
     report_sharing(name, &model.sharing);
     distill_engine::threads::release_free_memory();

@@ -149,6 +149,7 @@ impl Runner {
             "memory_estimate_mb": estimate.bytes >> 20,
             "largest_batch_tokens": estimate.largest_batch_tokens,
             "threads": budget.threads(),
+            "device": distill_engine::device::device_name(model.llama.device()),
             "labels": labels,
         });
         let cancelled = transaction(|| {
@@ -261,7 +262,7 @@ impl Runner {
             return Ok(m.clone());
         }
         let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name)?;
-        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &Device::Cpu)?);
+        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &guc::training_device()?)?);
         self.models.insert(key, model.clone());
         Ok(model)
     }

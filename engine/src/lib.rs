@@ -5,6 +5,7 @@
 //! set), `infer/` (generation), `endpoint/` (remote OpenAI-compatible models), `train/`
 //! (fine-tuning), `models/` (the transformer itself).
 
+pub mod device;
 pub mod endpoint;
 mod error;
 pub mod formats;
@@ -30,6 +31,6 @@ pub use train::{Example, MemoryEstimate, Progress, TrainConfig, TrainObserver, T
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Where tensors are computed: every model loads on the CPU. (The `cuda` feature builds candle's CUDA
-/// kernels, but no code creates a CUDA device yet, so a CUDA build must not claim one.)
-pub const DEVICE: &str = "cpu";
+/// Where tensors are computed: every model loads on the CPU (see `device.rs`). A CUDA build says so
+/// without claiming the GPU, which does no work yet.
+pub const DEVICE: &str = if device::CUDA_BUILD { "cpu; a CUDA build, models on the CPU" } else { "cpu" };

@@ -7,7 +7,7 @@ use candle_core::Device;
 use crate::error::Result;
 use crate::formats::chat_template::{ChatTemplate, Message, CHATML_TEMPLATE};
 use crate::formats::gguf::GgufFile;
-use crate::formats::prepared::{PreparedWeights, SourceId};
+use crate::formats::prepared::{BuildLock, PreparedWeights, SourceId};
 use crate::formats::tokenizer::Tokenizer;
 use crate::infer::generation::{generate_with, GenerateOptions, Generation};
 use crate::infer::prefix_cache::PrefixCache;
@@ -70,28 +70,34 @@ impl TextModel {
     }
 
     pub fn load_gguf(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
-        Self::load_gguf_with(path, format, device, false)
+        Self::load_gguf_with(path, format, device, None)
     }
 
     /// [`TextModel::load`] with the linear weights shared between processes where they can be: mapped
     /// from the prepared file beside a GGUF model (`formats/prepared.rs`), which this writes first when
-    /// it is missing, stale or damaged. Where it cannot be written (a read-only model directory), the
+    /// it is missing, stale or damaged; while another process writes it, this one waits for it
+    /// (asking `cancelled` every 50 ms). Where it cannot be written (a read-only model directory), the
     /// model is loaded as [`TextModel::load`] loads it and `sharing` says why.
-    pub fn load_shared(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+    pub fn load_shared(path: &Path, format: WeightFormat, device: &Device, cancelled: &dyn Fn() -> bool) -> Result<Self> {
         if path.is_dir() {
             Self::load_hf_dir(path, format, device)
         } else {
-            Self::load_gguf_with(path, format, device, true)
+            Self::load_gguf_with(path, format, device, Some(cancelled))
         }
     }
 
-    fn load_gguf_with(path: &Path, format: WeightFormat, device: &Device, share: bool) -> Result<Self> {
+    fn load_gguf_with(
+        path: &Path,
+        format: WeightFormat,
+        device: &Device,
+        share: Option<&dyn Fn() -> bool>,
+    ) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let source = gguf.opt_str("tokenizer.chat_template").unwrap_or(CHATML_TEMPLATE).to_string();
         let template = ChatTemplate::new(&source, &tokenizer.bos_token, &tokenizer.eos_token)?;
-        let (llama, sharing) = if share {
-            shared_llama(&mut gguf, path, format, device)?
+        let (llama, sharing) = if let Some(cancelled) = share {
+            shared_llama(&mut gguf, path, format, device, cancelled)?
         } else {
             (Llama::from_gguf(&mut gguf, format, device)?, WeightSharing::Unshared)
         };
@@ -191,6 +197,7 @@ fn shared_llama(
     path: &Path,
     format: WeightFormat,
     device: &Device,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<(Llama, WeightSharing)> {
     let name = match format {
         WeightFormat::Quantized => "quantized",
@@ -202,12 +209,20 @@ fn shared_llama(
     }
     let source = SourceId::of(path)?;
     let prepared = PreparedWeights::path_for(path, name);
-    let why = match PreparedWeights::open(&prepared, &source, name) {
-        Ok(mut p) => {
-            let llama = Llama::from_gguf_prepared(gguf, format, device, Some(&mut p))?;
-            return Ok((llama, WeightSharing::Shared { path: prepared, built: None }));
-        }
-        Err(why) => why.to_string(),
+    let open = |gguf: &mut GgufFile| -> Result<std::result::Result<Llama, String>> {
+        Ok(match PreparedWeights::open(&prepared, &source, name) {
+            Ok(mut p) => Ok(Llama::from_gguf_prepared(gguf, format, device, Some(&mut p))?),
+            Err(why) => Err(why.to_string()),
+        })
+    };
+    if let Ok(llama) = open(gguf)? {
+        return Ok((llama, WeightSharing::Shared { path: prepared.clone(), built: None }));
+    }
+    // One writer at a time; whoever waited finds the file its writer made.
+    let _lock = BuildLock::acquire(&prepared, cancelled)?;
+    let why = match open(gguf)? {
+        Ok(llama) => return Ok((llama, WeightSharing::Shared { path: prepared.clone(), built: None })),
+        Err(why) => why,
     };
     let private = Llama::from_gguf(gguf, format, device)?;
     if let Err(e) = PreparedWeights::write(&prepared, &source, name, &private.quant_weights()) {
@@ -215,11 +230,8 @@ fn shared_llama(
         return Ok((private, WeightSharing::Private { reason }));
     }
     drop(private);
-    match PreparedWeights::open(&prepared, &source, name) {
-        Ok(mut p) => {
-            let llama = Llama::from_gguf_prepared(gguf, format, device, Some(&mut p))?;
-            Ok((llama, WeightSharing::Shared { path: prepared, built: Some(why) }))
-        }
+    match open(gguf)? {
+        Ok(llama) => Ok((llama, WeightSharing::Shared { path: prepared.clone(), built: Some(why) })),
         Err(e) => {
             let reason = format!("{} was written but cannot be used: {e}", prepared.display());
             Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Private { reason }))

@@ -40,7 +40,7 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 fn load(path: &Path) -> TextModel {
-    TextModel::load_shared(path, WeightFormat::Quantized, &Device::Cpu).unwrap()
+    TextModel::load_shared(path, WeightFormat::Quantized, &Device::Cpu, &|| false).unwrap()
 }
 
 #[test]
@@ -93,14 +93,14 @@ fn shared_weights_compute_what_private_ones_do_and_bad_files_are_rebuilt() {
     assert_eq!(logits(&fourth), want);
 
     // Another weight format has its own file.
-    let q8 = TextModel::load_shared(&model, WeightFormat::Q8_0, &Device::Cpu).unwrap();
+    let q8 = TextModel::load_shared(&model, WeightFormat::Q8_0, &Device::Cpu, &|| false).unwrap();
     assert_eq!(built(&q8).as_deref(), Some("missing"));
     assert!(dir.join("model.gguf.q8_0.prepared").is_file());
     let q8_private = TextModel::load_gguf(&model, WeightFormat::Q8_0, &Device::Cpu).unwrap();
     assert_eq!(logits(&q8), logits(&q8_private));
 
     // Training's f32 weights are not shared.
-    let f32 = TextModel::load_shared(&model, WeightFormat::F32, &Device::Cpu).unwrap();
+    let f32 = TextModel::load_shared(&model, WeightFormat::F32, &Device::Cpu, &|| false).unwrap();
     assert_eq!(f32.sharing, WeightSharing::Unshared);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -123,6 +123,36 @@ fn an_unwritable_prepared_file_falls_back_to_a_private_copy() {
     }
     assert!(!all_mapped(&m));
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 2, "no temporary file left behind: {left:?}");
+    assert_eq!(left.len(), 3, "no temporary file left behind (the model, the directory, the lock): {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn processes_loading_at_once_build_the_file_once_and_a_waiter_can_be_cancelled() {
+    if !distill_engine::kernels::available() {
+        return;
+    }
+    let dir = scratch("race");
+    let model = dir.join("model.gguf");
+    std::os::unix::fs::symlink(model_file(), &model).unwrap();
+    // Four loads at once: one writes the file, the others wait for it and map it.
+    let loads: Vec<TextModel> =
+        std::thread::scope(|s| (0..4).map(|_| s.spawn(|| load(&model))).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect());
+    let builders = loads.iter().filter(|m| built(m).is_some()).count();
+    assert_eq!(builders, 1, "{:?}", loads.iter().map(|m| &m.sharing).collect::<Vec<_>>());
+    assert!(loads.iter().all(all_mapped));
+    let want = logits(&loads[0]);
+    assert!(loads.iter().all(|m| logits(m) == want));
+
+    // A load waiting on a writer (here: this test holding the lock) stops when cancelled.
+    std::fs::remove_file(dir.join("model.gguf.quantized.prepared")).unwrap();
+    let prepared = dir.join("model.gguf.quantized.prepared");
+    let lock = distill_engine::formats::prepared::BuildLock::acquire(&prepared, &|| false).unwrap();
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let cancelled = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3;
+    let r = TextModel::load_shared(&model, WeightFormat::Quantized, &Device::Cpu, &cancelled);
+    assert!(matches!(r, Err(distill_engine::Error::Interrupted)), "{:?}", r.err());
+    drop(lock);
+    assert_eq!(built(&load(&model)).as_deref(), Some("missing"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -76,5 +76,16 @@ SET distill.model_dir = :'fullmodels';
 SELECT distill.complete('some-org/some-repo/model.gguf', 'hi');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET distill.model_dir;
+-- Devices: CUDA in a build without it is an error that says so (even with the model already loaded
+-- on the CPU); a setting that names no device is refused.
+SET distill.device = 'cuda';
+SELECT distill.complete('smollm2-135m', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SET distill.device = 'gpu';
+SELECT distill.count_tokens('smollm2-135m', 'hi');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SET distill.device = 'cpu';
+SELECT distill.version() LIKE '%cpu%' AS says_cpu;
+RESET distill.device;
 -- The session still works.
 SELECT length(distill.complete('smollm2-135m', 'hi', '{"max_tokens": 2}')) > 0 AS still_works;

@@ -279,6 +279,61 @@ impl PreparedWeights {
     }
 }
 
+/// Serialises the writers of one prepared file: an exclusive `flock` on `<file>.lock` beside it,
+/// held while one process builds and writes the file and released when dropped (or by the kernel when
+/// the process ends, however it ends). Without it, a pool of new connections after a restart would
+/// each load a private copy and write the file at once: N times the model's memory.
+pub struct BuildLock {
+    _file: Option<std::fs::File>,
+}
+
+impl BuildLock {
+    /// Waits for the lock, asking `cancelled` every 50 ms (a query cancel ends the wait with
+    /// [`crate::Error::Interrupted`]). Where no lock file can be made (a directory this process may
+    /// not write) there is no writer to wait for: it returns at once, and the write will fail.
+    pub fn acquire(prepared: &Path, cancelled: &dyn Fn() -> bool) -> crate::Result<Self> {
+        let mut name = prepared.as_os_str().to_owned();
+        name.push(".lock");
+        let file = match std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&name) {
+            Ok(f) => f,
+            Err(_) => return Ok(Self { _file: None }),
+        };
+        let _ = set_readable(Path::new(&name));
+        loop {
+            if try_lock(&file)? {
+                return Ok(Self { _file: Some(file) });
+            }
+            if cancelled() {
+                return Err(crate::Error::Interrupted);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// An exclusive `flock` without waiting: false while another open file description holds it.
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this File owns; released when the File is closed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(false);
+        }
+        Err(e)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(true)
+    }
+}
+
 /// Every process that serves the model reads the file, whatever its umask.
 fn set_readable(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]

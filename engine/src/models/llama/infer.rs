@@ -63,7 +63,8 @@ impl Llama {
         }
         let d = c.head_dim;
         let (qw, kw) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let (cos, sin) = (&self.rope_values.0, &self.rope_values.1);
+        // Each segment's rotary rows, once for all layers.
+        let ropes: Vec<(Vec<f32>, Vec<f32>)> = segments.iter().map(|(k, len)| self.rope.rows(k.len, *len)).collect();
         let mut x = self.token_embd.lookup(ids, &self.device)?.flatten_all()?.to_vec1::<f32>()?;
         for (i, b) in self.blocks.iter().enumerate() {
             let lora = |t: Target| adapter.and_then(|a| Some((a.get(i, t)?, a.config.scale())));
@@ -72,12 +73,12 @@ impl Llama {
             let [mut q, mut k, v] = Linear::forward_rows_many(qkv, &h, m)?;
             let mut y = Vec::with_capacity(m * qw);
             let mut row = 0;
-            for (cache, len) in segments.iter_mut() {
+            for ((cache, len), (cos, sin)) in segments.iter_mut().zip(&ropes) {
                 let (pos, len) = (cache.len, *len);
                 let q = &mut q[row * qw..][..len * qw];
                 let k = &mut k[row * kw..][..len * kw];
-                row_ops::rope(q, c.num_attention_heads, d, pos, cos, sin, c.rope_interleaved);
-                row_ops::rope(k, c.num_key_value_heads, d, pos, cos, sin, c.rope_interleaved);
+                row_ops::rope(q, c.num_attention_heads, d, 0, cos, sin, c.rope_interleaved);
+                row_ops::rope(k, c.num_key_value_heads, d, 0, cos, sin, c.rope_interleaved);
                 let (kc, vc) = &mut cache.rows[i];
                 kc.extend_from_slice(k);
                 vc.extend_from_slice(&v[row * kw..][..len * kw]);

@@ -42,9 +42,7 @@ pub struct Llama {
     blocks: Vec<Block>,
     output_norm: RmsNorm,
     output: Linear,
-    /// cos/sin of position x inverse frequency, `(max_positions, head_dim / 2)` row-major: the rotary
-    /// embedding of inference and training alike (plain values: no second copy as tensors).
-    rope_values: Arc<(Vec<f32>, Vec<f32>)>,
+    rope: Rope,
     device: Device,
 }
 
@@ -139,10 +137,8 @@ impl Llama {
             ),
             None => Self::load_head(&config, src, format, device)?,
         };
-        let (cos, sin) = rope_tables(&config, device)?;
-        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let rope_values = Arc::new((values(&cos)?, values(&sin)?));
-        Ok(Self { config, token_embd, blocks, output_norm, output, rope_values, device: device.clone() })
+        let rope = Rope::new(&config);
+        Ok(Self { config, token_embd, blocks, output_norm, output, rope, device: device.clone() })
     }
 
     /// The token embedding and the output head, read from the checkpoint.
@@ -252,7 +248,7 @@ impl Llama {
             blocks,
             output_norm: self.output_norm.clone(),
             output: self.output.clone(),
-            rope_values: self.rope_values.clone(),
+            rope: self.rope.clone(),
             device: self.device.clone(),
         })
     }
@@ -269,13 +265,23 @@ fn take_prepared(
     prepared.as_deref_mut()?.take(name, *n, *k)
 }
 
-/// cos/sin of position * inverse frequency, `(max_positions, head_dim / 2)`.
-fn rope_tables(c: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
-    let inv_freq: Vec<f32> =
-        (0..c.head_dim).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / c.head_dim as f32)).collect();
-    let inv_freq = Tensor::new(inv_freq.as_slice(), device)?.unsqueeze(0)?;
-    let positions =
-        Tensor::arange(0u32, c.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-    let angles = positions.broadcast_mul(&inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
+/// The rotary embedding: cos/sin of position x inverse frequency, computed for the positions a forward
+/// runs (a table over the whole context would cost each session 2 MB for SmolLM2's 8192 positions,
+/// more than the computing). f32 as a table made with candle's ops was: `(p as f32 * f).cos()`.
+#[derive(Debug, Clone)]
+pub(super) struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    fn new(c: &Config) -> Self {
+        let theta = c.rope_theta as f32;
+        Self { inv_freq: (0..c.head_dim).step_by(2).map(|i| 1.0 / theta.powf(i as f32 / c.head_dim as f32)).collect() }
+    }
+
+    /// cos and sin for positions `start..start + len`, each `(len, head_dim / 2)` row-major.
+    pub(super) fn rows(&self, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let angles = (start..start + len).flat_map(|p| self.inv_freq.iter().map(move |f| p as f32 * f));
+        angles.map(|a| (a.cos(), a.sin())).unzip()
+    }
 }

@@ -14,25 +14,23 @@ impl Llama {
     /// The attention op's view of a packed batch: its sequences and each token's rotary angles.
     pub(super) fn packed_attention(&self, batch: &PackedBatch) -> Result<Arc<PackedAttention>> {
         let c = &self.config;
-        let half = c.head_dim / 2;
-        let angles = |table: &[f32]| -> Result<Vec<f64>> {
-            let mut out = Vec::with_capacity(batch.positions.len() * half);
-            for &p in &batch.positions {
-                let row = table
-                    .get(p as usize * half..(p as usize + 1) * half)
-                    .ok_or_else(|| crate::Error::InvalidInput(format!("position {p} is beyond the model's context")))?;
-                out.extend(row.iter().map(|&v| v as f64));
-            }
-            Ok(out)
-        };
+        if let Some(p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
+            return Err(crate::Error::InvalidInput(format!("position {p} is beyond the model's context")));
+        }
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for &p in &batch.positions {
+            let (co, si) = self.rope.rows(p as usize, 1);
+            cos.extend(co.into_iter().map(f64::from));
+            sin.extend(si.into_iter().map(f64::from));
+        }
         Ok(Arc::new(PackedAttention {
             segments: batch.segments.clone(),
             context: batch.continues.iter().map(|c| c.map(|c| batch.segments[c])).collect(),
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
-            cos: angles(&self.rope_values.0)?,
-            sin: angles(&self.rope_values.1)?,
+            cos,
+            sin,
             interleaved: c.rope_interleaved,
         }))
     }
