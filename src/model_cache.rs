@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use candle_core::Device;
 use distill_engine::{LoraAdapter, Result, TextModel, WeightFormat, WeightSharing};
 
 use crate::pg::interrupts;

@@ -35,11 +35,11 @@ impl Default for ThreadTable {
 }
 
 impl ThreadTable {
-    /// Threads held by live processes other than `me`; entries of dead processes are cleared.
-    fn others(&mut self, me: i32) -> usize {
+    /// Threads held by processes other than `me` that are `alive`; entries of dead ones are cleared.
+    fn others(&mut self, me: i32, alive: &dyn Fn(i32) -> bool) -> usize {
         let mut total = 0;
         for e in self.entries.iter_mut().filter(|e| e.threads > 0 && e.pid != me) {
-            if distill_engine::threads::process_alive(e.pid) {
+            if alive(e.pid) {
                 total += e.threads as usize;
             } else {
                 *e = Entry::default();
@@ -48,10 +48,20 @@ impl ThreadTable {
         total
     }
 
-    fn slot(&mut self, me: i32) -> Option<&mut Entry> {
+    /// Records `me` holding up to `want` threads under `cap` beside the others (at least one); None
+    /// when the table is full (the caller then runs on one thread, uncounted).
+    fn grant(&mut self, me: i32, want: usize, cap: usize, alive: &dyn Fn(i32) -> bool) -> Option<usize> {
+        let threads = want.max(1).min(cap.saturating_sub(self.others(me, alive))).max(1);
         let i = self.entries.iter().position(|e| e.pid == me && e.threads > 0);
         let i = i.or_else(|| self.entries.iter().position(|e| e.threads == 0))?;
-        Some(&mut self.entries[i])
+        self.entries[i] = Entry { pid: me, threads: threads as u32 };
+        Some(threads)
+    }
+
+    fn release(&mut self, me: i32) {
+        for e in self.entries.iter_mut().filter(|e| e.pid == me) {
+            *e = Entry::default();
+        }
     }
 }
 
@@ -80,10 +90,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if self.counted {
             // SAFETY: MyProcPid is set for the life of the process; read on its main thread.
-            let me = unsafe { pg_sys::MyProcPid };
-            if let Some(e) = THREADS.exclusive().entries.iter_mut().find(|e| e.pid == me) {
-                *e = Entry::default();
-            }
+            THREADS.exclusive().release(unsafe { pg_sys::MyProcPid });
         }
     }
 }
@@ -91,30 +98,25 @@ impl Drop for Reservation {
 /// Up to `want` threads for one call: `want` less what exceeds `distill.max_threads` with the threads
 /// other processes hold now, and at least one. Only on the backend's main thread (it takes an LWLock).
 pub fn reserve(want: usize) -> Reservation {
-    let want = want.max(1);
     if !COUNTING.load(Ordering::Relaxed) {
-        return Reservation { threads: want, counted: false };
+        return Reservation { threads: want.max(1), counted: false };
     }
     // SAFETY: as in Drop.
     let me = unsafe { pg_sys::MyProcPid };
-    let mut table = THREADS.exclusive();
-    let threads = want.min(guc::max_threads().saturating_sub(table.others(me))).max(1);
-    match table.slot(me) {
-        Some(e) => {
-            *e = Entry { pid: me, threads: threads as u32 };
-            Reservation { threads, counted: true }
-        }
+    let alive = distill_engine::threads::process_alive;
+    match THREADS.exclusive().grant(me, want, guc::max_threads(), &alive) {
+        Some(threads) => Reservation { threads, counted: true },
         None => Reservation { threads: 1, counted: false },
     }
 }
 
-/// Threads held by every process now.
+/// Threads held by every live process now.
 #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
 pub fn in_use() -> usize {
     if !COUNTING.load(Ordering::Relaxed) {
         return 0;
     }
-    THREADS.exclusive().others(0)
+    THREADS.exclusive().others(0, &distill_engine::threads::process_alive)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -123,58 +125,35 @@ mod tests {
     use super::*;
     use pgrx::prelude::*;
 
-    fn hold(pid: i32, threads: u32) {
-        let mut table = THREADS.exclusive();
-        let e = table.entries.iter_mut().find(|e| e.threads == 0).expect("a free entry");
-        *e = Entry { pid, threads };
-    }
-
-    fn clear(pid: i32) {
-        for e in THREADS.exclusive().entries.iter_mut().filter(|e| e.pid == pid) {
-            *e = Entry::default();
-        }
-    }
-
-    /// Threads this backend's entry holds.
-    fn mine() -> u32 {
-        // SAFETY: set for the life of the process.
-        let me = unsafe { pg_sys::MyProcPid };
-        THREADS.exclusive().entries.iter().filter(|e| e.pid == me).map(|e| e.threads).sum()
-    }
-
     #[pg_test]
     fn calls_share_the_cap_and_dead_holders_are_reclaimed() {
-        let cap = guc::max_threads();
+        // The accounting on a table of its own: other tests' backends use the shared one meanwhile.
+        let mut t = ThreadTable::default();
+        let (alive, dead) = (|pid: i32| pid != 13, 13);
+        assert_eq!(t.grant(1, 8, 4, &alive), Some(4), "alone: what it asks, up to the cap");
+        assert_eq!(t.grant(2, 8, 4, &alive), Some(1), "the cap taken: never fewer than one");
+        t.release(1);
+        assert_eq!(t.grant(3, 2, 4, &alive), Some(2), "given back, then taken by another");
+        assert_eq!(t.grant(2, 8, 4, &alive), Some(2), "a holder's next call counts the others, not itself");
+        t.release(2);
+        t.release(3);
+        assert_eq!(t.grant(dead, 4, 4, &|_| true), Some(4));
+        assert_eq!(t.grant(4, 4, 4, &alive), Some(4), "a process that exited holding threads is not counted");
+        assert!(t.entries.iter().all(|e| e.pid != dead), "and its entry is cleared");
+        let mut full = ThreadTable { entries: [Entry { pid: 99, threads: 1 }; SLOTS] };
+        assert_eq!(full.grant(5, 4, 4096, &|_| true), None, "a full table: the caller runs uncounted");
+
+        // The shared table: this backend's reservation is recorded while held and cleared when dropped.
         assert!(COUNTING.load(Ordering::Relaxed), "the tests preload pg_distill");
-        // Alone (no other process computes in the test server): what it asks for, up to the cap.
-        let r = reserve(cap + 5);
-        assert_eq!(r.threads(), cap);
-        assert_eq!(mine() as usize, cap, "counted while held");
+        // SAFETY: set for the life of the process.
+        let me = unsafe { pg_sys::MyProcPid };
+        let mine =
+            || THREADS.exclusive().entries.iter().filter(|e| e.pid == me).map(|e| e.threads as usize).sum::<usize>();
+        let r = reserve(guc::max_threads() + 5);
+        assert!((1..=guc::max_threads()).contains(&r.threads()));
+        assert_eq!(mine(), r.threads());
+        assert!(in_use() >= r.threads());
         drop(r);
-        assert_eq!(mine(), 0, "given back when dropped");
-        assert_eq!(in_use(), 0);
-
-        // A live process (the postmaster stands in for a busy session) holds all of them: one thread;
-        // holding one, the rest.
-        // SAFETY: set for the life of the server.
-        let postmaster = unsafe { pg_sys::PostmasterPid };
-        hold(postmaster, cap as u32);
-        assert_eq!(in_use(), cap);
-        assert_eq!(reserve(cap).threads(), 1, "never fewer than one");
-        clear(postmaster);
-        if cap >= 2 {
-            hold(postmaster, 1);
-            assert_eq!(reserve(cap).threads(), cap - 1);
-            clear(postmaster);
-        }
-
-        // A process that is gone (exited without giving its threads back) is not counted, and its
-        // entry is cleared.
-        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
-        let dead = child.id() as i32;
-        child.wait().expect("wait");
-        hold(dead, 64);
-        assert_eq!(reserve(cap).threads(), cap);
-        assert!(THREADS.exclusive().entries.iter().all(|e| e.pid != dead || e.threads == 0));
+        assert_eq!(mine(), 0);
     }
 }

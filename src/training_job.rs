@@ -16,7 +16,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use distill_engine::metrics;
 use distill_engine::train::{self, Progress, TrainObserver};
 use distill_engine::{Example, LoraAdapter, ModelStore, TextModel, TrainConfig, TrainReport, WeightFormat};

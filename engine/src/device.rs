@@ -48,9 +48,8 @@ pub fn select(choice: DeviceChoice, what: &str) -> Result<Device> {
                     "{what} = 'cuda' needs a CUDA build of pg_distill (built with --features cuda; scripts/build_cuda.sh); this build runs models on the CPU only"
                 )));
             }
-            let device = Device::new_cuda(n)
+            Device::new_cuda(n)
                 .map_err(|e| Error::Unsupported(format!("{what} = 'cuda:{n}': no usable CUDA device {n} ({e})")))?;
-            drop(device);
             Err(Error::Unsupported(format!(
                 "{what} = 'cuda:{n}': the GPU answers, but no model runs on CUDA in this version (the kernels, training ops and generation are CPU code); use 'cpu' or 'auto'"
             )))

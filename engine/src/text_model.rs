@@ -78,7 +78,12 @@ impl TextModel {
     /// it is missing, stale or damaged; while another process writes it, this one waits for it
     /// (asking `cancelled` every 50 ms). Where it cannot be written (a read-only model directory), the
     /// model is loaded as [`TextModel::load`] loads it and `sharing` says why.
-    pub fn load_shared(path: &Path, format: WeightFormat, device: &Device, cancelled: &dyn Fn() -> bool) -> Result<Self> {
+    pub fn load_shared(
+        path: &Path,
+        format: WeightFormat,
+        device: &Device,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self> {
         if path.is_dir() {
             Self::load_hf_dir(path, format, device)
         } else {

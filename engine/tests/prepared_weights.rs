@@ -136,8 +136,9 @@ fn processes_loading_at_once_build_the_file_once_and_a_waiter_can_be_cancelled()
     let model = dir.join("model.gguf");
     std::os::unix::fs::symlink(model_file(), &model).unwrap();
     // Four loads at once: one writes the file, the others wait for it and map it.
-    let loads: Vec<TextModel> =
-        std::thread::scope(|s| (0..4).map(|_| s.spawn(|| load(&model))).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect());
+    let loads: Vec<TextModel> = std::thread::scope(|s| {
+        (0..4).map(|_| s.spawn(|| load(&model))).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let builders = loads.iter().filter(|m| built(m).is_some()).count();
     assert_eq!(builders, 1, "{:?}", loads.iter().map(|m| &m.sharing).collect::<Vec<_>>());
     assert!(loads.iter().all(all_mapped));
