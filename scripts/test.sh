@@ -70,3 +70,6 @@ bash tests/concurrent_jobs.sh
 
 echo "== shared weights: one prepared copy per machine, rebuilt when damaged, private when unwritable"
 bash tests/shared_weights.sh
+
+echo "== CUDA build: cargo check --features cuda, the compiler from PyPI (no GPU needed; about 6 minutes)"
+bash scripts/build_cuda.sh

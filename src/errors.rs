@@ -29,7 +29,7 @@ pub fn code_of(e: &Error) -> PgSqlErrorCode {
         Error::PromptTooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         Error::HubUnavailable { .. } => ERRCODE_CONNECTION_FAILURE,
         Error::BadModelFile { .. } => ERRCODE_DATA_CORRUPTED,
-        Error::Unsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+        Error::Unsupported(_) | Error::DeviceUnavailable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
         Error::Tokenizer(_) | Error::Template(_) => ERRCODE_DATA_EXCEPTION,
         Error::Io(_) => ERRCODE_IO_ERROR,
         Error::ModelDirNotWritable { .. } => ERRCODE_INSUFFICIENT_RESOURCES,

@@ -35,7 +35,9 @@ digest() { psql_in -c "SELECT md5(adapter) FROM distill.model_registry WHERE nam
 solo=$(create solo "$small" "$small_opts")
 [ "$(wait_for "$solo")" = SUCCESS ] || fail "the solo job did not succeed"
 estimate=$(psql_in -c "SELECT (distill.finetune('DESCRIBE', '$solo')->'data'->>'memory_estimate_mb')::int")
-echo "ok: solo job, adapter $(digest solo), memory estimate $estimate MB"
+where=$(psql_in -c "SELECT d->>'device' || ' ' || (d->>'threads') FROM (SELECT distill.finetune('DESCRIBE', '$solo')->'data' d) x")
+[ "$where" = "cpu 1" ] || fail "DESCRIBE says the job trained on '$where', not 'cpu 1' (device, threads)"
+echo "ok: solo job, adapter $(digest solo), memory estimate $estimate MB, trained on $where thread"
 
 long=$(create long "SELECT request AS prompt, label AS completion FROM tickets" '{"max_epochs": 3, "seed": 1}')
 sleep 1

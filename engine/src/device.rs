@@ -44,13 +44,14 @@ pub fn select(choice: DeviceChoice, what: &str) -> Result<Device> {
         DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda(n) => {
             if !CUDA_BUILD {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::DeviceUnavailable(format!(
                     "{what} = 'cuda' needs a CUDA build of pg_distill (built with --features cuda; scripts/build_cuda.sh); this build runs models on the CPU only"
                 )));
             }
-            Device::new_cuda(n)
-                .map_err(|e| Error::Unsupported(format!("{what} = 'cuda:{n}': no usable CUDA device {n} ({e})")))?;
-            Err(Error::Unsupported(format!(
+            Device::new_cuda(n).map_err(|e| {
+                Error::DeviceUnavailable(format!("{what} = 'cuda:{n}': no usable CUDA device {n} ({e})"))
+            })?;
+            Err(Error::DeviceUnavailable(format!(
                 "{what} = 'cuda:{n}': the GPU answers, but no model runs on CUDA in this version (the kernels, training ops and generation are CPU code); use 'cpu' or 'auto'"
             )))
         }

@@ -22,6 +22,10 @@ pub enum Error {
     #[error("unsupported model: {0}")]
     Unsupported(String),
 
+    /// The device a setting asks for cannot run models here (`device.rs` says why).
+    #[error("{0}")]
+    DeviceUnavailable(String),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
