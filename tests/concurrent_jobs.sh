@@ -58,7 +58,9 @@ done
 psql_in -c "SELECT distill.finetune('CANCEL', '$long')->>'status'" >/dev/null
 [ "$(wait_for "$long" 120)" = CANCELLED ] || fail "the long job was not cancelled"
 [ "$(wait_for "$again")" = SUCCESS ] || fail "the small job did not succeed beside the cancelled one"
-[ "$(digest again)" = "$(digest solo)" ] || fail "the small job's adapter differs from the solo run's"
+describe() { psql_in -c "SELECT distill.finetune('DESCRIBE', '$1')->'data' - 'labels'"; }
+[ "$(digest again)" = "$(digest solo)" ] ||
+  fail "the small job's adapter differs from the solo run's: solo $(describe "$solo"); again $(describe "$again")"
 echo "ok: the long job CANCELLED; the other succeeded with the solo run's adapter, byte for byte"
 
 # Memory for one job, not two.

@@ -381,7 +381,9 @@ impl LoraAdapter {
         let metadata = config.map(|c| {
             HashMap::from([("adapter_config".to_string(), c.to_string()), ("format".to_string(), "pt".to_string())])
         });
-        safetensors::serialize(sorted, metadata).map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))
+        let bytes =
+            safetensors::serialize(sorted, metadata).map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))?;
+        Ok(sorted_metadata(bytes))
     }
 
     fn from_peft_parts(config: &serde_json::Value, bytes: &[u8], model: &Config) -> Result<Self> {
@@ -453,4 +455,29 @@ fn permute_rows(w: &Tensor, heads: usize, interleaved: bool) -> Result<Tensor> {
     }
     let (rows, cols) = w.dims2()?;
     Ok(w.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+/// The same safetensors bytes with the header's `__metadata__` keys in sorted order: safetensors
+/// writes them in its HashMap's order, which differs from process to process, so the same adapter
+/// trained in two workers came out as two different byte strings. The header keeps its length (the
+/// same entries, reordered), so the tensor data is untouched.
+fn sorted_metadata(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else { return bytes };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    if let Some(serde_json::Value::Object(meta)) = value.get_mut("__metadata__") {
+        let mut entries: Vec<(String, serde_json::Value)> = std::mem::take(meta).into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        meta.extend(entries);
+    }
+    let Ok(mut text) = serde_json::to_vec(&value) else { return bytes };
+    if text.len() > len {
+        return bytes;
+    }
+    // safetensors pads its header with spaces to a multiple of 8 bytes.
+    text.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&text);
+    bytes
 }

@@ -98,6 +98,20 @@ fn export_and_import_round_trip() {
 /// A header naming a wrong shape is refused by the header alone: the archive holds no tensor data
 /// at all, so an importer that read the data first would fail on its length instead.
 #[test]
+fn the_same_adapter_is_the_same_bytes() {
+    // safetensors writes its metadata in a HashMap's order, which each new map draws afresh: without
+    // sorting it, the same adapter came out as different bytes (two workers, two digests).
+    let model = tiny();
+    let a = adapter(&model);
+    let first = a.to_bytes("base", &model).unwrap();
+    for _ in 0..32 {
+        assert_eq!(a.to_bytes("base", &model).unwrap(), first);
+    }
+    let b = LoraAdapter::from_bytes(&first, &model).unwrap();
+    assert_eq!(b.to_bytes("base", &model).unwrap(), first, "and it reads back as itself");
+}
+
+#[test]
 fn shapes_are_checked_from_the_header_before_the_data() {
     let model = tiny();
     let a = adapter(&model);
