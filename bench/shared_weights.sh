@@ -13,12 +13,8 @@ cd "$(dirname "$0")/.."
 SESSIONS=${SESSIONS:-8} ROWS=${ROWS:-48} OUT=${OUT:-/tmp/pg_distill-bench-memory}
 rm -rf "$OUT" && mkdir -p "$OUT" && chmod 755 "$OUT"
 work=/tmp/pg_distill-bench-memory-cluster port=55463 db=distill_bench
-source scripts/fresh_cluster.sh
-cp data/support_tickets/train.csv "$OUT/" && chmod 644 "$OUT/train.csv"
-psql_in -c "CREATE EXTENSION pg_distill" \
-        -c "CREATE TABLE tickets (id text, request text, label text)" \
-        -c "COPY tickets FROM '$OUT/train.csv' WITH (FORMAT csv, HEADER true)" \
-        -c "CREATE TABLE done (mode text, session int, t0 float8, t1 float8, pid int, rows int)"
+source tests/test_cluster.sh  # pg_distill and the training tickets in table `tickets`
+psql_in -c "CREATE TABLE done (mode text, session int, t0 float8, t1 float8, pid int, rows int)"
 
 # The tuned model: a small classifier (24 rows, one epoch, q and v).
 job=$(psql_in -c "SELECT distill.finetune('CREATE', 'tuned', 'smollm2-135m',

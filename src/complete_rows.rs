@@ -229,11 +229,9 @@ fn local_wave(model: &str, request: &Request, wave: &[(usize, IdPrompt)]) -> Vec
         Request::Choose { choices, scores } => conversations
             .iter()
             .map(|c| {
-                let r = with_model(model, |m, a| m.choose_chat(c, choices, *scores, a));
-                if let Err(Error::Interrupted) = r {
-                    pgrx::check_for_interrupts!();
-                }
-                r.map(|c| (c.text, c.prompt_tokens, c.steps))
+                // with_model raises a pending cancel itself.
+                with_model(model, |m, a| m.choose_chat(c, choices, *scores, a))
+                    .map(|c| (c.text, c.prompt_tokens, c.steps))
             })
             .collect(),
     };

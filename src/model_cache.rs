@@ -21,7 +21,7 @@ use crate::{guc, registry};
 thread_local! {
     static MODELS: RefCell<HashMap<(PathBuf, String, WeightFormat), Rc<TextModel>>> = RefCell::new(HashMap::new());
     static ADAPTERS: RefCell<HashMap<String, (i64, Rc<LoraAdapter>)>> = RefCell::new(HashMap::new());
-    static POOL: RefCell<Option<(usize, Rc<rayon::ThreadPool>)>> = const { RefCell::new(None) };
+    static POOL: RefCell<distill_engine::threads::SizedPool> = RefCell::new(Default::default());
     static LOADS: Cell<usize> = const { Cell::new(0) };
     static WARNED: Cell<bool> = const { Cell::new(false) };
 }
@@ -67,35 +67,30 @@ pub fn with_resolved<R: Send>(
     };
     // Threads for this call under distill.max_threads, held until it returns.
     let budget = crate::thread_budget::reserve(guc::threads());
-    let pool = pool_of(budget.threads())?;
+    let pool = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.current().is_none() {
+            // Anything that reaches rayon outside our pool must not spawn signal-receiving threads either.
+            distill_engine::threads::init_global_pool(1);
+        }
+        p.of_size(budget.threads())
+    })?;
     let pool: &rayon::ThreadPool = &pool;
     let model: &TextModel = &model;
     let adapter: Option<&LoraAdapter> = adapter.as_deref();
     let r = distill_engine::threads::run_watched(|| pool.install(|| f(model, adapter)), interrupts::cancel_pending);
     drop(budget);
     distill_engine::threads::release_free_memory();
+    raise_if_interrupted(r)
+}
+
+/// An engine call stopped by a pending cancel (or timeout, or termination) raises it here, with
+/// Postgres's own message; anything else is returned as it is.
+fn raise_if_interrupted<T>(r: Result<T>) -> Result<T> {
     if let Err(distill_engine::Error::Interrupted) = r {
-        // Raises the cancel (or timeout, or termination) with Postgres's own message.
         pgrx::check_for_interrupts!();
     }
     r
-}
-
-/// This backend's signal-safe pool of `threads` threads: the last one made, or a new one when the
-/// call was granted another number (the old one's threads then exit).
-fn pool_of(threads: usize) -> Result<Rc<rayon::ThreadPool>> {
-    POOL.with(|cell| {
-        if let Some((n, pool)) = &*cell.borrow() {
-            if *n == threads {
-                return Ok(pool.clone());
-            }
-        }
-        // Anything that reaches rayon outside our pool must not spawn signal-receiving threads either.
-        distill_engine::threads::init_global_pool(1);
-        let pool = Rc::new(distill_engine::threads::pool(threads)?);
-        *cell.borrow_mut() = Some((threads, pool.clone()));
-        Ok(pool)
-    })
 }
 
 /// The label set stored with tuned model `name` (a classifier's, see
@@ -188,12 +183,8 @@ fn get(name: &str, path: Option<PathBuf>) -> Result<Rc<TextModel>> {
         None => guc::model_store().resolve(name)?,
     };
     let model = if guc::share_weights() {
-        let loaded = TextModel::load_shared(&path, key.2, &device, &interrupts::cancel_pending);
-        if let Err(distill_engine::Error::Interrupted) = loaded {
-            // Cancelled while another session wrote the prepared file: Postgres's own message.
-            pgrx::check_for_interrupts!();
-        }
-        loaded?
+        // Cancelled while another session writes the prepared file: raised as any cancel is.
+        raise_if_interrupted(TextModel::load_shared(&path, key.2, &device, &interrupts::cancel_pending))?
     } else {
         TextModel::load(&path, key.2, &device)?
     };

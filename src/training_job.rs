@@ -45,12 +45,12 @@ const METRICS_ROWS: usize = 200;
 /// A worker's long-lived state: f32 base models (loaded once, reused by later jobs) and the pool.
 pub struct Runner {
     models: HashMap<(PathBuf, String), Arc<TextModel>>,
-    pool: Option<(usize, Arc<rayon::ThreadPool>)>,
+    pool: distill_engine::threads::SizedPool,
 }
 
 impl Runner {
     pub fn new() -> Self {
-        Self { models: HashMap::new(), pool: None }
+        Self { models: HashMap::new(), pool: Default::default() }
     }
 
     pub fn run(&mut self, job: Job) {
@@ -163,7 +163,7 @@ impl Runner {
         }
 
         let started = Instant::now();
-        self.use_threads(budget.threads())?;
+        self.pool.of_size(budget.threads())?;
         let outcome = self.train_reporting(job, model.clone(), train_set, eval_set, config.clone(), labels.clone())?;
         let (adapter, report, validation_metrics) = match outcome {
             Trained::Done(done) => *done,
@@ -194,7 +194,7 @@ impl Runner {
         labels: Option<Vec<String>>,
     ) -> Result<Trained, JobError> {
         let total_steps = config.total_steps(train_set.len());
-        let pool = self.pool.as_ref().map(|(_, p)| p.clone()).expect("use_threads ran before");
+        let pool = self.pool.current().expect("run() sized the pool before training");
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let panic_at_step = (guc::inject_fault() == "training_panic").then_some(1);
@@ -264,14 +264,6 @@ impl Runner {
         let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &guc::training_device()?)?);
         self.models.insert(key, model.clone());
         Ok(model)
-    }
-
-    /// Makes the training pool one of `threads` threads (the last job's stays when it had as many).
-    fn use_threads(&mut self, threads: usize) -> Result<(), JobError> {
-        if !matches!(&self.pool, Some((n, _)) if *n == threads) {
-            self.pool = Some((threads, Arc::new(distill_engine::threads::pool(threads)?)));
-        }
-        Ok(())
     }
 }
 

@@ -11,13 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=/tmp/pg_distill-jobs port=55444 db=distill_jobs
-source scripts/fresh_cluster.sh
+source tests/test_cluster.sh
 fail() { echo "FAIL: $*" >&2; tail -20 "$work/data/server.log" >&2; exit 1; }
-cp data/support_tickets/train.csv "$work/" && chown postgres "$work/train.csv"
-psql_in -c "CREATE EXTENSION pg_distill" -c "ALTER SYSTEM SET distill.workers = 2" \
-        -c "ALTER SYSTEM SET distill.training_threads = 1" -c "ALTER SYSTEM SET distill.threads = 1" \
-        -c "CREATE TABLE tickets (id text, request text, label text)" \
-        -c "COPY tickets FROM '$work/train.csv' WITH (FORMAT csv, HEADER true)"
+psql_in -c "ALTER SYSTEM SET distill.workers = 2" \
+        -c "ALTER SYSTEM SET distill.training_threads = 1" -c "ALTER SYSTEM SET distill.threads = 1"
 bash scripts/cluster.sh stop "$work/data" && bash scripts/cluster.sh start "$work/data" "$port" "$db"
 for _ in $(seq 30); do
   n=$(psql_in -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_distill worker'")

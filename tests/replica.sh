@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=/tmp/pg_distill-replica port=55442 db=distill_replica
-source scripts/fresh_cluster.sh
+source tests/test_cluster.sh
 standby=$work/standby sport=55443
 cleanup() {
   [ -z "${KEEP:-}" ] || return 0  # KEEP=1: leave both servers running, to look into a failure
@@ -22,10 +22,6 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; tail -15 "$standby/server.log" >&2 || true; exit 1; }
 psql_sb() { sudo -u postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$standby" -p "$sport" -d "$db" "$@"; }
 
-cp data/support_tickets/train.csv "$work/" && chown postgres "$work/train.csv"
-psql_in -c "CREATE EXTENSION pg_distill" \
-        -c "CREATE TABLE tickets (id text, request text, label text)" \
-        -c "COPY tickets FROM '$work/train.csv' WITH (FORMAT csv, HEADER true)"
 job=$(psql_in -c "SELECT distill.finetune('CREATE', 'replica_model', 'smollm2-135m',
         'SELECT request AS prompt, label AS completion FROM tickets ORDER BY id LIMIT 24', NULL,
         '{\"max_epochs\": 1, \"target_modules\": [\"q\", \"v\"], \"learning_rate\": 0.005}')")

@@ -1,4 +1,5 @@
-# Sourced by the tests that need a cluster of their own (dump_restore.sh, faults.sh, concurrency.sh).
+# Sourced by the tests that need a cluster of their own (dump_restore.sh, faults.sh, concurrency.sh,
+# security.sh, replica.sh, concurrent_jobs.sh) and by bench/shared_weights.sh.
 # With $work, $port and $db set: a fresh cluster in $work/data whose fine-tuning jobs run in $db,
 # stopped when the test exits; $db holds pg_distill and the training tickets in table `tickets`.
 # psql_db DB ARGS... and psql_in ARGS... (in $db) run psql as postgres, quiet, unaligned, stopping on errors.

@@ -43,11 +43,7 @@ pub struct TextModel {
 impl TextModel {
     /// A GGUF file, or a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
     pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
-        if path.is_dir() {
-            Self::load_hf_dir(path, format, device)
-        } else {
-            Self::load_gguf(path, format, device)
-        }
+        Self::load_with(path, format, device, None)
     }
 
     pub fn load_hf_dir(dir: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
@@ -84,10 +80,15 @@ impl TextModel {
         device: &Device,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Self> {
+        Self::load_with(path, format, device, Some(cancelled))
+    }
+
+    /// A checkpoint directory (never shared), or a GGUF file, shared when `share` is given.
+    fn load_with(path: &Path, format: WeightFormat, device: &Device, share: Option<&dyn Fn() -> bool>) -> Result<Self> {
         if path.is_dir() {
             Self::load_hf_dir(path, format, device)
         } else {
-            Self::load_gguf_with(path, format, device, Some(cancelled))
+            Self::load_gguf_with(path, format, device, share)
         }
     }
 

@@ -21,6 +21,29 @@ pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
         .map_err(|e| crate::error::Error::Io(std::io::Error::other(e.to_string())))
 }
 
+/// A [`pool`] kept for reuse and remade only when a caller is granted another number of threads
+/// (`distill.max_threads` grants each call what is left; the old pool's threads exit when dropped).
+#[derive(Default)]
+pub struct SizedPool(Option<(usize, std::sync::Arc<rayon::ThreadPool>)>);
+
+impl SizedPool {
+    pub fn of_size(&mut self, threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+        match &self.0 {
+            Some((n, pool)) if *n == threads => Ok(pool.clone()),
+            _ => {
+                let pool = std::sync::Arc::new(self::pool(threads)?);
+                self.0 = Some((threads, pool.clone()));
+                Ok(pool)
+            }
+        }
+    }
+
+    /// The pool last made, if any.
+    pub fn current(&self) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+        self.0.as_ref().map(|(_, pool)| pool.clone())
+    }
+}
+
 /// Makes rayon's global pool (used by any code that runs outside `pool.install`) signal-safe too.
 /// Call before anything touches rayon; later calls do nothing.
 pub fn init_global_pool(threads: usize) {

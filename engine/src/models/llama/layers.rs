@@ -35,7 +35,7 @@ impl Linear {
     pub(super) fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
         if format != WeightFormat::F32 && device.is_cpu() && kernels::available() && w.cols()? % kernels::BLOCK == 0 {
             if let Some(q) = quant_weight(&w, format, device)? {
-                return Ok(Self { weight: Weights::Quant(Arc::new(q)), bias, amx: Arc::default() });
+                return Ok(Self::from_quant(Arc::new(q), bias));
             }
         }
         let weight = match (format, w) {
@@ -56,11 +56,7 @@ impl Linear {
     }
 
     /// A weight already in the kernels' layout (a prepared-weights file's).
-    pub(super) fn from_quant(q: kernels::QuantWeight, bias: Option<Tensor>) -> Self {
-        Self::from_quant_shared(Arc::new(q), bias)
-    }
-
-    pub(super) fn from_quant_shared(q: Arc<kernels::QuantWeight>, bias: Option<Tensor>) -> Self {
+    pub(super) fn from_quant(q: Arc<kernels::QuantWeight>, bias: Option<Tensor>) -> Self {
         Self { weight: Weights::Quant(q), bias, amx: Arc::default() }
     }
 

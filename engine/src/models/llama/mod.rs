@@ -100,7 +100,7 @@ impl Llama {
                     None
                 };
                 if let Some(q) = take_prepared(&mut prepared, src, &weight_name) {
-                    return Ok(Linear::from_quant(q, bias));
+                    return Ok(Linear::from_quant(Arc::new(q), bias));
                 }
                 Linear::new(src.weight(&weight_name, device)?, bias, format, device)
             };
@@ -123,18 +123,15 @@ impl Llama {
                 b.stacked = qkv.zip(gate_up);
             }
         }
-        let tied = config.tie_word_embeddings;
-        let head_name = if tied { "token_embd.weight" } else { "output.weight" };
-        let prepared_head = take_prepared(&mut prepared, src, head_name).map(Arc::new);
+        let prepared_head = take_prepared(&mut prepared, src, head_name(&config)).map(Arc::new);
         let (token_embd, output) = match prepared_head {
             // A tied head from the prepared file: lookups read its rows, as below.
-            Some(q) if tied && format == WeightFormat::Quantized => {
-                (Embedding::Rows(q.clone()), Linear::from_quant_shared(q, None))
+            Some(q) if config.tie_word_embeddings && format == WeightFormat::Quantized => {
+                (Embedding::Rows(q.clone()), Linear::from_quant(q, None))
             }
-            Some(q) => (
-                Embedding::Dense(src.weight("token_embd.weight", device)?.dense(device)?),
-                Linear::from_quant_shared(q, None),
-            ),
+            Some(q) => {
+                (Embedding::Dense(src.weight("token_embd.weight", device)?.dense(device)?), Linear::from_quant(q, None))
+            }
             None => Self::load_head(&config, src, format, device)?,
         };
         let rope = Rope::new(&config);
@@ -196,8 +193,7 @@ impl Llama {
             }
         }
         if let Weights::Quant(w) = &self.output.weight {
-            let name = if self.config.tie_word_embeddings { "token_embd.weight" } else { "output.weight" };
-            out.push((name.to_string(), &**w));
+            out.push((head_name(&self.config).to_string(), &**w));
         }
         out
     }
@@ -251,6 +247,15 @@ impl Llama {
             rope: self.rope.clone(),
             device: self.device.clone(),
         })
+    }
+}
+
+/// The GGUF name of the output head's weight: the embedding table itself when they are tied.
+fn head_name(c: &Config) -> &'static str {
+    if c.tie_word_embeddings {
+        "token_embd.weight"
+    } else {
+        "output.weight"
     }
 }
 
