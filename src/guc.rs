@@ -119,7 +119,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"distill.device",
         c"Where a session runs models: auto, cpu, cuda or cuda:N.",
-        c"auto is the CPU: no model runs on CUDA in this version; cuda is an error that says why (a build without CUDA, no usable GPU, or no CUDA model code yet).",
+        c"auto is CUDA device 0 in a CUDA build where it answers, else the CPU; cuda is an error that says why it cannot be had (a build without CUDA, or no usable GPU). On a GPU weights are held in bf16.",
         &DEVICE,
         GucContext::Userset,
         GucFlags::default(),
@@ -287,6 +287,17 @@ pub fn weight_format() -> distill_engine::Result<distill_engine::WeightFormat> {
             "distill.weight_format must be file, q8_0 or f32, not \"{other}\""
         ))),
     }
+}
+
+/// The weight format of a model on `device`: `distill.weight_format` on the CPU; on a GPU bf16 (its
+/// quantized formats have CPU kernels only), or f32 when that is the setting.
+pub fn weight_format_on(device: &candle_core::Device) -> distill_engine::Result<distill_engine::WeightFormat> {
+    use distill_engine::WeightFormat;
+    Ok(match weight_format()? {
+        f if device.is_cpu() => f,
+        WeightFormat::F32 => WeightFormat::F32,
+        _ => WeightFormat::Bf16,
+    })
 }
 
 /// The device `distill.device` names, or why it cannot be used.

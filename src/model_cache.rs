@@ -18,8 +18,11 @@ use distill_engine::{LoraAdapter, Result, TextModel, WeightFormat, WeightSharing
 use crate::pg::interrupts;
 use crate::{guc, registry};
 
+/// A loaded base model's identity: model directory, name, weight format, device (`cpu`, `cuda:0`).
+type ModelKey = (PathBuf, String, WeightFormat, String);
+
 thread_local! {
-    static MODELS: RefCell<HashMap<(PathBuf, String, WeightFormat), Rc<TextModel>>> = RefCell::new(HashMap::new());
+    static MODELS: RefCell<HashMap<ModelKey, Rc<TextModel>>> = RefCell::new(HashMap::new());
     static ADAPTERS: RefCell<HashMap<String, (i64, Rc<LoraAdapter>)>> = RefCell::new(HashMap::new());
     static POOL: RefCell<distill_engine::threads::SizedPool> = RefCell::new(Default::default());
     static LOADS: Cell<usize> = const { Cell::new(0) };
@@ -174,7 +177,8 @@ fn base_or_tuned(name: &str) -> Result<Resolved> {
 fn get(name: &str, path: Option<PathBuf>) -> Result<Rc<TextModel>> {
     // Checked before the cache: a device that cannot be had is an error even for a model in memory.
     let device = guc::device()?;
-    let key = (guc::model_dir(), name.to_string(), guc::weight_format()?);
+    let format = guc::weight_format_on(&device)?;
+    let key = (guc::model_dir(), name.to_string(), format, distill_engine::device::device_name(&device));
     if let Some(m) = MODELS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(m);
     }
@@ -225,9 +229,11 @@ fn adapter(name: &str, tuned: &registry::TunedModel, base: &TextModel) -> Result
     let blob = registry::adapter_blob(name, tuned.version).ok_or_else(|| {
         distill_engine::Error::InvalidInput(format!("model \"{name}\" was dropped or replaced while loading; retry"))
     })?;
-    let adapter = Rc::new(LoraAdapter::from_bytes(&blob, &base.llama.config).map_err(|e| {
+    let adapter = LoraAdapter::from_bytes(&blob, &base.llama.config).map_err(|e| {
         distill_engine::Error::InvalidInput(format!("the stored adapter of model \"{name}\" is unusable: {e}"))
-    })?);
+    })?;
+    // Beside a model on a GPU, the adapter's tensors live there too.
+    let adapter = Rc::new(adapter.to_device(base.llama.device())?);
     ADAPTERS.with(|c| c.borrow_mut().insert(name.to_string(), (tuned.version, adapter.clone())));
     Ok(adapter)
 }

@@ -254,14 +254,17 @@ impl Runner {
         }
     }
 
-    /// The base model with f32 weights (training needs them), loaded once per worker.
+    /// The base model with dense weights (training needs them), loaded once per worker.
     fn model(&mut self, name: &str) -> Result<Arc<TextModel>, JobError> {
         let key = (guc::model_dir(), name.to_string());
         if let Some(m) = self.models.get(&key) {
             return Ok(m.clone());
         }
         let path = ModelStore::new(key.0.clone(), guc::hub_download()).resolve(name)?;
-        let model = Arc::new(TextModel::load(&path, WeightFormat::F32, &guc::training_device()?)?);
+        let device = guc::training_device()?;
+        // f32 on the CPU (its training path); a GPU holds the frozen base in bf16.
+        let format = if device.is_cpu() { WeightFormat::F32 } else { WeightFormat::Bf16 };
+        let model = Arc::new(TextModel::load(&path, format, &device)?);
         self.models.insert(key, model.clone());
         Ok(model)
     }

@@ -1,13 +1,16 @@
 //! Which device computes: `distill.device` for sessions, `distill.training_device` for jobs, each
 //! `auto`, `cpu`, `cuda` or `cuda:N`.
 //!
-//! Every model runs on the CPU today: the int8 kernels, the LoRA training ops and the generation loop
-//! are CPU code, and their CUDA forms are not written yet. So `auto` is the CPU, and CUDA is an error
-//! that says which of the two reasons applies: a build without the `cuda` feature has no CUDA at all;
-//! a CUDA build first checks that the device answers (a missing driver or GPU is its own error), then
-//! says no model runs there yet. Nothing claims a device that did not do the work.
+//! On a GPU a model holds its weights in bf16 and runs the device path (`models/llama/device_path.rs`,
+//! candle's own ops); on the CPU it runs the CPU path (int8 kernels, hand-written training ops). `auto`
+//! is CUDA device 0 when the build has CUDA and the device answers, else the CPU; `cuda` is an error
+//! that says why when it cannot be had (a build without the `cuda` feature, or no usable device: no
+//! GPU, no driver). The answer is kept per process: a CUDA context is costly to make, and a model
+//! loaded on one must be fed tensors of the same one.
 
 use candle_core::Device;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 
@@ -38,23 +41,28 @@ impl DeviceChoice {
 /// Whether this build has candle's CUDA backend (`--features cuda`).
 pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 
+/// CUDA device `n` of this process, made once (or why it could not be).
+fn cuda(n: usize) -> std::result::Result<Device, String> {
+    static DEVICES: Mutex<Option<HashMap<usize, std::result::Result<Device, String>>>> = Mutex::new(None);
+    DEVICES
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .entry(n)
+        .or_insert_with(|| Device::new_cuda(n).map_err(|e| e.to_string()))
+        .clone()
+}
+
 /// The device a choice means here, or why it cannot be had.
 pub fn select(choice: DeviceChoice, what: &str) -> Result<Device> {
     match choice {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda(n) => {
-            if !CUDA_BUILD {
-                return Err(Error::DeviceUnavailable(format!(
-                    "{what} = 'cuda' needs a CUDA build of pg_distill (built with --features cuda; scripts/build_cuda.sh); this build runs models on the CPU only"
-                )));
-            }
-            Device::new_cuda(n).map_err(|e| {
-                Error::DeviceUnavailable(format!("{what} = 'cuda:{n}': no usable CUDA device {n} ({e})"))
-            })?;
-            Err(Error::DeviceUnavailable(format!(
-                "{what} = 'cuda:{n}': the GPU answers, but no model runs on CUDA in this version (the kernels, training ops and generation are CPU code); use 'cpu' or 'auto'"
-            )))
-        }
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto if !CUDA_BUILD => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(cuda(0).unwrap_or(Device::Cpu)),
+        DeviceChoice::Cuda(_) if !CUDA_BUILD => Err(Error::DeviceUnavailable(format!(
+            "{what} = 'cuda' needs a CUDA build of pg_distill (built with --features cuda; scripts/build_cuda.sh); this build runs models on the CPU only"
+        ))),
+        DeviceChoice::Cuda(n) => cuda(n)
+            .map_err(|e| Error::DeviceUnavailable(format!("{what} = 'cuda:{n}': no usable CUDA device {n} ({e})"))),
     }
 }
 
@@ -82,13 +90,18 @@ mod tests {
             let e = DeviceChoice::parse(bad, "distill.device").unwrap_err().to_string();
             assert!(e.contains("auto, cpu, cuda or cuda:N") && e.contains(bad), "{e}");
         }
-        assert!(select(DeviceChoice::Auto, "d").unwrap().is_cpu());
         assert!(select(DeviceChoice::Cpu, "d").unwrap().is_cpu());
-        let e = select(DeviceChoice::Cuda(0), "distill.device").unwrap_err().to_string();
-        if CUDA_BUILD {
-            assert!(e.contains("cuda:0"), "{e}");
-        } else {
-            assert!(e.contains("needs a CUDA build"), "{e}");
+        match select(DeviceChoice::Cuda(0), "distill.device") {
+            // A CUDA build on a machine with a GPU: auto is that GPU.
+            Ok(d) => {
+                assert!(CUDA_BUILD && d.is_cuda());
+                assert!(select(DeviceChoice::Auto, "d").unwrap().same_device(&d));
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains(if CUDA_BUILD { "no usable CUDA device 0" } else { "needs a CUDA build" }), "{e}");
+                assert!(select(DeviceChoice::Auto, "d").unwrap().is_cpu());
+            }
         }
     }
 }

@@ -192,6 +192,14 @@ impl LoraAdapter {
     }
 
     /// The same adapter with every A and B tensor replaced by `f` of it, under a new cache id.
+    /// This adapter with its tensors on `device` (where the model it serves is).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        if self.layers.iter().flat_map(|l| l.values()).all(|p| p.a.device().same_device(device)) {
+            return Ok(self.clone());
+        }
+        self.map_tensors(|t| Ok(t.to_device(device)?))
+    }
+
     fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         let layers = self
             .layers

@@ -208,7 +208,9 @@ fn shared_llama(
     let name = match format {
         WeightFormat::Quantized => "quantized",
         WeightFormat::Q8_0 => "q8_0",
-        WeightFormat::F32 => return Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Unshared)),
+        WeightFormat::F32 | WeightFormat::Bf16 => {
+            return Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Unshared))
+        }
     };
     if !device.is_cpu() || !crate::kernels::available() {
         return Ok((Llama::from_gguf(gguf, format, device)?, WeightSharing::Unshared));

@@ -61,6 +61,9 @@ impl Llama {
         if let Some((cache, len)) = segments.iter().find(|(k, len)| k.len + len > c.max_position_embeddings) {
             return Err(Error::PromptTooLong { tokens: cache.len + len, context: c.max_position_embeddings });
         }
+        if self.device_path {
+            return self.forward_segments_device(ids, segments, adapter);
+        }
         let d = c.head_dim;
         let (qw, kw) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         // Each segment's rotary rows, once for all layers.

@@ -32,13 +32,22 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A layer of `device` from the checkpoint's weight `w`, read on the host.
     pub(super) fn new(w: Weight, bias: Option<Tensor>, format: WeightFormat, device: &Device) -> Result<Self> {
-        if format != WeightFormat::F32 && device.is_cpu() && kernels::available() && w.cols()? % kernels::BLOCK == 0 {
+        let host = &Device::Cpu;
+        let quantized = matches!(format, WeightFormat::Quantized | WeightFormat::Q8_0);
+        if quantized && device.is_cpu() && kernels::available() && w.cols()? % kernels::BLOCK == 0 {
             if let Some(q) = quant_weight(&w, format, device)? {
                 return Ok(Self::from_quant(Arc::new(q), bias));
             }
         }
+        let device = match format {
+            WeightFormat::Bf16 | WeightFormat::F32 => device,
+            // Quantized formats are CPU-only (`Llama::load` refuses them elsewhere).
+            _ => host,
+        };
         let weight = match (format, w) {
+            (WeightFormat::Bf16, w) => QMatMul::Tensor(w.dense(host)?.to_dtype(DType::BF16)?.to_device(device)?),
             (WeightFormat::Quantized, Weight::Quantized(q)) => QMatMul::from_qtensor(q)?,
             (WeightFormat::Q8_0, Weight::Quantized(q)) if q.dtype() == candle_core::quantized::GgmlDType::Q8_0 => {
                 QMatMul::from_qtensor(q)?
@@ -50,7 +59,7 @@ impl Linear {
             (WeightFormat::Quantized, Weight::Dense(t)) if t.dim(1)? % 32 == 0 => QMatMul::from_qtensor(
                 QTensor::quantize(&t.to_dtype(DType::F32)?, candle_core::quantized::GgmlDType::Q8_0)?,
             )?,
-            (_, w) => QMatMul::Tensor(w.dense(device)?),
+            (_, w) => QMatMul::Tensor(w.dense(host)?.to_device(device)?),
         };
         Ok(Self::from_parts(weight, bias))
     }
@@ -138,11 +147,12 @@ impl Linear {
         Ok(y)
     }
 
-    /// The f32 weight, for training (requires [`WeightFormat::F32`]).
+    /// The dense weight: f32 for training on the CPU ([`WeightFormat::F32`]), or bf16 on the device
+    /// path ([`WeightFormat::Bf16`]).
     pub(super) fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
             Weights::Candle(QMatMul::Tensor(t)) => Ok(t),
-            _ => Err(Error::InvalidInput("training needs a model loaded with f32 weights".into())),
+            _ => Err(Error::InvalidInput("training needs a model loaded with f32 (or bf16) weights".into())),
         }
     }
 
@@ -254,4 +264,10 @@ pub(super) struct Block {
     /// f32 weights on the CPU: q/k/v and gate/up stacked into one matrix each, for training's wider
     /// matmuls (see [`Linear::stacked`]); the separate layers above are views into them.
     pub(super) stacked: Option<(Linear, Linear)>,
+}
+
+impl Block {
+    pub(super) fn linears(&self) -> [&Linear; 7] {
+        [&self.attn_q, &self.attn_k, &self.attn_v, &self.attn_output, &self.ffn_gate, &self.ffn_up, &self.ffn_down]
+    }
 }

@@ -2,13 +2,15 @@
 //! splits its models: `config.rs` (the checkpoint's hyper-parameters), `weights.rs` (where weights come
 //! from and how they are held), `layers.rs` (linear layers, norms, blocks), this file (the model and
 //! its loading), `infer.rs` (the inference forward over the KV cache), `train.rs` (the training forward
-//! through ops with a backward) and `train_step.rs` (the same step's forward and backward by hand).
+//! through ops with a backward) and `train_step.rs` (the same step's forward and backward by hand), all
+//! three the CPU path; `device_path.rs` is the forward and training forward of a GPU (candle's ops
+//! only, on any device).
 //!
 //! Field names follow the GGUF checkpoint's tensor names (`blk.N.attn_q`, `ffn_gate`, ...), so the
 //! loader reads like the file. Linear layers go through [`Linear`], the one place where LoRA adapters
 //! and a training path attach. The KV cache lives outside the weights ([`KvCache`]) so one loaded
-//! model can serve any number of sequences. Every model runs on the CPU: loading refuses any other
-//! device rather than running a path nothing tests.
+//! model can serve any number of sequences. A model on a GPU holds its weights dense (bf16, or f32)
+//! and runs the device path; on the CPU the tests run the same path against the CPU one.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
@@ -24,6 +26,7 @@ pub use crate::train::dropout::Dropout;
 pub use crate::train::packed_batch::PackedBatch;
 
 mod config;
+mod device_path;
 mod infer;
 mod layers;
 mod train;
@@ -44,6 +47,8 @@ pub struct Llama {
     output: Linear,
     rope: Rope,
     device: Device,
+    /// Runs `device_path.rs` instead of the CPU path: on a GPU, and for the tests on the CPU.
+    device_path: bool,
 }
 
 impl Llama {
@@ -66,7 +71,7 @@ impl Llama {
     /// A Hugging Face checkpoint directory: `config.json` + safetensors.
     pub fn from_hf_dir(dir: &std::path::Path, format: WeightFormat, device: &Device) -> Result<Self> {
         let config = Config::from_hf_json(&std::fs::read_to_string(dir.join("config.json"))?)?;
-        Self::load(config, &mut HfWeights::open(dir, device)?, format, device)
+        Self::load(config, &mut HfWeights::open(dir, &Device::Cpu)?, format, device)
     }
 
     pub fn load(config: Config, src: &mut dyn WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
@@ -80,13 +85,21 @@ impl Llama {
         device: &Device,
         mut prepared: Option<&mut PreparedWeights>,
     ) -> Result<Self> {
-        if !device.is_cpu() {
-            return Err(Error::InvalidInput(format!("models run on the CPU only in this build, not on {device:?}")));
+        let device_path = !device.is_cpu() || format == WeightFormat::Bf16;
+        if !device.is_cpu() && !matches!(format, WeightFormat::Bf16 | WeightFormat::F32) {
+            return Err(Error::InvalidInput(format!(
+                "a model on {} holds its weights as bf16 or f32, not {format:?}",
+                crate::device::device_name(device)
+            )));
         }
+        // Checkpoints are read on the host (GGUF blocks are dequantized there) and what the model keeps
+        // is moved to its device.
+        let host = &Device::Cpu;
         let eps = config.rms_norm_eps as f32;
         let norm = |src: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
-            let weight = src.weight(name, device)?.dense(device)?;
-            Ok(RmsNorm { values: weight.to_dtype(DType::F32)?.to_vec1::<f32>()?, weight, eps })
+            let weight = src.weight(name, host)?.dense(host)?;
+            let values = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            Ok(RmsNorm { values, weight: weight.to_device(device)?, eps })
         };
         let output_norm = norm(src, "output_norm.weight")?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -95,14 +108,14 @@ impl Llama {
                 let weight_name = format!("blk.{i}.{name}.weight");
                 let bias_name = format!("blk.{i}.{name}.bias");
                 let bias = if config.attention_bias && src.has(&bias_name) {
-                    Some(src.weight(&bias_name, device)?.dense(device)?)
+                    Some(src.weight(&bias_name, host)?.dense(host)?.to_device(device)?)
                 } else {
                     None
                 };
                 if let Some(q) = take_prepared(&mut prepared, src, &weight_name) {
                     return Ok(Linear::from_quant(Arc::new(q), bias));
                 }
-                Linear::new(src.weight(&weight_name, device)?, bias, format, device)
+                Linear::new(src.weight(&weight_name, host)?, bias, format, device)
             };
             blocks.push(Block {
                 attn_q: linear(src, "attn_q")?,
@@ -130,12 +143,12 @@ impl Llama {
                 (Embedding::Rows(q.clone()), Linear::from_quant(q, None))
             }
             Some(q) => {
-                (Embedding::Dense(src.weight("token_embd.weight", device)?.dense(device)?), Linear::from_quant(q, None))
+                (Embedding::Dense(src.weight("token_embd.weight", host)?.dense(host)?), Linear::from_quant(q, None))
             }
             None => Self::load_head(&config, src, format, device)?,
         };
         let rope = Rope::new(&config);
-        Ok(Self { config, token_embd, blocks, output_norm, output, rope, device: device.clone() })
+        Ok(Self { config, token_embd, blocks, output_norm, output, rope, device: device.clone(), device_path })
     }
 
     /// The token embedding and the output head, read from the checkpoint.
@@ -145,11 +158,12 @@ impl Llama {
         format: WeightFormat,
         device: &Device,
     ) -> Result<(Embedding, Linear)> {
-        let token_embd_w = src.weight("token_embd.weight", device)?;
+        let host = &Device::Cpu;
+        let token_embd_w = src.weight("token_embd.weight", host)?;
         Ok(match (token_embd_w, format, config.tie_word_embeddings) {
             // Generating reads the whole head for every token: its quantized form is the fast one.
             (Weight::Quantized(q), WeightFormat::Quantized | WeightFormat::Q8_0, true) => {
-                let dense = q.dequantize(device)?;
+                let dense = q.dequantize(host)?;
                 let head = Linear::new(Weight::Quantized(q), None, format, device)?;
                 match &head.weight {
                     // Lookups read the head's own blocks: exact for the file's Q4_1/Q8_0.
@@ -159,7 +173,7 @@ impl Llama {
             }
             (w, _, true) => {
                 // Tied and dense (training, or a dense checkpoint): the head is the embedding table itself.
-                let dense = w.dense(device)?;
+                let dense = w.dense(host)?.to_device(device)?;
                 let head = match format {
                     WeightFormat::F32 => Linear::from_parts(QMatMul::Tensor(dense.clone()), None),
                     _ => Linear::new(Weight::Dense(dense.clone()), None, format, device)?,
@@ -167,8 +181,8 @@ impl Llama {
                 (Embedding::Dense(dense), head)
             }
             (w, _, false) => (
-                Embedding::Dense(w.dense(device)?),
-                Linear::new(src.weight("output.weight", device)?, None, format, device)?,
+                Embedding::Dense(w.dense(host)?.to_device(device)?),
+                Linear::new(src.weight("output.weight", host)?, None, format, device)?,
             ),
         })
     }
@@ -202,6 +216,22 @@ impl Llama {
         &self.device
     }
 
+    /// Whether this model runs the device path (`device_path.rs`).
+    pub fn uses_device_path(&self) -> bool {
+        self.device_path
+    }
+
+    /// Runs the device path from now on, on this model's own device: what a GPU runs, run where the
+    /// weights are (the tests run it on the CPU beside the CPU path). Needs dense weights (`F32`, `Bf16`).
+    pub fn use_device_path(&mut self) -> Result<()> {
+        let dense = |l: &Linear| l.dense().is_ok();
+        if !dense(&self.output) || self.blocks.iter().any(|b| !b.linears().into_iter().all(dense)) {
+            return Err(Error::InvalidInput("the device path needs a model loaded with f32 or bf16 weights".into()));
+        }
+        self.device_path = true;
+        Ok(())
+    }
+
     /// A private copy with the adapter merged into its weights (`W + scale B A`, in f32) and no adapter
     /// cost per token. Layers the adapter does not touch keep sharing the original's weights.
     /// Used to measure merged against unmerged serving (bench_generate); serving keeps adapters unmerged.
@@ -211,7 +241,7 @@ impl Llama {
             let Some(p) = pair else { return Ok(l.clone()) };
             let w = match &l.weight {
                 Weights::Candle(QMatMul::QTensor(q)) => q.dequantize(&self.device)?,
-                Weights::Candle(QMatMul::Tensor(t)) => t.clone(),
+                Weights::Candle(QMatMul::Tensor(t)) => t.to_dtype(DType::F32)?,
                 Weights::Candle(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
                 Weights::Quant(q) => Tensor::from_vec(q.dequantize(), (q.n(), q.k()), &self.device)?,
             };
@@ -246,6 +276,7 @@ impl Llama {
             output: self.output.clone(),
             rope: self.rope.clone(),
             device: self.device.clone(),
+            device_path: self.device_path,
         })
     }
 }

@@ -38,6 +38,9 @@ impl Llama {
     /// Training forward over a packed batch: logits `(loss_positions, vocab)` with gradients flowing to
     /// the adapter's variables only. Uses ops with a backward (see `ops.rs`); needs f32 weights.
     pub fn forward_train(&self, batch: &PackedBatch, adapter: &LoraAdapter, dropout: &mut Dropout) -> Result<Tensor> {
+        if self.device_path {
+            return self.forward_train_device(batch, adapter, dropout);
+        }
         let dev = &self.device;
         let att = self.packed_attention(batch)?;
         let scale = adapter.config.scale();

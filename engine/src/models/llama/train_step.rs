@@ -100,6 +100,7 @@ impl Llama {
     ) -> Result<Option<StepGradients>> {
         let plain = |l: &Linear| l.bias.is_none() && l.dense().is_ok();
         if dropout.p > 0.0
+            || self.device_path
             || !self.device.is_cpu()
             || batch.targets.is_empty()
             || !plain(&self.output)

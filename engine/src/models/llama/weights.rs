@@ -141,6 +141,9 @@ pub enum WeightFormat {
     F32,
     /// Requantized to 8 bits per weight (blocks of 32) at load.
     Q8_0,
+    /// Dequantized to bf16 on the model's device: what a GPU holds (inference, and training's frozen
+    /// base), half of f32's memory; runs the device path (`device_path.rs`) wherever it is loaded.
+    Bf16,
 }
 
 /// The int8-kernel form of a weight, where there is one: the file's Q4_1/Q8_0 blocks as they are (`Quantized`),
