@@ -86,15 +86,20 @@ fn count_tokens(model: &str, text: &str) -> i32 {
 }
 
 /// `PG_DISTILL_BUILD`, when the build sets it (scripts/install_extension.sh), tells two builds of one
-/// version apart: after an upgrade, a reconnecting session shows which library its server runs.
-#[pg_extern(immutable, parallel_safe)]
+/// version apart: after an upgrade, a reconnecting session shows which library its server runs. The
+/// device is the one `distill.device` gives this session now (hence STABLE, not IMMUTABLE).
+#[pg_extern(stable, parallel_safe)]
 fn version() -> String {
     let build = option_env!("PG_DISTILL_BUILD").map(|b| format!(", build {b}")).unwrap_or_default();
+    let device = match crate::guc::device() {
+        Ok(d) => distill_engine::device::device_name(&d),
+        Err(_) => "no usable device (see distill.device)".into(),
+    };
     format!(
-        "pg_distill {} (engine {}, {}{build})",
+        "pg_distill {} (engine {}, {}, models on {device}{build})",
         env!("CARGO_PKG_VERSION"),
         distill_engine::VERSION,
-        distill_engine::DEVICE
+        distill_engine::BUILD
     )
 }
 

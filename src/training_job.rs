@@ -133,6 +133,23 @@ impl Runner {
                 ),
             ));
         }
+        // On a GPU the device's own memory bounds the job: what it has free now, before the wait below.
+        if let (Some(need), Some((free, total))) =
+            (estimate.device_bytes, distill_engine::device::memory_info(model.llama.device()))
+        {
+            if need > free {
+                return Err(JobError::new(
+                    ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    format!(
+                        "this job would need about {} MB of GPU memory to train; {} has {} MB free of {} MB                          (hint: lower batch_size or max_seq_len in the options)",
+                        need >> 20,
+                        distill_engine::device::device_name(model.llama.device()),
+                        free >> 20,
+                        total >> 20
+                    ),
+                ));
+            }
+        }
         // Jobs training in other workers count against the same limit: wait for room.
         if !reserve_memory(job, estimate.bytes >> 20, limit >> 20)? {
             return if shutdown_requested() { requeue(job) } else { finish_cancelled(job) };
@@ -146,6 +163,7 @@ impl Runner {
             "skipped_rows": skipped,
             "validation_source": validation_source,
             "memory_estimate_mb": estimate.bytes >> 20,
+            "device_memory_estimate_mb": estimate.device_bytes.map(|b| b >> 20),
             "largest_batch_tokens": estimate.largest_batch_tokens,
             "threads": budget.threads(),
             "device": distill_engine::device::device_name(model.llama.device()),

@@ -6,7 +6,11 @@
 //!
 //! cargo run -p distill-engine --example memory_estimate -- --data ../shared/data/support_tickets \
 //!     [--batch 8] [--steps 3] [--threads 2] [--eval-rows 200] [--gen-rows 5] [--max-seq-len 512]
-//!     [--targets all|q,v] [--dropout 0] [--no-share-prefix]
+//!     [--targets all|q,v] [--dropout 0] [--no-share-prefix] [--format f32|bf16] [--device cpu|cuda]
+//!
+//! `--format bf16` loads the model as a GPU does and trains on the device path (`device_path.rs`); on
+//! the CPU its tensors are then what a GPU would hold, so the peak after loading checks the estimate's
+//! `device_estimate_mib`; `--device cuda` prints the GPU's own figures (`cuda_used_mib`).
 //!
 //! DIR holds train.csv and test.csv (id,text,label). Prompts are those of the quickstart
 //! (examples/tickets.sql) and of bench/finetune_sql.sh's banking77_10intent: the labels seen in
@@ -66,7 +70,15 @@ fn main() -> distill_engine::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = arg("--model-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
     let path = ModelStore::new(dir, false).resolve("smollm2-135m")?;
-    let model = TextModel::load(&path, WeightFormat::F32, &candle_core::Device::Cpu)?;
+    let format = match arg("--format").as_deref() {
+        None | Some("f32") => WeightFormat::F32,
+        Some("bf16") => WeightFormat::Bf16,
+        Some(f) => panic!("--format f32 or bf16, not {f}"),
+    };
+    let choice = distill_engine::device::DeviceChoice::parse(arg("--device").as_deref().unwrap_or("cpu"), "--device")?;
+    let device = distill_engine::device::select(choice, "--device")?;
+    let model = TextModel::load(&path, format, &device)?;
+    let device_free_after_load = distill_engine::device::memory_info(&device).map(|m| m.0);
     let loaded_rss = status_mib("VmRSS:");
     let load_peak = status_mib("VmHWM:");
     // From here the peak counts afresh, as in a worker that has its model loaded already.
@@ -102,6 +114,11 @@ fn main() -> distill_engine::Result<()> {
     let pool = distill_engine::threads::pool(num("--threads", 2))?;
     let (adapter, report) = pool.install(|| train(&model, &worst, &eval_set, &config, &mut NoObserver))?;
     let trained_peak = status_mib("VmHWM:");
+    // On a GPU: what it has in use now beyond what it had after loading (candle's allocator keeps
+    // freed blocks cached, so this is near the run's peak, not a measurement of it).
+    let cuda_used = device_free_after_load
+        .zip(distill_engine::device::memory_info(&device))
+        .map(|(before, now)| before.saturating_sub(now.0) >> 20);
     // The worker then answers the validation rows with the adapter (greedy, a reply budget).
     let budget = distill_engine::metrics::reply_budget(&model, eval_set.iter().map(|e| e.completion.as_str()))?;
     let opts = GenerateOptions { max_tokens: budget, ..Default::default() };
@@ -118,7 +135,11 @@ fn main() -> distill_engine::Result<()> {
             "batch_size": batch,
             "share_prefix": config.share_prefix,
             "amx": distill_engine::kernels::amx::available(),
+            "format": format!("{format:?}"),
+            "device": distill_engine::device::device_name(&device),
             "estimate_mib": estimate.bytes >> 20,
+            "device_estimate_mib": estimate.device_bytes.map(|b| b >> 20),
+            "cuda_used_mib": cuda_used,
             "largest_batch_tokens": estimate.largest_batch_tokens,
             "largest_batch_computed_tokens": estimate.largest_batch_computed_tokens,
             "run_largest_batch_computed_tokens": run_largest,

@@ -66,6 +66,17 @@ pub fn select(choice: DeviceChoice, what: &str) -> Result<Device> {
     }
 }
 
+/// Free and total bytes of a GPU's memory (None for the CPU, or where the driver does not say).
+pub fn memory_info(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some((free as u64, total as u64));
+    }
+    let _ = device;
+    None
+}
+
 /// A device as the settings name it (`cpu`, `cuda:0`), for DESCRIBE.
 pub fn device_name(device: &Device) -> String {
     match device.location() {

@@ -31,6 +31,5 @@ pub use train::{Example, MemoryEstimate, Progress, TrainConfig, TrainObserver, T
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Where tensors are computed: every model loads on the CPU (see `device.rs`). A CUDA build says so
-/// without claiming the GPU, which does no work yet.
-pub const DEVICE: &str = if device::CUDA_BUILD { "cpu; a CUDA build, models on the CPU" } else { "cpu" };
+/// What this build can compute on (`device.rs` picks the device per session and job).
+pub const BUILD: &str = if device::CUDA_BUILD { "CUDA build" } else { "CPU build" };

@@ -267,3 +267,18 @@ fn training_runs_track_the_cpu_and_export_the_same_format() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn the_memory_estimate_counts_the_device() {
+    let cfg = TrainConfig { batch_size: 4, ..Default::default() };
+    let data = tickets();
+    let on_cpu = distill_engine::train::estimate_memory(cpu(), &data, &cfg).unwrap();
+    assert!(on_cpu.device_bytes.is_none());
+    let on_device = distill_engine::train::estimate_memory(device_bf16(), &data, &cfg).unwrap();
+    let device = on_device.device_bytes.expect("the device path's estimate");
+    // The process keeps little; the device holds the weights, activations and attention.
+    assert!(on_device.bytes < on_cpu.bytes && device > on_cpu.bytes / 2, "{on_device:?} vs {on_cpu:?}");
+    let wider = TrainConfig { batch_size: 8, ..cfg };
+    let more = distill_engine::train::estimate_memory(device_bf16(), &data, &wider).unwrap().device_bytes.unwrap();
+    assert!(more > device, "a larger batch needs more: {more} vs {device}");
+}

@@ -463,6 +463,9 @@ pub struct MemoryEstimate {
     /// packed once per batch (`TrainConfig::share_prefix`).
     pub largest_batch_computed_tokens: usize,
     pub longest_example_tokens: usize,
+    /// On the device path (a GPU): what the device holds at the peak, by [`estimate_memory`]'s method
+    /// for that path; `bytes` is then the worker process's own memory.
+    pub device_bytes: Option<u64>,
 }
 
 /// Peak resident memory of a process that loads the f32 model and runs [`train`] on these examples
@@ -517,6 +520,31 @@ pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainCo
     // Weights of the blocks' matmuls and of the output head (a matmul whether tied or not).
     let matmul_params = l * (2 * h * hq + 2 * h * hk + 3 * h * i) + vocab * h;
     let params = matmul_params + if c.tie_word_embeddings { 0 } else { vocab * h };
+    let adapter_params: u64 =
+        config.lora.targets.iter().map(|t| t.dims(c)).map(|(fan_in, fan_out)| (fan_in + fan_out) as u64).sum::<u64>()
+            * config.lora.r as u64
+            * l;
+    let adapter = adapter_params * 4 * 7;
+    if model.llama.uses_device_path() {
+        // The device holds the frozen weights in their dtype (the embedding table beside them in f32),
+        // what candle's autograd keeps per token (as below), the attention groups' scores and
+        // probabilities (`heads x tokens²` per group and layer: `masked_softmax`), the logits and their
+        // log-softmax and gradient, the adapter. The process itself holds little: tokenizer, rows.
+        let weights = matmul_params * model.llama.weight_dtype().size_in_bytes() as u64 + vocab * h * 4;
+        let per_token = l * (40 * h + 20 * i) * 4;
+        // A group is one example, or a shared prefix with every example continuing it: the whole batch.
+        let group_tokens = ((k * longest * longest) as u64).max((computed as u64).pow(2));
+        let attention = l * c.num_attention_heads as u64 * group_tokens * 4 * 2;
+        let logits = completion_tokens as u64 * vocab * 4 * 3;
+        let sum = weights + per_token * computed as u64 + attention + logits + adapter;
+        return Ok(MemoryEstimate {
+            bytes: 200 << 20,
+            largest_batch_tokens: batch_tokens,
+            largest_batch_computed_tokens: computed,
+            longest_example_tokens: longest,
+            device_bytes: Some(sum + sum * 15 / 100),
+        });
+    }
     let packed = if crate::kernels::amx::available() { matmul_params * 2 * 2 } else { 0 };
     // The conditions of `Llama::train_step` that a configuration decides (f32 weights are a given).
     let hand_written = config.lora.dropout == 0.0 && !c.attention_bias && model.llama.device().is_cpu();
@@ -527,16 +555,12 @@ pub fn estimate_memory(model: &TextModel, examples: &[Example], config: &TrainCo
     } * 4;
     let logits = completion_tokens as u64 * vocab * 4 * 2;
     let attention = rayon::current_num_threads() as u64 * 3 * (longest as u64).pow(2) * 4;
-    let adapter_params: u64 =
-        config.lora.targets.iter().map(|t| t.dims(c)).map(|(fan_in, fan_out)| (fan_in + fan_out) as u64).sum::<u64>()
-            * config.lora.r as u64
-            * l;
-    let adapter = adapter_params * 4 * 7;
     let sum = params * 4 + packed + per_token * computed as u64 + logits + attention + adapter + (100 << 20);
     Ok(MemoryEstimate {
         bytes: sum + sum * 15 / 100,
         largest_batch_tokens: batch_tokens,
         largest_batch_computed_tokens: computed,
         longest_example_tokens: longest,
+        device_bytes: None,
     })
 }

@@ -6,11 +6,15 @@
 //! Precision: frozen weights are held in bf16 on a GPU (f32 when loaded so, as the tests do); their
 //! matmuls run in that dtype. The residual stream, norms, rotary embedding, attention and the
 //! adapters are f32: rounding a weight to bf16's 8-bit mantissa costs little, rounding a running sum
-//! would not. Training attention is one masked matmul over the whole packed batch (`(heads, m, m)`
-//! scores with the mask of [`PackedBatch`]: each token sees its own sequence's earlier tokens and the
-//! segment it continues): few kernel launches, at a cost quadratic in the batch's tokens.
+//! would not. Training attention runs over the packed batch's groups (a sequence, or a shared prefix
+//! with the sequences that continue it), padded to the longest and batched: one masked matmul for the
+//! whole batch whose cost is quadratic in a group's tokens, not in the batch's (a mask over all `m`
+//! tokens would take `heads x m²` scores per layer: 2.4 GB at 64 examples of 128 tokens).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use super::{KvCache, Linear, Llama, PackedBatch, RmsNorm};
 use crate::error::{Error, Result};
@@ -70,8 +74,8 @@ fn expand_kv(x: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// Softmax attention of `q (tq, heads, d)` over `k`, `v` `(tk, kv_heads, d)` plus an additive `mask`
-/// `(tq, tk)`: `(tq, heads * d)`. `training` takes candle's composed softmax (it has a backward).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
+/// `(tq, tk)`: `(tq, heads * d)` (inference; training's is [`Groups::attend`]).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (tq, heads, d) = q.dims3()?;
     let q = q.transpose(0, 1)?.contiguous()?;
     let (k, v) = (expand_kv(k, heads)?, expand_kv(v, heads)?);
@@ -79,11 +83,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, training: b
     if let Some(mask) = mask {
         scores = scores.broadcast_add(mask)?;
     }
-    let probs = if training {
-        candle_nn::ops::softmax(&scores, D::Minus1)?
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     Ok(probs.matmul(&v)?.transpose(0, 1)?.reshape((tq, heads * d))?)
 }
 
@@ -144,7 +144,7 @@ impl Llama {
                 let k = rope(&k.narrow(0, row, len)?.reshape((len, kv_heads, d))?, cos, sin, c.rope_interleaved)?;
                 let v = v.narrow(0, row, len)?.reshape((len, kv_heads, d))?;
                 let (k, v) = cache.append_tensors(i, k, v)?;
-                ys.push(attend(&q, &k, &v, mask.as_ref(), false)?);
+                ys.push(attend(&q, &k, &v, mask.as_ref())?);
                 row += len;
             }
             let y = Tensor::cat(&ys, 0)?;
@@ -182,7 +182,7 @@ impl Llama {
         }
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (cos, sin) = rope_rows(self, batch.positions.iter().map(|&p| p as usize), dev)?;
-        let mask = Tensor::from_vec(packed_mask(batch), (m, m), dev)?;
+        let groups = Groups::new(batch, dev)?;
         let scale = adapter.config.scale();
         let mut x = self.token_embd.lookup(&batch.ids, dev)?.to_dtype(DType::F32)?;
         for (i, b) in self.blocks.iter().enumerate() {
@@ -193,7 +193,7 @@ impl Llama {
             let v = linear(&b.attn_v, &h, lora(Target::V), Some(dropout))?;
             let q = rope(&q.reshape((m, heads, d))?, &cos, &sin, c.rope_interleaved)?;
             let k = rope(&k.reshape((m, kv_heads, d))?, &cos, &sin, c.rope_interleaved)?;
-            let y = attend(&q, &k, &v.reshape((m, kv_heads, d))?, Some(&mask), true)?;
+            let y = groups.attend(&q, &k, &v.reshape((m, kv_heads, d))?)?;
             x = (x + linear(&b.attn_output, &y, lora(Target::O), Some(dropout))?)?;
             let h = rms_norm(&x, &b.ffn_norm)?;
             let gate = linear(&b.ffn_gate, &h, lora(Target::Gate), Some(dropout))?;
@@ -206,20 +206,151 @@ impl Llama {
     }
 }
 
-/// The additive mask `(m, m)` of a packed batch: token `i` sees token `j` when `j` is an earlier (or
-/// the same) token of its own segment, or any token of the segment its segment continues.
-fn packed_mask(batch: &PackedBatch) -> Vec<f32> {
-    let m = batch.ids.len();
-    let mut mask = vec![f32::NEG_INFINITY; m * m];
-    for (s, &(start, len)) in batch.segments.iter().enumerate() {
-        let context = batch.continues[s].map(|c| batch.segments[c]);
-        for i in start..start + len {
-            let row = &mut mask[i * m..(i + 1) * m];
-            row[start..=i].fill(0.0);
-            if let Some((cs, cl)) = context {
-                row[cs..cs + cl].fill(0.0);
+/// How training attention sees a packed batch: its groups (a segment and the segments continuing it)
+/// padded to the longest, as indices into the batch's rows, the mask of each, and where each row went.
+struct Groups {
+    /// Row of the batch at each padded slot `(groups * longest)`; padding repeats row 0.
+    gather: Tensor,
+    /// Slot of each batch row, to bring the output back to the batch's order.
+    scatter: Tensor,
+    /// Additive mask `(groups, 1, longest, longest)`: a row sees earlier rows of its own segment and
+    /// every row of the segment it continues; a padding row sees itself (its output is dropped).
+    mask: Tensor,
+    count: usize,
+    longest: usize,
+}
+
+impl Groups {
+    fn new(batch: &PackedBatch, device: &Device) -> Result<Self> {
+        // Each segment's group: its own, or that of the segment it continues.
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut group_of = vec![usize::MAX; batch.segments.len()];
+        for s in 0..batch.segments.len() {
+            let g = match batch.continues[s] {
+                Some(c) if group_of[c] != usize::MAX => group_of[c],
+                _ => {
+                    members.push(Vec::new());
+                    members.len() - 1
+                }
+            };
+            group_of[s] = g;
+            members[g].push(s);
+        }
+        let rows = |g: &Vec<usize>| g.iter().map(|&s| batch.segments[s].1).sum::<usize>();
+        let longest = members.iter().map(rows).max().unwrap_or(0);
+        let count = members.len();
+        let mut gather = vec![0u32; count * longest];
+        let mut scatter = vec![0u32; batch.ids.len()];
+        let mut mask = vec![f32::NEG_INFINITY; count * longest * longest];
+        for (g, segs) in members.iter().enumerate() {
+            let mask = &mut mask[g * longest * longest..][..longest * longest];
+            // Each segment's first slot in the group.
+            let mut at = Vec::with_capacity(segs.len());
+            let mut slot = 0;
+            for &s in segs {
+                at.push(slot);
+                let (start, len) = batch.segments[s];
+                for r in 0..len {
+                    gather[g * longest + slot + r] = (start + r) as u32;
+                    scatter[start + r] = (g * longest + slot + r) as u32;
+                }
+                slot += len;
+            }
+            for (i, &s) in segs.iter().enumerate() {
+                let len = batch.segments[s].1;
+                let context = batch.continues[s].and_then(|c| segs.iter().position(|&t| t == c));
+                for r in 0..len {
+                    let row = &mut mask[(at[i] + r) * longest..][..longest];
+                    row[at[i]..=at[i] + r].fill(0.0);
+                    if let Some(c) = context {
+                        row[at[c]..at[c] + batch.segments[segs[c]].1].fill(0.0);
+                    }
+                }
+            }
+            for pad in slot..longest {
+                mask[pad * longest + pad] = 0.0;
             }
         }
+        Ok(Self {
+            gather: Tensor::new(gather, device)?,
+            scatter: Tensor::new(scatter, device)?,
+            mask: Tensor::from_vec(mask, (count, 1, longest, longest), device)?,
+            count,
+            longest,
+        })
     }
-    mask
+
+    /// Attention of the batch's `q (m, heads, d)` over its `k`, `v` `(m, kv_heads, d)`: `(m, heads * d)`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (_, heads, d) = q.dims3()?;
+        let kv_heads = k.dim(1)?;
+        let (g, l) = (self.count, self.longest);
+        // (m, h, d) -> (groups, h, longest, d) in the padded order.
+        let grouped = |x: &Tensor, h: usize| -> Result<Tensor> {
+            Ok(x.index_select(&self.gather, 0)?.reshape((g, l, h, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = grouped(q, heads)?;
+        let expand = |x: Tensor| -> Result<Tensor> {
+            if kv_heads == heads {
+                return Ok(x);
+            }
+            let x = x.unsqueeze(2)?.expand((g, kv_heads, heads / kv_heads, l, d))?;
+            Ok(x.reshape((g, heads, l, d))?)
+        };
+        let (k, v) = (expand(grouped(k, kv_heads)?)?, expand(grouped(v, kv_heads)?)?);
+        let q = (q * (1.0 / (d as f64).sqrt()))?;
+        let probs = masked_softmax(&q.matmul(&k.t()?)?, &self.mask)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((g * l, heads * d))?;
+        Ok(out.index_select(&self.scatter, 0)?)
+    }
+}
+
+/// `softmax(scores + mask)` over the last dimension, with a backward. candle's fused softmax has none,
+/// and its composed one (`candle_nn::ops::softmax`) keeps four tensors the size of the scores per
+/// layer for the backward, the mask's sum a fifth: the largest buffers of training attention. Here
+/// the fused kernel computes the probabilities outside the graph, and the op that hands them to the
+/// graph keeps only its output: scores and probabilities, two such tensors a layer.
+fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let probs = candle_nn::ops::softmax_last_dim(&scores.detach().broadcast_add(mask)?)?;
+    Ok(scores.apply_op1_arc(Arc::new(Box::new(Softmax(Mutex::new(Some(probs))))))?)
+}
+
+/// Hands over the probabilities computed outside the graph, once.
+struct Softmax(Mutex<Option<Tensor>>);
+
+impl Softmax {
+    fn take(&self) -> candle_core::Result<Tensor> {
+        self.0.lock().take().ok_or_else(|| candle_core::Error::Msg("masked-softmax: run twice".into()))
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let probs = self.take()?;
+        let (storage, layout) = probs.storage_and_layout();
+        let Storage::Cpu(p) = &*storage else { candle_core::bail!("masked-softmax: not on the CPU") };
+        Ok((p.try_clone(layout)?, layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let probs = self.take()?;
+        let (storage, layout) = probs.storage_and_layout();
+        let Storage::Cuda(p) = &*storage else { candle_core::bail!("masked-softmax: not on the GPU") };
+        Ok((p.try_clone(layout)?, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _scores: &Tensor, probs: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // d softmax: p ⊙ (g - Σ g ⊙ p) over the last dimension; the mask is a constant.
+        let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((probs * grad.broadcast_sub(&dot)?)?))
+    }
 }

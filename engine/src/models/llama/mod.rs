@@ -216,6 +216,15 @@ impl Llama {
         &self.device
     }
 
+    /// The dtype of the linear layers' weights as held (quantized ones count as one byte a weight).
+    pub fn weight_dtype(&self) -> DType {
+        match &self.output.weight {
+            Weights::Candle(QMatMul::Tensor(t)) => t.dtype(),
+            Weights::Candle(QMatMul::TensorF16(_)) => DType::F16,
+            _ => DType::U8,
+        }
+    }
+
     /// Whether this model runs the device path (`device_path.rs`).
     pub fn uses_device_path(&self) -> bool {
         self.device_path
