@@ -95,6 +95,8 @@ def make_batch(examples, pad_id, torch):
 
 def ce_sum(model, ids, attn, labels, torch):
     """Sum of cross-entropy over label != -100 (labels[t] predicted from logits[t-1]) and its count."""
+    device = next(model.parameters()).device
+    ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
     logits = model(input_ids=ids, attention_mask=attn).logits
     shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
     shift_labels = labels[:, 1:].reshape(-1)
@@ -124,6 +126,9 @@ def main():
     ap.add_argument("--init-adapter", default=None,
                     help="PEFT adapter directory whose lora_A/lora_B start training (bench_train --dump-init)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = all; for smoke tests)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (the engine's device path's peer)")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="the frozen base's dtype (bf16 as the engine holds it on a GPU; PEFT keeps the adapter f32)")
     args = ap.parse_args()
 
     import torch
@@ -150,7 +155,8 @@ def main():
     targets = parse_targets(args.targets)
 
     t0 = time.time()
-    base, cfg = load_llama_from_gguf(args.gguf, dtype=torch.float32)
+    base, cfg = load_llama_from_gguf(args.gguf, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    base = base.to(args.device)
     load_s = time.time() - t0
     pad_id = cfg["pad_token_id"] if cfg.get("pad_token_id") is not None else cfg["eos_token_id"]
     torch.manual_seed(args.seed)  # LoRA init draws from here
@@ -222,6 +228,8 @@ def main():
         epoch_losses.append(loss_sum_epoch / max(loss_tok_epoch, 1))
         if stop:
             break
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
     wall_s = time.perf_counter() - t_start
 
     model.eval()
@@ -260,6 +268,8 @@ def main():
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "device": args.device,
+        "dtype": args.dtype,
         "schedule": args.schedule,
         "order": args.order,
         "init_adapter": bool(args.init_adapter),

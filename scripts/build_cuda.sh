@@ -2,11 +2,23 @@
 # The CUDA build, on a machine without a GPU or a CUDA toolkit: the compiler (nvcc 13.0, its NVVM),
 # headers and CCCL come from NVIDIA's PyPI wheels, pinned to CUDA 13.0 (the device machine's driver
 # supports 13.0; PTX from a newer nvcc would not load there), unpacked once into
-# ~/.cache/pg_distill/cuda-13.0 (sha256 of each wheel checked by pip's --require-hashes).
-#   bash scripts/build_cuda.sh            cargo check of the engine, its tests and the extension with
-#                                         --features cuda (what CI runs: it compiles every CUDA-gated
-#                                         line and candle's kernels, and links nothing)
+# ~/.cache/pg_distill/cuda-13.0 (sha256 of each wheel checked by pip's --require-hashes). Builds go to
+# target/cuda (their RUSTFLAGS, the stand-ins' folder below, would otherwise rebuild target/).
+#   bash scripts/build_cuda.sh            what CI runs: builds the extension and the engine's tests
+#                                         with --features cuda, linked against stand-ins for the CUDA
+#                                         libraries (scripts/cuda_link_stubs.py: this machine has none),
+#                                         and runs the engine's device tests here: with no driver,
+#                                         `auto` falls back to the CPU (the device path's tests pass on
+#                                         it) and `cuda` is refused, saying why
 #   bash scripts/build_cuda.sh env        prints the environment (PATH, CUDA_ROOT, CUDA_COMPUTE_CAP) to eval
+#   bash scripts/build_cuda.sh device     the above, then prepares .device/ for a lent GPU machine: the
+#                                         device_path test, bench_train and classify_rows binaries
+#                                         (stripped, xz), the model in two parts, the benchmark's token ids
+#                                         and initial adapter, the gguf wheel hf_from_gguf.py reads with;
+#                                         then run on the device (two `run` calls, 64 MiB each):
+#                                           carry [".device/model.part1"], command "true"
+#                                           carry [".device"] without part1 (kept there from the first
+#                                           call), command "bash scripts/device_check.sh"
 # CUDA_COMPUTE_CAP (default 90: the H200) picks the architecture candle's kernels compile for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,4 +47,53 @@ if [ "${1:-}" = env ]; then
   exit 0
 fi
 nvcc --version | tail -2 >&2
-(source scripts/private_pg.sh && cargo check --workspace --all-targets --features pg15,cuda)
+
+stubs=$PWD/target/cuda/link-stubs
+export CARGO_TARGET_DIR=$PWD/target/cuda RUSTFLAGS="-L native=$stubs"
+build=(cargo build -p distill-engine --features cuda --lib --tests --example bench_train --example classify_rows)
+mkdir -p "$stubs"
+# The stand-ins come from the symbols cudarc's library calls: a first build makes it (and fails to
+# link where the stand-ins are still missing).
+[ -e "$stubs/libcuda.so.1" ] || "${build[@]}" -q 2>/dev/null || true
+python3 scripts/cuda_link_stubs.py "$stubs" "$CARGO_TARGET_DIR"/debug/deps/libcudarc-*.rlib
+# candle's MoE kernels link the CUDA runtime, which the runtime wheel has (only versioned).
+ln -sf "$cuda/lib/libcudart.so.13" "$stubs/libcudart.so"
+# The extension itself, linked the same way (every CUDA-gated line of src/ compiled).
+(source scripts/private_pg.sh && cargo build -p pg_distill --features pg15,cuda --lib)
+"${build[@]}"
+bins=$("${build[@]}" --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])')
+bin() { awk -v n="$1" '$1 == n {print $2}' <<<"$bins" | head -1; }
+echo "== the CUDA build here, with no driver: auto is the CPU, cuda is refused with the reason" >&2
+export LD_LIBRARY_PATH=$stubs:$cuda/lib DISTILL_MODEL_DIR=${DISTILL_MODEL_DIR:-$PWD/models}
+"$(bin distill_engine)" device::
+"$(bin device_path)" --test-threads 1
+if DISTILL_TEST_DEVICE=cuda "$(bin device_path)" inference_in_f32 >"$stubs/refused.log" 2>&1; then
+  echo "DISTILL_TEST_DEVICE=cuda ran without a GPU" >&2; exit 1
+fi
+grep -q "no usable CUDA device 0" "$stubs/refused.log" || { cat "$stubs/refused.log" >&2; exit 1; }
+[ "${1:-}" = device ] || exit 0
+
+echo "== .device/ for a lent GPU machine" >&2
+d=.device
+grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >>.git/info/exclude
+rm -rf "$d" && mkdir -p "$d/bin" "$d/wheels"
+for b in device_path bench_train classify_rows; do
+  strip -o "$d/bin/$b" "$(bin $b)" && xz -T2 -6 "$d/bin/$b"
+done
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+half=$(( ($(stat -c %s "$model") + 1) / 2 ))
+head -c "$half" "$model" >"$d/model.part1" && tail -c +$((half + 1)) "$model" >"$d/model.part2"
+(cd models && sha256sum "$(basename "$model")") >"$d/model.sha256"
+# The benchmark's token ids, example order and initial adapter, made by the CPU build (as
+# bench/train_vs_peft.sh does), so both sides train on the same.
+unset CARGO_TARGET_DIR RUSTFLAGS LD_LIBRARY_PATH
+cargo build -q -p distill-engine --example bench_train
+target/debug/examples/bench_train --data data/banking77_10intent --epochs 1 --dump-tokens "$d/tokens.json"
+target/debug/examples/bench_train --data data/banking77_10intent --targets all --dump-init "$d/init-all"
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$d/wheels" gguf==0.19.0
+du -sh "$d" "$d"/* >&2

@@ -3,7 +3,8 @@
 //!
 //! cargo run -p distill-engine --example bench_train -- --data ../shared/data/banking77_10intent \
 //!     [--targets q,v|all] [--epochs 1] [--batch 8] [--lr 1e-3] [--r 8] [--alpha 16] [--threads 2]
-//!     [--train-rows N] [--eval-rows 200] [--no-share-prefix] [--dump-tokens FILE]   (FILE: the tokenized examples and the order
+//!     [--train-rows N] [--eval-rows 200] [--no-share-prefix] [--device cpu|cuda|cuda:N]  (a GPU trains the
+//!     device path on bf16 weights) [--dump-tokens FILE]   (FILE: the tokenized examples and the order
 //!     training visits them in, for the peer; then exit) [--dump-init DIR]   (DIR: the adapter training starts
 //!     from, in PEFT's format, for the peer; then exit)
 
@@ -62,7 +63,10 @@ fn main() -> distill_engine::Result<()> {
     };
     let dir = arg("--model-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
     let path = ModelStore::new(dir, false).resolve("smollm2-135m")?;
-    let model = TextModel::load(&path, WeightFormat::F32, &candle_core::Device::Cpu)?;
+    let choice = distill_engine::device::DeviceChoice::parse(arg("--device").as_deref().unwrap_or("cpu"), "--device")?;
+    let device = distill_engine::device::select(choice, "--device")?;
+    let format = if device.is_cpu() { WeightFormat::F32 } else { WeightFormat::Bf16 };
+    let model = TextModel::load(&path, format, &device)?;
 
     if let Some(file) = arg("--dump-tokens") {
         let dump = |set: &[Example]| -> distill_engine::Result<Vec<serde_json::Value>> {
@@ -96,6 +100,7 @@ fn main() -> distill_engine::Result<()> {
         serde_json::json!({
             "impl": if config.share_prefix { "pg_distill engine" } else { "pg_distill engine, no shared prefix" },
             "targets": names.join(","),
+            "device": distill_engine::device::device_name(&device),
             "computed_tokens": report.computed_tokens,
             "real_tokens": report.trained_tokens,
             "padded_tokens": report.trained_tokens,

@@ -2,7 +2,7 @@
 //! prompts, one after another as `SELECT complete(...) FROM t` runs them, with a time breakdown.
 //!
 //! cargo run -p distill-engine --example classify_rows -- --prompts prompts.json \
-//!     [--format file|q8_0|f32] [--threads 2] [--max-tokens 12] [--no-prefix-cache] [--out FILE]
+//!     [--format file|q8_0|f32|bf16] [--device cpu|cuda|cuda:N] [--model-dir DIR] [--threads 2] [--max-tokens 12] [--no-prefix-cache] [--out FILE]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,6 +16,7 @@ fn main() -> distill_engine::Result<()> {
         None | Some("file") => WeightFormat::Quantized,
         Some("q8_0") => WeightFormat::Q8_0,
         Some("f32") => WeightFormat::F32,
+        Some("bf16") => WeightFormat::Bf16,
         Some(f) => panic!("unknown format {f}"),
     };
     let threads: usize = arg("--threads").map(|v| v.parse().unwrap()).unwrap_or(2);
@@ -24,10 +25,15 @@ fn main() -> distill_engine::Result<()> {
     let prompts: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(arg("--prompts").expect("--prompts FILE"))?).expect("JSON list");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = ModelStore::new(root.join("models"), false).resolve("smollm2-135m")?;
+    let dir = arg("--model-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
+    let path = ModelStore::new(dir, false).resolve("smollm2-135m")?;
     let pool = distill_engine::threads::pool(threads)?;
     let loaded = Instant::now();
-    let model = TextModel::load(&path, format, &candle_core::Device::Cpu)?;
+    let choice = distill_engine::device::DeviceChoice::parse(arg("--device").as_deref().unwrap_or("cpu"), "--device")?;
+    let device = distill_engine::device::select(choice, "--device")?;
+    // A GPU holds bf16 (or f32) weights: its quantized formats have CPU kernels only.
+    let format = if device.is_cpu() || format == WeightFormat::F32 { format } else { WeightFormat::Bf16 };
+    let model = TextModel::load(&path, format, &device)?;
     let load_s = loaded.elapsed().as_secs_f64();
     let opts = GenerateOptions { max_tokens, ..Default::default() };
     let (mut prompt_tokens, mut generated) = (0, 0);
@@ -48,7 +54,8 @@ fn main() -> distill_engine::Result<()> {
     })?;
     let secs = started.elapsed().as_secs_f64();
     let report = serde_json::json!({
-        "format": arg("--format").unwrap_or_else(|| "file".into()),
+        "format": format!("{format:?}"),
+        "device": distill_engine::device::device_name(&device),
         "prefix_cache": prefix_cache,
         "rows": prompts.len(),
         "seconds": secs,

@@ -48,7 +48,10 @@ fn cuda(n: usize) -> std::result::Result<Device, String> {
         .lock()
         .get_or_insert_with(HashMap::new)
         .entry(n)
-        .or_insert_with(|| Device::new_cuda(n).map_err(|e| e.to_string()))
+        .or_insert_with(|| {
+            // candle's error carries a backtrace when RUST_BACKTRACE is set: its first line says it.
+            Device::new_cuda(n).map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+        })
         .clone()
 }
 

@@ -6,8 +6,12 @@ use std::sync::OnceLock;
 
 use distill_engine::{ModelStore, TextModel, WeightFormat};
 
+/// The repository's root: $DISTILL_REPO_ROOT (a test binary run on another machine,
+/// scripts/device_check.sh), else where this file was compiled.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    std::env::var_os("DISTILL_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf())
 }
 
 /// The model directory: $DISTILL_MODEL_DIR, or `models/` at the repository root where set-up puts it.

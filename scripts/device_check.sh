@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 25's proof on a lent GPU machine (the `device` tool): run there, from the repository's root,
+# over what `bash scripts/build_cuda.sh device` prepared in .device/ (carried: the working tree that
+# travels is limited to 64 MiB, so the 98 MB model goes in two calls, see that script). Writes every
+# log and JSON result under $OUT, prints ratios first:
+#   1. the engine's device tests on the GPU (engine/tests/device_path.rs with DISTILL_TEST_DEVICE=cuda:0:
+#      logits, LoRA gradients, a short training run's losses and PEFT export against the CPU path);
+#   2. one epoch of banking77_10intent (982 examples, LoRA r=8 on all seven targets, batch 8 and 32),
+#      the engine on CUDA vs torch + PEFT on the same GPU (the image's PyTorch), same token ids, order
+#      and initial adapter, frozen base in bf16 on both;
+#   3. phase C's 1,000 ticket rows, greedy, at most 12 new tokens, one row after another, on CUDA.
+#   bash scripts/device_check.sh   (OUT: where results go; default /tmp/device-check)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/device-check} && mkdir -p "$out"
+d=.device
+exec > >(tee "$out/check.log") 2>&1
+nvidia-smi -L || true
+
+# The model, from its parts.
+mkdir -p models
+cat "$d"/model.part* > models/SmolLM2-135M-Instruct.Q4_1.gguf
+(cd models && sha256sum -c "../$d/model.sha256") || { echo "model parts missing or damaged"; exit 1; }
+# The binaries and the PyTorch image's CUDA libraries (cuBLAS, cuRAND, NVRTC from its nvidia-* wheels;
+# the driver's libcuda from its own folder).
+mkdir -p /tmp/bin
+for x in "$d"/bin/*.xz; do python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$x" "/tmp/bin/$(basename "$x" .xz)"; done
+chmod +x /tmp/bin/*
+libs=$(python3 - <<'PY'
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages():
+    for f in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(f))
+print(":".join(sorted(dirs)))
+PY
+)
+export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+ldd /tmp/bin/device_path | grep -E "cuda|cublas|curand|nvrtc"
+export DISTILL_REPO_ROOT=$PWD DISTILL_MODEL_DIR=$PWD/models DISTILL_TEST_DEVICE=cuda:0
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$d"/wheels/*.whl && export PYTHONPATH=/tmp/site
+
+echo "== 1. device tests (CUDA against the CPU path)"
+/tmp/bin/device_path --test-threads 1 --nocapture 2>&1 | tee "$out/tests.log"
+tests=${PIPESTATUS[0]}
+
+echo "== 2. training: one epoch of banking77_10intent, engine on CUDA vs torch + PEFT"
+for batch in 8 32; do
+  /tmp/bin/bench_train --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device cuda \
+    --model-dir models >"$out/engine-b$batch.json"
+  python3 bench/peft_train.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --tokens "$d/tokens.json" \
+    --targets all --epochs 1 --batch-size "$batch" --lr 1e-3 --r 8 --alpha 16 --warmup-ratio 0.1 --max-grad-norm 1.0 \
+    --seed 42 --order engine --init-adapter "$d/init-all" --device cuda --dtype bf16 >"$out/peft-b$batch.json"
+done
+
+echo "== 3. 1,000 ticket rows on CUDA"
+python3 bench/make_ticket_rows.py 1000 /tmp/rows >/dev/null
+/tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device cuda --model-dir models --out "$out/rows.json" \
+  >"$out/classify.json"
+
+echo "== results"
+python3 - "$out" "$tests" <<'PY'
+import json, sys
+out, tests = sys.argv[1], sys.argv[2]
+print(f"device tests: {'passed' if tests == '0' else 'FAILED (exit ' + tests + ')'}")
+for b in (8, 32):
+    try:
+        e = json.load(open(f"{out}/engine-b{b}.json")); p = json.load(open(f"{out}/peft-b{b}.json"))
+    except Exception as err:
+        print(f"batch {b}: no result ({err})"); continue
+    r = e["real_tokens_per_s"] / p["real_tokens_per_s"]
+    print(f"T batch {b}: engine/torch+PEFT {r:.2f}x ({e['real_tokens_per_s']:.0f} vs {p['real_tokens_per_s']:.0f} real tok/s; "
+          f"eval loss {e.get('eval_loss')} vs {p.get('eval_loss')})")
+try:
+    c = json.load(open(f"{out}/classify.json"))
+    print(f"C: {c['rows_per_s']:.2f} rows/s on {c.get('device')} ({c['rows']} rows, {c['seconds']:.1f} s)")
+except Exception as err:
+    print(f"C: no result ({err})")
+PY
