@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 25's proof on a lent GPU machine (the `device` tool): run there, from the repository's root,
-# over what `bash scripts/build_cuda.sh device` prepared in .device/ (carried: the working tree that
-# travels is limited to 64 MiB, so the 98 MB model goes in two calls, see that script). Writes every
+# over what `bash scripts/build_cuda.sh device` prepared in .device/1 to .device/3 (carried by three
+# calls, the last one running this: what travels is limited to 64 MiB a call). Writes every
 # log and JSON result under $OUT, prints ratios first:
 #   1. the engine's device tests on the GPU (engine/tests/device_path.rs with DISTILL_TEST_DEVICE=cuda:0:
 #      logits, LoRA gradients, a short training run's losses and PEFT export against the CPU path);
@@ -19,12 +19,12 @@ nvidia-smi -L || true
 
 # The model, from its parts.
 mkdir -p models
-cat "$d"/model.part* > models/SmolLM2-135M-Instruct.Q4_1.gguf
-(cd models && sha256sum -c "../$d/model.sha256") || { echo "model parts missing or damaged"; exit 1; }
+cat "$d"/1/model.part1 "$d"/2/model.part2 > models/SmolLM2-135M-Instruct.Q4_1.gguf
+(cd models && sha256sum -c "../$d/2/model.sha256") || { echo "model parts missing or damaged"; exit 1; }
 # The binaries and the PyTorch image's CUDA libraries (cuBLAS, cuRAND, NVRTC from its nvidia-* wheels;
 # the driver's libcuda from its own folder).
 mkdir -p /tmp/bin
-for x in "$d"/bin/*.xz; do python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$x" "/tmp/bin/$(basename "$x" .xz)"; done
+for x in "$d"/3/bin/*.xz; do python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$x" "/tmp/bin/$(basename "$x" .xz)"; done
 chmod +x /tmp/bin/*
 libs=$(python3 - <<'PY'
 import glob, os, site
@@ -38,7 +38,7 @@ PY
 export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 ldd /tmp/bin/device_path | grep -E "cuda|cublas|curand|nvrtc"
 export DISTILL_REPO_ROOT=$PWD DISTILL_MODEL_DIR=$PWD/models DISTILL_TEST_DEVICE=cuda:0
-python3 -m pip install -q --no-index --no-deps --target /tmp/site "$d"/wheels/*.whl && export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$d"/2/wheels/*.whl && export PYTHONPATH=/tmp/site
 
 echo "== 1. device tests (CUDA against the CPU path)"
 /tmp/bin/device_path --test-threads 1 --nocapture 2>&1 | tee "$out/tests.log"
@@ -48,9 +48,9 @@ echo "== 2. training: one epoch of banking77_10intent, engine on CUDA vs torch +
 for batch in 8 32; do
   /tmp/bin/bench_train --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device cuda \
     --model-dir models >"$out/engine-b$batch.json"
-  python3 bench/peft_train.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --tokens "$d/tokens.json" \
+  python3 bench/peft_train.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --tokens "$d/2/tokens.json" \
     --targets all --epochs 1 --batch-size "$batch" --lr 1e-3 --r 8 --alpha 16 --warmup-ratio 0.1 --max-grad-norm 1.0 \
-    --seed 42 --order engine --init-adapter "$d/init-all" --device cuda --dtype bf16 >"$out/peft-b$batch.json"
+    --seed 42 --order engine --init-adapter "$d/2/init-all" --device cuda --dtype bf16 >"$out/peft-b$batch.json"
 done
 
 echo "== 3. 1,000 ticket rows on CUDA"

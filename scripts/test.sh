@@ -71,5 +71,6 @@ bash tests/concurrent_jobs.sh
 echo "== shared weights: one prepared copy per machine, rebuilt when damaged, private when unwritable"
 bash tests/shared_weights.sh
 
-echo "== CUDA build: cargo check --features cuda, the compiler from PyPI (no GPU needed; about 6 minutes)"
+echo "== CUDA build: the extension and the engine's tests built with --features cuda (the compiler from PyPI,"
+echo "   stand-ins for the CUDA libraries), the device tests run here with no driver (no GPU needed; ~25 min clean)"
 bash scripts/build_cuda.sh
