@@ -2,12 +2,13 @@
 # The CUDA build, on a machine without a GPU or a CUDA toolkit: the compiler (nvcc 13.0, its NVVM),
 # headers and CCCL come from NVIDIA's PyPI wheels, pinned to CUDA 13.0 (the device machine's driver
 # supports 13.0; PTX from a newer nvcc would not load there), unpacked once into
-# ~/.cache/pg_distill/cuda-13.0 (sha256 of each wheel checked by pip's --require-hashes). Builds go to
-# target/cuda (their RUSTFLAGS, the stand-ins' folder below, would otherwise rebuild target/).
-#   bash scripts/build_cuda.sh            what CI runs: builds the extension and the engine's tests
-#                                         with --features cuda, linked against stand-ins for the CUDA
-#                                         libraries (scripts/cuda_link_stubs.py: this machine has none),
-#                                         and runs the engine's device tests here: with no driver,
+# ~/.cache/pg_distill/cuda-13.0 (sha256 of each wheel checked by pip's --require-hashes).
+#   bash scripts/build_cuda.sh            what CI runs: clippy over the workspace with --features cuda
+#                                         (every CUDA-gated line of the extension and engine), then builds
+#                                         the engine's tests with it, linked against stand-ins for the CUDA
+#                                         libraries (scripts/cuda_link_stubs.py: this machine has none;
+#                                         they go into the cache's lib/, beside the runtime), and
+#                                         runs the engine's device tests here: with no driver,
 #                                         `auto` falls back to the CPU (the device path's tests pass on
 #                                         it) and `cuda` is refused, saying why
 #   bash scripts/build_cuda.sh env        prints the environment (PATH, CUDA_ROOT, CUDA_COMPUTE_CAP) to eval
@@ -48,18 +49,18 @@ if [ "${1:-}" = env ]; then
 fi
 nvcc --version | tail -2 >&2
 
-stubs=$PWD/target/cuda/link-stubs
-export CARGO_TARGET_DIR=$PWD/target/cuda RUSTFLAGS="-L native=$stubs"
+# The stand-ins go beside the runtime library, in the folder cudarc's build script always puts on the
+# link path (lib/stubs, a toolkit's own place for them, is added only if it existed when that script
+# first ran).
+stubs=$cuda/lib
 build=(cargo build -p distill-engine --features cuda --lib --tests --example bench_train --example classify_rows)
-mkdir -p "$stubs"
+(source scripts/private_pg.sh && cargo clippy --workspace --all-targets --features pg15,cuda -- -D warnings)
 # The stand-ins come from the symbols cudarc's library calls: a first build makes it (and fails to
 # link where the stand-ins are still missing).
 [ -e "$stubs/libcuda.so.1" ] || "${build[@]}" -q 2>/dev/null || true
-python3 scripts/cuda_link_stubs.py "$stubs" "$CARGO_TARGET_DIR"/debug/deps/libcudarc-*.rlib
+python3 scripts/cuda_link_stubs.py "$stubs" target/debug/deps/libcudarc-*.rlib
 # candle's MoE kernels link the CUDA runtime, which the runtime wheel has (only versioned).
-ln -sf "$cuda/lib/libcudart.so.13" "$stubs/libcudart.so"
-# The extension itself, linked the same way (every CUDA-gated line of src/ compiled).
-(source scripts/private_pg.sh && cargo build -p pg_distill --features pg15,cuda --lib)
+ln -sf libcudart.so.13 "$stubs/libcudart.so"
 "${build[@]}"
 bins=$("${build[@]}" --message-format=json 2>/dev/null | python3 -c '
 import json, sys
@@ -69,13 +70,13 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])')
 bin() { awk -v n="$1" '$1 == n {print $2}' <<<"$bins" | head -1; }
 echo "== the CUDA build here, with no driver: auto is the CPU, cuda is refused with the reason" >&2
-export LD_LIBRARY_PATH=$stubs:$cuda/lib DISTILL_MODEL_DIR=${DISTILL_MODEL_DIR:-$PWD/models}
+export LD_LIBRARY_PATH=$stubs DISTILL_MODEL_DIR=${DISTILL_MODEL_DIR:-$PWD/models}
 "$(bin distill_engine)" device::
 "$(bin device_path)" --test-threads 1
-if DISTILL_TEST_DEVICE=cuda "$(bin device_path)" inference_in_f32 >"$stubs/refused.log" 2>&1; then
+if DISTILL_TEST_DEVICE=cuda "$(bin device_path)" inference_in_f32 >/tmp/pg_distill-cuda-refused.log 2>&1; then
   echo "DISTILL_TEST_DEVICE=cuda ran without a GPU" >&2; exit 1
 fi
-grep -q "no usable CUDA device 0" "$stubs/refused.log" || { cat "$stubs/refused.log" >&2; exit 1; }
+grep -q "no usable CUDA device 0" /tmp/pg_distill-cuda-refused.log || { cat /tmp/pg_distill-cuda-refused.log >&2; exit 1; }
 [ "${1:-}" = device ] || exit 0
 
 echo "== .device/ for a lent GPU machine" >&2
@@ -85,6 +86,10 @@ echo "== .device/ for a lent GPU machine" >&2
 d=.device
 grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >>.git/info/exclude
 rm -rf "$d" && mkdir -p "$d/1" "$d/2/wheels" "$d/3/bin"
+# The CUDA binaries first: the CPU build of bench_train below takes its place in target/debug/examples.
+for b in device_path bench_train classify_rows; do
+  strip -o "$d/3/bin/$b" "$(bin $b)" && xz -T2 -6 "$d/3/bin/$b"
+done
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 first=60000000
 head -c "$first" "$model" >"$d/1/model.part1" && tail -c +$((first + 1)) "$model" >"$d/2/model.part2"
@@ -92,15 +97,12 @@ head -c "$first" "$model" >"$d/1/model.part1" && tail -c +$((first + 1)) "$model
 # The benchmark's token ids, example order and initial adapter, made by the CPU build (as
 # bench/train_vs_peft.sh does), so both sides train on the same.
 (
-  unset CARGO_TARGET_DIR RUSTFLAGS LD_LIBRARY_PATH
+  unset LD_LIBRARY_PATH
   cargo build -q -p distill-engine --example bench_train
   target/debug/examples/bench_train --data data/banking77_10intent --epochs 1 --dump-tokens "$d/2/tokens.json"
   target/debug/examples/bench_train --data data/banking77_10intent --targets all --dump-init "$d/2/init-all"
 )
 python3 -m pip download -q --no-deps --only-binary=:all: -d "$d/2/wheels" gguf==0.19.0
-for b in device_path bench_train classify_rows; do
-  strip -o "$d/3/bin/$b" "$(bin $b)" && xz -T2 -6 "$d/3/bin/$b"
-done
 du -sh "$d"/* >&2
 for load in 1 2 3; do
   [ "$(du -sb "$d/$load" | cut -f1)" -lt 61000000 ] || { echo "$d/$load is over 61 MB" >&2; exit 1; }

@@ -11,6 +11,7 @@ under `cuda`, as it does on a machine with a driver and no GPU.
 import os
 import subprocess
 import sys
+import tempfile
 
 # (prefix, library, soname): the first matching prefix decides.
 LIBS = [
@@ -51,7 +52,7 @@ def main():
     for prefix, lib, soname in LIBS:
         mine = sorted(s for s in symbols if s.startswith(prefix))
         symbols -= set(mine)
-        src = os.path.join(out, f"{lib}.c")
+        src = os.path.join(tempfile.mkdtemp(), f"{lib}.c")
         with open(src, "w") as f:
             f.write("\n".join(body(s) for s in mine) + "\n")
         so = os.path.join(out, f"lib{lib}.so")

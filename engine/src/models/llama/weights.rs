@@ -10,6 +10,8 @@ use crate::formats::gguf::GgufFile;
 use crate::kernels;
 
 /// Where weights come from, by their GGUF names (`blk.N.attn_q.weight`, `token_embd.weight`, ...).
+// A CUDA build's QTensor is larger (232 bytes); a Weight lives only while a model loads, one at a time.
+#[allow(clippy::large_enum_variant)]
 pub enum Weight {
     Quantized(QTensor),
     Dense(Tensor),
