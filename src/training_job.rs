@@ -141,7 +141,8 @@ impl Runner {
                 return Err(JobError::new(
                     ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                     format!(
-                        "this job would need about {} MB of GPU memory to train; {} has {} MB free of {} MB                          (hint: lower batch_size or max_seq_len in the options)",
+                        "this job would need about {} MB of GPU memory to train; {} has {} MB free of {} MB \
+                         (hint: lower batch_size or max_seq_len in the options)",
                         need >> 20,
                         distill_engine::device::device_name(model.llama.device()),
                         free >> 20,
