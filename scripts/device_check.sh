@@ -13,7 +13,9 @@
 # A rehearsal here, without a GPU (every step but CUDA itself: the model's parts, the binaries, the
 # libraries' lookup, the wheel, both trainers, the rows, the summary), after `build_cuda.sh device`:
 #   LD_LIBRARY_PATH=<toolkit cache>/nvidia/cu13/lib CHECK_DEVICE=cpu PYTHON=bench/.venv/bin/python \
-#     bash scripts/device_check.sh
+#     CHECK_TRAIN_ROWS=64 CHECK_ROWS=50 bash scripts/device_check.sh
+# (a rehearsal's eval losses do not compare: the engine's schedule spans its N rows, the peer's the
+# whole epoch cut at the same step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/device-check} && mkdir -p "$out"
@@ -22,6 +24,8 @@ dev=${CHECK_DEVICE:-cuda}          # cpu: the rehearsal (tests on the CPU's devi
 py=${PYTHON:-python3}              # the interpreter with torch and PEFT (the image's own)
 dtype=bf16 && [ "$dev" = cpu ] && dtype=f32
 test_device=$dev && [ "$dev" = cuda ] && test_device=cuda:0
+rows=${CHECK_ROWS:-1000}           # phase C's rows; the rehearsal takes fewer, and
+train_rows=${CHECK_TRAIN_ROWS:-}   # the first N training rows (both trainers stop at the same step)
 exec > >(tee "$out/check.log") 2>&1
 nvidia-smi -L || true
 
@@ -59,17 +63,18 @@ tests=${PIPESTATUS[0]}
 
 echo "== 2. training: one epoch of banking77_10intent, engine vs torch + PEFT, both on $dev"
 for batch in 8 32; do
-  /tmp/bin/bench_train --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device "$dev" \
+  limit=() && peft_limit=()
+  [ -n "$train_rows" ] && limit=(--train-rows "$train_rows") && peft_limit=(--max-steps $(((train_rows + batch - 1) / batch)))
+  /tmp/bin/bench_train "${limit[@]}" --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device "$dev" \
     --model-dir models >"$out/engine-b$batch.json"
   "$py" bench/peft_train.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --tokens "$d/2/tokens.json" \
     --targets all --epochs 1 --batch-size "$batch" --lr 1e-3 --r 8 --alpha 16 --warmup-ratio 0.1 --max-grad-norm 1.0 \
-    --seed 42 --order engine --init-adapter "$d/2/init-all" --device "$dev" --dtype "$dtype" >"$out/peft-b$batch.json"
+    --seed 42 --order engine --init-adapter "$d/2/init-all" --device "$dev" --dtype "$dtype" "${peft_limit[@]}" >"$out/peft-b$batch.json"
 done
 
-echo "== 3. 1,000 ticket rows on $dev"
-python3 bench/make_ticket_rows.py 1000 /tmp/rows >/dev/null
-/tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device "$dev" --model-dir models --out "$out/rows.json" \
-  >"$out/classify.json"
+echo "== 3. $rows ticket rows on $dev"
+python3 bench/make_ticket_rows.py "$rows" /tmp/rows >/dev/null
+/tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device "$dev" --model-dir models --out "$out/rows.json"
 
 echo "== results"
 python3 - "$out" "$tests" <<'PY'
@@ -85,8 +90,8 @@ for b in (8, 32):
     print(f"T batch {b}: engine/torch+PEFT {r:.2f}x ({e['real_tokens_per_s']:.0f} vs {p['real_tokens_per_s']:.0f} real tok/s; "
           f"eval loss {e.get('eval_loss')} vs {p.get('eval_loss')})")
 try:
-    c = json.load(open(f"{out}/classify.json"))
-    print(f"C: {c['rows_per_s']:.2f} rows/s on {c.get('device')} ({c['rows']} rows, {c['seconds']:.1f} s)")
+    c = json.load(open(f"{out}/rows.json"))
+    print(f"C: {c['rows_per_s']:.2f} rows/s on {c.get('device')}, {c.get('format')} weights ({c['rows']} rows, {c['seconds']:.1f} s)")
 except Exception as err:
     print(f"C: no result ({err})")
 PY
