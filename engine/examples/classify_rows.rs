@@ -1,13 +1,15 @@
 //! The classification benchmark's engine-only run: greedy replies (max 12 tokens) to a list of
-//! prompts, one after another as `SELECT complete(...) FROM t` runs them, with a time breakdown.
+//! prompts, one after another as `SELECT complete(...) FROM t` runs them, or `--batch N` at a time
+//! decoded together as `distill.complete_rows` runs them, with a time breakdown.
 //!
 //! cargo run -p distill-engine --example classify_rows -- --prompts prompts.json \
-//!     [--format file|q8_0|f32|bf16] [--device cpu|cuda|cuda:N] [--model-dir DIR] [--threads 2] [--max-tokens 12] [--no-prefix-cache] [--out FILE]
+//!     [--format file|q8_0|f32|bf16] [--device cpu|cuda|cuda:N] [--model-dir DIR] [--threads 2] [--max-tokens 12]
+//!     [--batch N] [--no-prefix-cache] [--out FILE]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use distill_engine::{GenerateOptions, ModelStore, TextModel, WeightFormat};
+use distill_engine::{GenerateOptions, Message, ModelStore, TextModel, WeightFormat};
 
 fn main() -> distill_engine::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -22,6 +24,7 @@ fn main() -> distill_engine::Result<()> {
     let threads: usize = arg("--threads").map(|v| v.parse().unwrap()).unwrap_or(2);
     let max_tokens: usize = arg("--max-tokens").map(|v| v.parse().unwrap()).unwrap_or(12);
     let prefix_cache = !args.iter().any(|a| a == "--no-prefix-cache");
+    let batch: usize = arg("--batch").map(|v| v.parse().unwrap()).unwrap_or(1).max(1);
     let prompts: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(arg("--prompts").expect("--prompts FILE"))?).expect("JSON list");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -38,25 +41,39 @@ fn main() -> distill_engine::Result<()> {
     let opts = GenerateOptions { max_tokens, ..Default::default() };
     let (mut prompt_tokens, mut generated) = (0, 0);
     let started = Instant::now();
+    let mut take = |g: distill_engine::Generation| {
+        prompt_tokens += g.prompt_tokens;
+        generated += g.tokens.len();
+        g.text.trim().to_string()
+    };
     let outputs: Vec<String> = pool.install(|| {
-        prompts
-            .iter()
-            .map(|p| {
-                if !prefix_cache {
-                    model.prefix.clear();
+        if batch == 1 {
+            prompts
+                .iter()
+                .map(|p| {
+                    if !prefix_cache {
+                        model.prefix.clear();
+                    }
+                    Ok(take(model.complete(p, &opts)?))
+                })
+                .collect::<distill_engine::Result<_>>()
+        } else {
+            let mut out = Vec::with_capacity(prompts.len());
+            for chunk in prompts.chunks(batch) {
+                let conversations: Vec<_> = chunk.iter().map(|p| vec![Message::user(p)]).collect();
+                for g in model.chat_batch(&conversations, &opts, None)? {
+                    out.push(take(g?));
                 }
-                let g = model.complete(p, &opts)?;
-                prompt_tokens += g.prompt_tokens;
-                generated += g.tokens.len();
-                Ok(g.text.trim().to_string())
-            })
-            .collect::<distill_engine::Result<_>>()
+            }
+            Ok(out)
+        }
     })?;
     let secs = started.elapsed().as_secs_f64();
     let report = serde_json::json!({
         "format": format!("{format:?}"),
         "device": distill_engine::device::device_name(&device),
         "prefix_cache": prefix_cache,
+        "batch": batch,
         "rows": prompts.len(),
         "seconds": secs,
         "rows_per_s": prompts.len() as f64 / secs,
