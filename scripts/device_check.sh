@@ -8,8 +8,11 @@
 #   2. one epoch of banking77_10intent (982 examples, LoRA r=8 on all seven targets, batch 8 and 32),
 #      the engine on CUDA vs torch + PEFT on the same GPU (the image's PyTorch), same token ids, order
 #      and initial adapter, frozen base in bf16 on both;
-#   3. phase C's 1,000 ticket rows, greedy, at most 12 new tokens, one row after another, on CUDA.
+#   3. phase C's 1,000 ticket rows, greedy, at most 12 new tokens, one row after another, on CUDA;
+#      then the same rows decoded CHECK_BATCHES (default "32 128") at a time, as complete_rows does.
 #   bash scripts/device_check.sh   (OUT: where results go; default /tmp/device-check)
+# CHECK_PHASES (default "tests train rows batched") runs some of them: a second call on a fresh
+# machine needs only the model's parts and the binaries its phases run.
 # A rehearsal here, without a GPU (every step but CUDA itself: the model's parts, the binaries, the
 # libraries' lookup, the wheel, both trainers, the rows, the summary), after `build_cuda.sh device`:
 #   LD_LIBRARY_PATH=<toolkit cache>/nvidia/cu13/lib CHECK_DEVICE=cpu PYTHON=bench/.venv/bin/python \
@@ -26,6 +29,7 @@ dtype=bf16 && [ "$dev" = cpu ] && dtype=f32
 test_device=$dev && [ "$dev" = cuda ] && test_device=cuda:0
 rows=${CHECK_ROWS:-1000}           # phase C's rows; the rehearsal takes fewer, and
 train_rows=${CHECK_TRAIN_ROWS:-}   # the first N training rows (both trainers stop at the same step)
+phases=" ${CHECK_PHASES:-tests train rows batched} "
 exec > >(tee "$out/check.log") 2>&1
 nvidia-smi -L || true
 
@@ -49,20 +53,25 @@ PY
 )
 export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 # Any library still not found (a toolkit outside the wheels): look for it once under the usual roots.
-for lib in $(ldd /tmp/bin/device_path | awk '/not found/ {print $1}'); do
+for lib in $(ldd /tmp/bin/* | awk '/not found/ {print $1}' | sort -u); do
   found=$(find /usr /opt /lib /usr/local -name "$lib" 2>/dev/null | head -1)
   [ -n "$found" ] && export LD_LIBRARY_PATH=$(dirname "$found"):$LD_LIBRARY_PATH
 done
-ldd /tmp/bin/device_path | grep -E "cuda|cublas|curand|nvrtc"
+ldd "$(ls /tmp/bin/* | head -1)" | grep -E "cuda|cublas|curand|nvrtc"
 export DISTILL_REPO_ROOT=$PWD DISTILL_MODEL_DIR=$PWD/models DISTILL_TEST_DEVICE=$test_device
-"$py" -m pip install -q --no-index --no-deps --target /tmp/site "$d"/2/wheels/*.whl && export PYTHONPATH=/tmp/site
+[[ $phases == *" train "* ]] && "$py" -m pip install -q --no-index --no-deps --target /tmp/site "$d"/2/wheels/*.whl &&
+  export PYTHONPATH=/tmp/site
 
+tests=skipped
+if [[ $phases == *" tests "* ]]; then
 echo "== 1. device tests ($test_device against the CPU path)"
-/tmp/bin/device_path --test-threads 1 --nocapture 2>&1 | tee "$out/tests.log"
-tests=${PIPESTATUS[0]}
+/tmp/bin/device_path --test-threads 1 --nocapture
+tests=$?
+fi
 
-echo "== 2. training: one epoch of banking77_10intent, engine vs torch + PEFT, both on $dev"
+[[ $phases == *" train "* ]] && echo "== 2. training: one epoch of banking77_10intent, engine vs torch + PEFT, both on $dev"
 for batch in 8 32; do
+  [[ $phases == *" train "* ]] || break
   limit=() && peft_limit=()
   [ -n "$train_rows" ] && limit=(--train-rows "$train_rows") && peft_limit=(--max-steps $(((train_rows + batch - 1) / batch)))
   /tmp/bin/bench_train "${limit[@]}" --data data/banking77_10intent --targets all --epochs 1 --batch "$batch" --device "$dev" \
@@ -72,15 +81,23 @@ for batch in 8 32; do
     --seed 42 --order engine --init-adapter "$d/2/init-all" --device "$dev" --dtype "$dtype" "${peft_limit[@]}" >"$out/peft-b$batch.json"
 done
 
-echo "== 3. $rows ticket rows on $dev"
 python3 bench/make_ticket_rows.py "$rows" /tmp/rows >/dev/null
-/tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device "$dev" --model-dir models --out "$out/rows.json"
+if [[ $phases == *" rows "* ]]; then
+  echo "== 3. $rows ticket rows on $dev, one after another"
+  /tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device "$dev" --model-dir models --out "$out/rows.json"
+fi
+if [[ $phases == *" batched "* ]]; then
+  for b in ${CHECK_BATCHES:-32 128}; do
+    echo "== 3. $rows ticket rows on $dev, $b at a time"
+    /tmp/bin/classify_rows --prompts /tmp/rows/prompts.json --device "$dev" --model-dir models --batch "$b" --out "$out/rows-b$b.json"
+  done
+fi
 
 echo "== results"
 python3 - "$out" "$tests" <<'PY'
 import json, sys
 out, tests = sys.argv[1], sys.argv[2]
-print(f"device tests: {'passed' if tests == '0' else 'FAILED (exit ' + tests + ')'}")
+print(f"device tests: {'passed' if tests == '0' else tests if tests == 'skipped' else 'FAILED (exit ' + tests + ')'}")
 for b in (8, 32):
     try:
         e = json.load(open(f"{out}/engine-b{b}.json")); p = json.load(open(f"{out}/peft-b{b}.json"))
@@ -89,9 +106,9 @@ for b in (8, 32):
     r = e["real_tokens_per_s"] / p["real_tokens_per_s"]
     print(f"T batch {b}: engine/torch+PEFT {r:.2f}x ({e['real_tokens_per_s']:.0f} vs {p['real_tokens_per_s']:.0f} real tok/s; "
           f"eval loss {e.get('eval_loss')} vs {p.get('eval_loss')})")
-try:
-    c = json.load(open(f"{out}/rows.json"))
-    print(f"C: {c['rows_per_s']:.2f} rows/s on {c.get('device')}, {c.get('format')} weights ({c['rows']} rows, {c['seconds']:.1f} s)")
-except Exception as err:
-    print(f"C: no result ({err})")
+import glob
+for f in sorted(glob.glob(f"{out}/rows*.json")):
+    c = json.load(open(f))
+    print(f"C: {c['rows_per_s']:.2f} rows/s on {c.get('device')}, {c.get('format')} weights, {c.get('batch', 1)} at a time "
+          f"({c['rows']} rows, {c['seconds']:.1f} s)")
 PY
