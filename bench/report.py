@@ -4,7 +4,8 @@
   python3 bench/report.py classify DIR     plain table of classify_vs_llamacpp.sh's results in DIR
   python3 bench/report.py accuracy DIR     plain table of finetune_sql.sh's + tfidf_baseline.py's results
   python3 bench/report.py summary RESULTS   the targets table of BENCHMARKS.md, plain
-  python3 bench/report.py markdown RESULTS  BENCHMARKS.md from RESULTS/{T,C,A,profiles}, as bench/run.sh lays them out
+  python3 bench/report.py gpu DIR          plain tables of scripts/device_check.sh's results in DIR
+  python3 bench/report.py markdown RESULTS  BENCHMARKS.md from RESULTS/{T,C,A,G,profiles}, as bench/run.sh lays them out
 
 One module so that what a script prints and what BENCHMARKS.md says are the same numbers.
 """
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 
-TARGETS = {"T": 1.5, "C": 2.0, "B": 1.5, "M": 1.5, "banking77_10intent": 0.98, "banking77": 0.93}
+TARGETS = {"T": 1.5, "G": 1.5, "C": 2.0, "B": 1.5, "M": 1.5, "banking77_10intent": 0.98, "banking77": 0.93}
 
 
 def load(path):
@@ -230,6 +231,50 @@ def memory_rows(mdir):
     return ["sessions", "PSS MB (all sessions)", "vs one private session", "of which the prepared file, MB", "rows", "rows/s"], rows
 
 
+# --- G: the device path on a GPU ------------------------------------------------------------------
+
+def gpu_tests(gdir):
+    """The device tests' verdict and figures, as scripts/device_check.sh's log has them."""
+    lines = open(os.path.join(gdir, "check.log")).read().splitlines()
+    result = next((l for l in lines if l.startswith("test result:")), "test result: none")
+    figures = [l.split(" ... ")[-1].strip() for l in lines
+               if "largest relative difference" in l or " losses [" in l or l.startswith("test gradients")]
+    return result, [f for f in figures if f and f != "ok"]
+
+
+def gpu_training_rows(gdir):
+    """G: one epoch of banking77_10intent on the GPU, engine vs torch + PEFT, per batch size."""
+    rows = []
+    for b in (8, 32):
+        ef, pf = (os.path.join(gdir, f"{x}-b{b}.json") for x in ("engine", "peft"))
+        if not (os.path.exists(ef) and os.path.exists(pf)):
+            continue
+        e, p = load(ef), load(pf)
+        rows.append([b, f"{e['real_tokens_per_s'] / p['real_tokens_per_s']:.2f}x", f"{e['real_tokens_per_s']:.0f}",
+                     f"{p['real_tokens_per_s']:.0f}", f"{e['wall_s']:.1f}", f"{p['wall_s']:.1f}",
+                     f"{e['eval_loss']:.4f}", f"{p['eval_loss']:.4f}", f"{e['peak_rss_mib']:.0f}", f"{p['peak_rss_mib']:.0f}"])
+    return ["batch", "engine vs torch + PEFT", "engine real tok/s", "PEFT real tok/s", "engine s", "PEFT s",
+            "engine eval loss", "PEFT eval loss", "engine host RSS MiB", "PEFT host RSS MiB"], rows
+
+
+def gpu_classify_rows(gdir, cdir=None):
+    """G: the ticket rows on the GPU, one after another and N at a time; same text as serial (and llama.cpp's)."""
+    serial = load(os.path.join(gdir, "rows.json"))
+    ref = outputs(cdir, "llamacpp_python") if cdir and os.path.exists(os.path.join(cdir, "llamacpp_python.out")) else None
+    rows = []
+    for f in sorted(os.listdir(gdir), key=lambda f: (len(f), f)):
+        if f.startswith("rows") and f.endswith(".json"):
+            d = load(os.path.join(gdir, f))
+            same = sum(a == b for a, b in zip(d["outputs"], serial["outputs"]))
+            row = [d.get("batch", 1), f"{d['rows_per_s'] / serial['rows_per_s']:.2f}x", f"{d['rows_per_s']:.2f}",
+                   f"{d['seconds']:.1f}", f"{same}/{d['rows']}"]
+            if ref is not None:
+                row.append(f"{sum(a == b for a, b in zip(d['outputs'], ref))}/{len(ref)}")
+            rows.append(row)
+    headers = ["rows at a time", "vs one at a time", "rows/s", "seconds", "same text as one at a time"]
+    return headers + (["same text as llama.cpp (CPU, Q4_1; phase C)"] if ref is not None else []), rows
+
+
 def summary_rows(res):
     t, c, a = (os.path.join(res, x) for x in ("T", "C", "A"))
     summary = []
@@ -244,6 +289,15 @@ def summary_rows(res):
             # The constrained form answers a different (easier) task: not held against the free-text target.
             if r[0].startswith("pg_distill") and r[0] != "pg_distill_choices":
                 summary.append([f"C classification, {r[0]}", r[1], f">= {TARGETS['C']}x", "met" if float(r[1][:-1]) >= TARGETS["C"] else "short"])
+    g = os.path.join(res, "G")
+    if os.path.isdir(g):
+        result, _ = gpu_tests(g)
+        summary.append(["G device tests on an H200 (logits, gradients, losses vs the CPU path)",
+                        result.split(". ", 1)[-1].split(";")[0], "all pass", "met" if "ok." in result and "0 failed" in result else "short"])
+        h, rows = gpu_training_rows(g)
+        for r in rows:
+            summary.append([f"G training on an H200, engine vs torch + PEFT, batch {r[0]}", r[1], f">= {TARGETS['G']}x",
+                            "met" if float(r[1][:-1]) >= TARGETS["G"] else "short"])
     b = os.path.join(res, "B")
     if os.path.isdir(b):
         d = load(os.path.join(b, "batch.json"))
@@ -366,6 +420,27 @@ def markdown(res):
                 "scored BLEU 65.93, ROUGE-L 68.50 on the challenge's own test set, trained on its 42k-row training set "
                 "(ten times more MRs than here) and with delexicalised names: a reference point, not a like-for-like peer.", "",
                 table(h, rows, True), ""]
+    g = os.path.join(res, "G")
+    if os.path.isdir(g):
+        result, figures = gpu_tests(g)
+        h, rows = gpu_training_rows(g)
+        ch, crows = gpu_classify_rows(g, c)
+        peft = [load(os.path.join(g, f)) for f in sorted(os.listdir(g)) if f.startswith("peft-")]
+        torch = peft[0].get("torch_version", "?") if peft else "?"
+        out += ["## G, the device path on a GPU: an H200 against torch + PEFT on the same GPU", "",
+                f"`scripts/device_check.sh` on a lent machine ({env.get('phases', {}).get('G', {}).get('machine', '?')}; the "
+                f"CUDA libraries of its PyTorch {torch}; binaries built here with `bash scripts/build_cuda.sh device`). Device tests: "
+                "`engine/tests/device_path.rs` with `DISTILL_TEST_DEVICE=cuda:0`, each against the CPU path on the same "
+                f"machine: {result}.", ""] + [f"- {x}" for x in figures] + ["",
+                "Training: one epoch of banking77_10intent as T (r 8, alpha 16, all seven targets, AdamW lr 1e-3, warm-up "
+                "10% + linear decay, clip 1.0, seed 42, same token ids, example order and initial adapter on both sides), "
+                "frozen base in bf16 on both (the engine's adapters, optimizer, norms and attention in f32; PEFT's "
+                "adapters in f32 over a bf16 model); tokens/s over the training loop, eval loss on the first 200 test rows.", "",
+                table(h, rows, True), "",
+                "Classification: phase C's rows (greedy, at most 12 new tokens, base model, bf16 weights) with "
+                "`classify_rows` on the GPU, one after another as `SELECT complete()` runs them and N at a time as "
+                "`complete_rows()` does (`--batch N`).", "",
+                table(ch, crows, True), ""]
     if os.path.isdir(p):
         out += ["## Profiles", ""]
         for f in sorted(os.listdir(p)):
@@ -392,6 +467,13 @@ def main():
         print(table(*memory_rows(d), False))
     elif what == "e2e":
         print(table(*e2e_rows(d), False))
+    elif what == "gpu":
+        result, figures = gpu_tests(d)
+        print(f"device tests: {result}")
+        for x in figures:
+            print("  " + x)
+        print(table(*gpu_training_rows(d), False))
+        print(table(*gpu_classify_rows(d), False))
     elif what == "summary":
         print(table(["benchmark", "pg_distill vs peer / value", "target", ""], summary_rows(d), False))
     elif what == "markdown":

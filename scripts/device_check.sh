@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 25's proof on a lent GPU machine (the `device` tool): run there, from the repository's root,
 # over what `bash scripts/build_cuda.sh device` prepared in .device/1 to .device/3 (carried by three
-# calls, the last one running this: what travels is limited to 64 MiB a call). Writes every
+# calls, each copying its load to /tmp/dev, the last linking .device there and running this: what
+# travels is limited to 64 MiB a call, and a call drops what the last one carried). Writes every
 # log and JSON result under $OUT, prints ratios first:
 #   1. the engine's device tests on the GPU (engine/tests/device_path.rs with DISTILL_TEST_DEVICE=cuda:0:
 #      logits, LoRA gradients, a short training run's losses and PEFT export against the CPU path);
