@@ -55,11 +55,11 @@ nvcc --version | tail -2 >&2
 stubs=$cuda/lib
 build=(cargo build -p distill-engine --features cuda --lib --tests --example bench_train --example classify_rows)
 (source scripts/private_pg.sh && cargo clippy --workspace --all-targets --features pg15,cuda -- -D warnings)
-# The stand-ins come from the symbols cudarc's library calls, read from its rlib: building the
-# engine's library makes it and links nothing, so it needs no stand-ins. Made every time, not only when
-# the toolkit cache lacks them: a cache can outlive target/ (CI's did, and the rlib was missing), and a
-# new cudarc may call more.
-cargo build -q -p distill-engine --features cuda --lib
+# The stand-ins come from the symbols cudarc's library calls, read from its rlib: a first build makes
+# it (the same build as below, so that candle is not built twice with two sets of features; it fails to
+# link where the stand-ins are still missing). Made every time, not only when the toolkit cache lacks
+# them: a cache can outlive target/ (CI's did, and the rlib was missing), and a new cudarc may call more.
+"${build[@]}" -q 2>/dev/null || true
 python3 scripts/cuda_link_stubs.py "$stubs" target/debug/deps/libcudarc-*.rlib
 # candle's MoE kernels link the CUDA runtime, which the runtime wheel has (only versioned).
 ln -sf libcudart.so.13 "$stubs/libcudart.so"
