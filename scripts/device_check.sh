@@ -94,22 +94,6 @@ if [[ $phases == *" batched "* ]]; then
   done
 fi
 
-echo "== results"
-python3 - "$out" "$tests" <<'PY'
-import json, sys
-out, tests = sys.argv[1], sys.argv[2]
-print(f"device tests: {'passed' if tests == '0' else tests if tests == 'skipped' else 'FAILED (exit ' + tests + ')'}")
-for b in (8, 32):
-    try:
-        e = json.load(open(f"{out}/engine-b{b}.json")); p = json.load(open(f"{out}/peft-b{b}.json"))
-    except Exception as err:
-        print(f"batch {b}: no result ({err})"); continue
-    r = e["real_tokens_per_s"] / p["real_tokens_per_s"]
-    print(f"T batch {b}: engine/torch+PEFT {r:.2f}x ({e['real_tokens_per_s']:.0f} vs {p['real_tokens_per_s']:.0f} real tok/s; "
-          f"eval loss {e.get('eval_loss')} vs {p.get('eval_loss')})")
-import glob
-for f in sorted(glob.glob(f"{out}/rows*.json")):
-    c = json.load(open(f))
-    print(f"C: {c['rows_per_s']:.2f} rows/s on {c.get('device')}, {c.get('format')} weights, {c.get('batch', 1)} at a time "
-          f"({c['rows']} rows, {c['seconds']:.1f} s)")
-PY
+echo "== results (device tests exit: $tests)"
+# The same tables BENCHMARKS.md's phase G prints from these files.
+python3 bench/report.py gpu "$out"
