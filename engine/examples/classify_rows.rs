@@ -25,6 +25,8 @@ fn main() -> distill_engine::Result<()> {
     let max_tokens: usize = arg("--max-tokens").map(|v| v.parse().unwrap()).unwrap_or(12);
     let prefix_cache = !args.iter().any(|a| a == "--no-prefix-cache");
     let batch: usize = arg("--batch").map(|v| v.parse().unwrap()).unwrap_or(1).max(1);
+    // Batched decoding starts each prompt through the prefix cache too: it cannot be switched off there.
+    assert!(prefix_cache || batch == 1, "--no-prefix-cache runs rows one at a time: drop --batch");
     let prompts: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(arg("--prompts").expect("--prompts FILE"))?).expect("JSON list");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
